@@ -1,0 +1,170 @@
+"""The only code that touches DomainBed's modules: registration into an unmodified clone.
+
+``domainbed_align_hook.pth`` (installed at the root of site-packages) calls :func:`install` in every
+interpreter. That only puts a finder on ``sys.meta_path`` (cheap: no torch, no DomainBed import); when
+DomainBed later imports ``domainbed.algorithms``, ``domainbed.hparams_registry`` or ``domainbed.datasets``,
+the finder wraps that module's loader and patches the module right after its body runs:
+
+- ``algorithms``: ``ALIGN`` and ``TimmERM`` become module attributes (``get_algorithm_class`` looks in
+  ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
+- ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
+  look it up at call time);
+- ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments).
+
+Everything is idempotent, and nothing here may break interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from typing import Any
+
+_TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets")
+_PATCHED_FLAG = "_domainbed_align_patched"
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Delegates to DomainBed's own loader, then patches the fresh module."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._loader.exec_module(module)
+        patch_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... (tracebacks need them)
+        return getattr(self._loader, name)
+
+
+class _DomainBedFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _TARGETS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and not isinstance(spec.loader, _PatchingLoader):
+                    spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (once) and patch DomainBed modules already imported."""
+    if not any(isinstance(finder, _DomainBedFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _DomainBedFinder())
+    for name in _TARGETS:
+        if name in sys.modules:
+            patch_module(sys.modules[name])
+
+
+def is_installed() -> bool:
+    return any(isinstance(finder, _DomainBedFinder) for finder in sys.meta_path)
+
+
+def patch_all_now() -> None:
+    """Import DomainBed's registries (patching them through the finder)."""
+    import domainbed.algorithms  # noqa: F401
+    import domainbed.datasets  # noqa: F401
+    import domainbed.hparams_registry  # noqa: F401
+
+
+def patch_module(module: types.ModuleType) -> None:
+    if getattr(module, _PATCHED_FLAG, False):
+        return
+    patchers = {"domainbed.algorithms": _patch_algorithms, "domainbed.hparams_registry": _patch_hparams,
+                "domainbed.datasets": _patch_datasets}
+    patchers[module.__name__](module)
+    setattr(module, _PATCHED_FLAG, True)
+    _install_excepthook()
+
+
+def _patch_algorithms(module: types.ModuleType) -> None:
+    from domainbed_align import algorithms as ours
+
+    for name in ("TimmERM", "ALIGN"):
+        core = getattr(ours, name)
+        # Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
+        cls = type(name, (core, module.Algorithm), {"__module__": module.__name__, "__qualname__": name,
+                                                     "__doc__": core.__doc__,
+                                                     "known_hparam_names": staticmethod(_upstream_hparam_names)})
+        setattr(module, name, cls)
+        if name not in module.ALGORITHMS:
+            module.ALGORITHMS.append(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _upstream_hparam_names() -> frozenset:
+    """Every hparam name any registered algorithm defines on any dataset.
+
+    A sweep's --hparams goes to all its algorithms, so ALIGN must accept e.g. another algorithm's
+    'mixup_alpha'; a name no algorithm defines is a typo.
+    """
+    import domainbed.algorithms
+    import domainbed.datasets
+    import domainbed.hparams_registry as registry
+
+    names: set[str] = set()
+    for algorithm in domainbed.algorithms.ALGORITHMS:
+        for dataset in domainbed.datasets.DATASETS:
+            names.update(registry._hparams(algorithm, dataset, 0))
+    return frozenset(names)
+
+
+def _patch_hparams(module: types.ModuleType) -> None:
+    from domainbed_align import ALGORITHM_NAMES
+    from domainbed_align import hparams as ours
+
+    original = module._hparams
+
+    def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict:
+        from domainbed.lib import misc
+
+        entries = original(algorithm, dataset, random_seed)
+        entries.update(ours.dataset_entries(dataset, random_seed, misc.seed_hash))
+        if algorithm in ALGORITHM_NAMES:
+            entries.update(ours.registry_entries(algorithm, dataset, random_seed, misc.seed_hash))
+        return entries
+
+    _hparams.__wrapped__ = original
+    _hparams.__doc__ = original.__doc__
+    module._hparams = _hparams
+
+
+def _patch_datasets(module: types.ModuleType) -> None:
+    try:
+        from domainbed_align.data import DATASETS as ours
+    except ImportError:  # the data subpackage is optional
+        return
+    for name, cls in ours.items():
+        setattr(module, name, cls)
+        if name not in module.DATASETS:
+            module.DATASETS.append(name)
+
+
+def _install_excepthook() -> None:
+    """Our errors already say what to do: show their message, not a traceback through upstream's train.py."""
+    if getattr(sys.excepthook, _PATCHED_FLAG, False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
+        from domainbed_align.errors import DomainbedAlignError
+
+        if isinstance(error, DomainbedAlignError):
+            sys.stderr.write(f"domainbed-align: error: {error}\n")
+        else:
+            previous(kind, error, traceback)
+
+    setattr(excepthook, _PATCHED_FLAG, True)
+    sys.excepthook = excepthook

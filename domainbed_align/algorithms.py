@@ -1,0 +1,98 @@
+"""Our algorithms: TimmERM (the same-backbone reference) and ALIGN.
+
+Both are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract; the registration hook
+(:mod:`domainbed_align._hook`) derives ``domainbed.algorithms.ALIGN`` / ``TimmERM`` from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from domainbed_align.gradcam import true_class_scores
+from domainbed_align.losses import alignment_bce, masker_loss
+from domainbed_align.masker import Masker
+from domainbed_align.trainer import ExplanationGuidedAlgorithm
+
+
+class TimmERM(ExplanationGuidedAlgorithm):
+    """Plain cross-entropy on the same backbone, input size and trainer as ALIGN: the fair reference."""
+
+    name = "TimmERM"
+
+
+# Reported by ALIGN at every step (zeros during warm-up) so results.jsonl has the same keys throughout.
+MASKER_REPORT = ("masker_loss", "masker_fidelity", "masker_sparsity", "masker_smooth", "masker_distance",
+                 "mask_mean", "mask_kept")
+
+
+class ALIGN(ExplanationGuidedAlgorithm):
+    """ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation.
+
+    Warm-up (``warmup_steps`` update() calls): the classifier alone, CE + lambda_reg * DRE's mixup term.
+    Afterwards each update() runs ``masker_steps`` masker steps (classifier frozen: eval mode, so neither its
+    weights nor its BatchNorm statistics change) and then one classifier step (masker frozen: its mask is a
+    constant target) with CE + lambda_align * BCE(Grad-CAM_y, M) + lambda_reg * L_mixup. ALIGN thus gets
+    exactly as many classifier steps as TimmERM.
+    """
+
+    name = "ALIGN"
+    uses_gradcam = True
+    uses_mixup = True
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
+                 hparams: Mapping[str, Any]) -> None:
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.masker = Masker(input_shape[0], self.hparams["masker_width"])
+        self.masker_optimizer = torch.optim.Adam(self.masker.parameters(), lr=self.hparams["masker_lr"])
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.steps_done < self.hparams["warmup_steps"]
+
+    def before_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.in_warmup:
+            return {**{key: 0.0 for key in MASKER_REPORT}, "in_warmup": 1.0}
+        for _ in range(self.hparams["masker_steps"]):
+            terms = self.masker_step(images, labels)
+        return {**terms, "in_warmup": 0.0}
+
+    def masker_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One masker update through the frozen classifier; returns the masker's terms and mask statistics."""
+        was_training = self.classifier.training
+        self.classifier.eval()  # frozen: no BatchNorm-statistics update, no dropout
+        try:
+            masks = self.masker(images)
+            n = labels.numel()
+            logits = self.classifier(torch.cat([images * masks, images * (1 - masks)]))
+            probs = F.softmax(logits.float(), dim=1)
+            true_probs = true_class_scores(probs, torch.cat([labels, labels]))
+            terms = masker_loss(true_probs[:n], true_probs[n:], masks, self.hparams["lambda_sparsity"],
+                                self.hparams["lambda_smooth"])
+            # Gradients w.r.t. the masker only: the classifier's .grad stays untouched.
+            parameters = list(self.masker.parameters())
+            for parameter, gradient in zip(parameters, torch.autograd.grad(terms["loss"], parameters)):
+                parameter.grad = gradient
+            self.masker_optimizer.step()
+        finally:
+            self.classifier.train(was_training)
+        masks = masks.detach()
+        return {**{f"masker_{key}": value for key, value in terms.items()},
+                "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
+
+    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        if self.in_warmup:
+            return 0.0, {"align_bce": 0.0}
+        with torch.no_grad():
+            masks = self.masker(images)  # the frozen masker's current mask: a constant target
+        if self.hparams["align_resolution"] == "cam":
+            targets, maps = F.adaptive_avg_pool2d(masks, cams.shape[-2:]).squeeze(1), cams
+        else:
+            maps = F.interpolate(cams.unsqueeze(1), size=masks.shape[-2:], mode="bilinear",
+                                 align_corners=False).squeeze(1)
+            targets = masks.squeeze(1)
+        bce = alignment_bce(maps, targets)
+        return self.hparams["lambda_align"] * bce, {"align_bce": bce}

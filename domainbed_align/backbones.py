@@ -1,0 +1,128 @@
+"""The one factory for classifiers: a timm backbone plus what Grad-CAM needs (input resize, target stage).
+
+Pretrained choices are data (:data:`PRETRAINED_TAGS`): plain model names map to torchvision-equivalent
+ImageNet weights, so our numbers compare like for like with DomainBed's torchvision ResNets. Weights that
+cannot be loaded are an error within seconds, never a silent fall-back to random weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from domainbed_align.errors import HParamError, PretrainedWeightsError
+
+PRETRAINED_TAGS = {
+    "resnet18": "resnet18.tv_in1k",
+    "resnet34": "resnet34.tv_in1k",
+    "resnet50": "resnet50.tv_in1k",
+    "resnet101": "resnet101.tv_in1k",
+    "resnet152": "resnet152.tv_in1k",
+}
+
+# Inputs smaller than this are upsampled to it (input_size=0), so a ResNet's layer2 map is 7x7 on
+# 28-px datasets (layer4 would be 1x1) while a CPU step stays cheap.
+MIN_AUTO_INPUT_SIZE = 56
+MIN_CAM_SIDE = 7
+_HUB_HOST = ("huggingface.co", 443)
+
+
+def create_backbone(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+                    pretrained_file: str = "", drop_rate: float = 0.0) -> nn.Module:
+    """A timm model with a fresh ``num_classes`` head; ImageNet weights when ``pretrained``."""
+    import timm
+
+    model_name = PRETRAINED_TAGS.get(name, name) if pretrained else name.split(".")[0]
+    if not timm.is_model(model_name.split(".")[0]):
+        raise HParamError(f"hparam 'backbone' is {name!r}, which timm does not know; "
+                          f"see timm.list_models('resnet*') for valid names.")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+    if not pretrained:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    if pretrained_file:
+        if not os.path.isfile(pretrained_file):
+            raise PretrainedWeightsError(
+                f"hparam 'pretrained_file' is {pretrained_file!r}, which is not a file; give the path of a "
+                f"{model_name} checkpoint (state_dict, .pth or .safetensors).")
+        kwargs["pretrained_cfg_overlay"] = dict(file=pretrained_file)
+    else:
+        _fail_fast_if_hub_unreachable(model_name)
+    try:
+        return timm.create_model(model_name, pretrained=True, **kwargs)
+    except Exception as error:  # timm/hub raise many types; all mean "no weights"
+        raise PretrainedWeightsError(_weights_help(model_name, f"{type(error).__name__}: {error}")) from None
+
+
+def _weights_help(model_name: str, reason: str) -> str:
+    return (f"could not load ImageNet weights for {model_name} ({reason.splitlines()[0][:200]}). Fix: run once "
+            f"with network access to fill the Hugging Face cache, or download the checkpoint and pass "
+            f"--hparams '{{\"pretrained_file\": \"/path/to/{model_name}.safetensors\"}}', or train from scratch "
+            f"with --hparams '{{\"pretrained\": false}}' (results then differ from DomainBed's baselines).")
+
+
+def _fail_fast_if_hub_unreachable(model_name: str) -> None:
+    """timm retries an unreachable hub for ~47 s; answer in seconds when the weights cannot come."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    config = timm.models.get_pretrained_cfg(model_name)
+    hub_id = config.hf_hub_id if config else None
+    if hub_id and any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                      for f in ("model.safetensors", "pytorch_model.bin")):
+        return  # cached: timm loads it without the network
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise PretrainedWeightsError(_weights_help(model_name, "HF_HUB_OFFLINE is set and they are not cached"))
+    try:
+        socket.create_connection(_HUB_HOST, timeout=3).close()
+    except OSError as error:
+        raise PretrainedWeightsError(_weights_help(model_name, f"the hub is unreachable: {error}")) from None
+
+
+class CamClassifier(nn.Module):
+    """A backbone that also returns the feature map Grad-CAM is taken on.
+
+    ``input_size`` 0 keeps inputs of at least 56 px and upsamples smaller ones to 56 px (bilinear), so the
+    map stays spatial on 28-px datasets (a ResNet's layer4 is 1x1 there). ``gradcam_layer`` 'auto' takes the
+    deepest stage whose map is at least 7x7.
+    """
+
+    def __init__(self, backbone: nn.Module, native_size: int, input_size: int = 0,
+                 gradcam_layer: str = "auto") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = input_size or (native_size if native_size >= MIN_AUTO_INPUT_SIZE
+                                         else MIN_AUTO_INPUT_SIZE)
+        self.native_size = native_size
+        stages = [info["module"] for info in backbone.feature_info]
+        reductions = [info["reduction"] for info in backbone.feature_info]
+        if gradcam_layer == "auto":
+            sides = [math.ceil(self.input_size / r) for r in reductions]
+            spatial = [i for i, side in enumerate(sides) if side >= MIN_CAM_SIDE]
+            self.stage_index = spatial[-1] if spatial else 0
+        elif gradcam_layer in stages:
+            self.stage_index = stages.index(gradcam_layer)
+        else:
+            raise HParamError(f"hparam 'gradcam_layer' is {gradcam_layer!r}; this backbone's stages are "
+                              f"{stages} (or 'auto').")
+        self.stage_name = stages[self.stage_index]
+        self.cam_side = math.ceil(self.input_size / reductions[self.stage_index])
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] == self.input_size and images.shape[-2] == self.input_size:
+            return images
+        return F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                             align_corners=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._resize(images))
+
+    def forward_with_activations(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[N, K]`` and the Grad-CAM stage's feature map ``[N, C, h, w]`` (in the same graph)."""
+        features, (activations,) = self.backbone.forward_intermediates(
+            self._resize(images), indices=[self.stage_index])
+        return self.backbone.forward_head(features), activations

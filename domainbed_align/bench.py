@@ -1,0 +1,333 @@
+"""Speed and memory of one ALIGN step against TimmERM and of our Grad-CAM against pytorch-grad-cam.
+
+``python -m domainbed_align.bench [--device cpu|cuda] [--quick] [--batch-per-env N] [--size S] [--repeats R]``
+prints ONE JSON line on stdout (progress goes to stderr). Every timing is the median of ``repeats`` timed
+calls after ``warmup`` untimed ones, on one fixed random batch, with the compared functions taking turns
+(ERM/ALIGN; our Grad-CAM variants/pytorch-grad-cam) so that a changing load on a shared CPU hits both sides of
+a ratio alike. Weights are random (``pretrained=False``: no download), which does not change the cost of a step. cuDNN is set as DomainBed's ``train.py`` sets it
+(deterministic, no benchmark) unless ``--cudnn-benchmark``, so the numbers are those of a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from domainbed_align import hparams as hparams_lib
+from domainbed_align.algorithms import ALIGN, TimmERM
+from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+
+# Targets the project set itself; reported next to the measurements, never asserted by tests.
+TARGETS = {"align_over_erm_max_cuda": 3.5, "align_over_erm_max_cpu": 4.0, "gradcam_speedup_min": 20.0,
+           "align_over_erm_memory_max": 2.5}
+
+FULL = {"size": 224, "envs": 3, "batch_per_env": 32, "classes": 5, "repeats": 20, "warmup": 5}
+# CPU-sized: 112 px is the smallest input the classifier keeps as is (smaller is upsampled to 112),
+# so a smaller --size would not make the step cheaper; 3 x 8 keeps one ALIGN step around a second.
+QUICK = {"size": 112, "envs": 3, "batch_per_env": 8, "classes": 5, "repeats": 5, "warmup": 2}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo (with the thread count torch uses)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
+                     repeats: int) -> dict[str, float]:
+    """Median wall time in ms of each ``fn()`` over ``repeats`` rounds after ``warmup`` untimed ones.
+
+    The functions take turns within each round, so a change in machine load (a shared 2-core CPU) hits all
+    of them alike and their ratios stay meaningful. Synchronises only around each timed call.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Peak allocated CUDA memory (MiB) during one ``fn()``, weights and optimizer state included; None on CPU."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def peak_memory_alone(make: Callable[[], Any], batches: list, device: torch.device) -> float | None:
+    """Peak memory of one update of a freshly built algorithm, after one update that creates Adam's state."""
+    algorithm = make()
+    algorithm.update(batches)
+    peak = peak_memory_mb(lambda: algorithm.update(batches), device)
+    del algorithm
+    release()
+    return peak
+
+
+def make_batches(envs: int, per_env: int, size: int, classes: int, device: torch.device,
+                 seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One fixed DomainBed-style minibatch list; every class appears so the mixup pairing is realistic."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(envs):
+        images = torch.randn(per_env, 3, size, size, generator=generator)
+        labels = torch.arange(per_env) % classes
+        labels = labels[torch.randperm(per_env, generator=generator)]
+        batches.append((images.to(device), labels.to(device)))
+    return batches
+
+
+def build(algorithm_class: type, config: dict[str, Any], device: torch.device, **overrides: Any):
+    hparams = hparams_lib.default_hparams(algorithm_class.name, None, backbone=config["backbone"],
+                                          pretrained=False, **overrides)
+    torch.manual_seed(0)
+    shape = (3, config["size"], config["size"])
+    return algorithm_class(shape, config["classes"], config["envs"], hparams).to(device)
+
+
+def release() -> None:
+    """Free a finished phase (the caller dropped its references) so the next one's peak memory is its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def profile_update(algorithm: ALIGN, batches: list, device: torch.device) -> None:
+    """One ALIGN update under torch.profiler; the top 25 ops by self time go to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    algorithm.update(batches)
+    synchronize(device)
+    with profile(activities=activities, record_shapes=False) as profiler:
+        algorithm.update(batches)
+        synchronize(device)
+    averages = profiler.key_averages()
+    log("profile of one ALIGN update (top 25 ops by self CPU time):")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr, flush=True)
+    if device.type == "cuda":
+        log("profile of one ALIGN update (top 25 ops by self CUDA time):")
+        print(averages.table(sort_by="self_cuda_time_total", row_limit=25), file=sys.stderr, flush=True)
+
+
+def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                    warmup: int, repeats: int) -> dict[str, float]:
+    """Our batched Grad-CAM (as training computes it, and without the graph) vs pytorch-grad-cam's GradCAM."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classifier = algorithm.classifier
+    classifier.eval()  # both timings in eval mode
+
+    def ours(create_graph: bool) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with algorithm._autocast(images):  # the trainer's precision (bf16 on CUDA)
+                logits, activations = classifier.forward_with_activations(images)
+                maps = grad_cam(activations, true_class_scores(logits, labels), create_graph=create_graph)
+                return normalize_per_sample(maps.float())
+        return run
+
+    def ours_fp32() -> torch.Tensor:
+        # fp32 too: pytorch-grad-cam cannot run under bf16 autocast (it converts to numpy), so this is the
+        # like-for-like precision comparison on CUDA.
+        mode = algorithm.hparams["mixed_precision"]
+        algorithm.hparams["mixed_precision"] = "off"
+        try:
+            return ours(True)()
+        finally:
+            algorithm.hparams["mixed_precision"] = mode
+
+    target_layer = classifier.backbone.get_submodule(classifier.stage_name)
+    targets = [ClassifierOutputTarget(int(label)) for label in labels.tolist()]
+    reference = GradCAM(model=classifier, target_layers=[target_layer])  # built outside the timed region
+    try:
+        result = time_interleaved({
+            "gradcam_ms": ours(True), "gradcam_nograph_ms": ours(False), "gradcam_fp32_ms": ours_fp32,
+            "gradcam_reference_ms": lambda: reference(input_tensor=images, targets=targets)},
+            device, warmup, repeats)
+    finally:
+        reference.activations_and_grads.release()  # remove its hooks
+    classifier.zero_grad(set_to_none=True)  # GradCAM backpropagates into the weights
+    return result
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None:
+        return None
+    return round(numerator / denominator, 4)
+
+
+def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> dict[str, Any]:
+    import pytorch_grad_cam
+    import timm
+
+    batches = make_batches(config["envs"], config["batch_per_env"], config["size"], config["classes"], device)
+    warmup, repeats = config["warmup"], config["repeats"]
+
+    erm_peak = align_peak = None
+    if device.type == "cuda":  # each algorithm alone on the device, so neither peak holds the other's weights
+        log("peak memory of one update: TimmERM, then ALIGN")
+        erm_peak = peak_memory_alone(lambda: build(TimmERM, config, device), batches, device)
+        align_peak = peak_memory_alone(lambda: build(ALIGN, config, device, warmup_steps=0), batches, device)
+
+    log(f"TimmERM vs ALIGN (warmup_steps=0: masker step(s) + one classifier step per update): "
+        f"{config['envs']}x{config['batch_per_env']} at {config['size']} px on {device}, interleaved")
+    erm = build(TimmERM, config, device)
+    align = build(ALIGN, config, device, warmup_steps=0)
+    precision = "bf16" if isinstance(erm._autocast(batches[0][0]), torch.autocast) else "fp32"
+    steps = time_interleaved({"erm": lambda: erm.update(batches), "align": lambda: align.update(batches)},
+                             device, warmup, repeats)
+    erm_ms, align_ms = steps["erm"], steps["align"]
+    input_size = erm.classifier.input_size
+    del erm
+    release()
+    if profile:
+        profile_update(align, batches, device)
+
+    log("Grad-CAM: ours vs pytorch-grad-cam, interleaved")
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    images = align._prepare_device(images)
+    cams = gradcam_timings(align, images, labels, device, warmup, repeats)
+    stage_name, cam_side, hparams = align.classifier.stage_name, align.classifier.cam_side, align.hparams
+    del align
+    release()
+
+    is_cuda = device.type == "cuda"
+    align_over_erm = ratio(align_ms, erm_ms)
+    memory_ratio = ratio(align_peak, erm_peak)
+    speedup = ratio(cams["gradcam_reference_ms"], cams["gradcam_ms"])
+    targets = {"align_over_erm_max": TARGETS["align_over_erm_max_cuda" if is_cuda else "align_over_erm_max_cpu"],
+               "gradcam_speedup_min": TARGETS["gradcam_speedup_min"],
+               "align_over_erm_memory_max": TARGETS["align_over_erm_memory_max"]}
+    rounded = {key: round(value, 3) for key, value in cams.items()}
+    return {
+        "erm_ms": round(erm_ms, 3), "align_ms": round(align_ms, 3), "align_over_erm": align_over_erm,
+        **rounded, "gradcam_speedup": speedup,
+        "gradcam_speedup_fp32": ratio(cams["gradcam_reference_ms"], cams["gradcam_fp32_ms"]),
+        "erm_peak_mb": None if erm_peak is None else round(erm_peak, 1),
+        "align_peak_mb": None if align_peak is None else round(align_peak, 1),
+        "align_over_erm_memory": memory_ratio,
+        "targets": targets,
+        "meets_align_over_erm": align_over_erm <= targets["align_over_erm_max"],
+        "meets_gradcam_speedup": speedup >= targets["gradcam_speedup_min"],
+        "meets_align_over_erm_memory": None if memory_ratio is None
+        else memory_ratio <= targets["align_over_erm_memory_max"],
+        "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
+        "grad_cam": _grad_cam_version(pytorch_grad_cam),
+        "backbone": config["backbone"], "pretrained": False, "resolution": config["size"],
+        "classifier_input": input_size, "gradcam_layer": stage_name,
+        "cam_side": cam_side, "batch": f"{config['envs']}x{config['batch_per_env']}",
+        "classes": config["classes"], "precision": precision,
+        "gradcam_reference_precision": "fp32", "channels_last": bool(is_cuda and hparams["channels_last"]),
+        "masker_steps": hparams["masker_steps"], "cudnn_benchmark": config["cudnn_benchmark"],
+        "repeats": repeats, "warmup": warmup, "quick": config["quick"], "timing": "interleaved medians",
+        "load_avg_1m": [config["load_before"], _load_average()],
+    }
+
+
+def _load_average() -> float | None:
+    """1-minute load average: on a shared CPU it says how much the timings were contended."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _grad_cam_version(module: Any) -> str:
+    version = getattr(module, "__version__", None)
+    if version:
+        return version
+    from importlib.metadata import PackageNotFoundError, version as package_version
+
+    for name in ("grad-cam", "grad_cam"):
+        with contextlib.suppress(PackageNotFoundError):
+            return package_version(name)
+    return "unknown"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m domainbed_align.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--quick", action="store_true", help=f"CPU-sized config {QUICK}")
+    parser.add_argument("--batch-per-env", type=int, default=None)
+    parser.add_argument("--envs", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None, help="input side in px (native dataset size)")
+    parser.add_argument("--classes", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations before timing")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN pick algorithms (DomainBed's train.py disables this)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table of one ALIGN update to stderr")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: pretrained=False anyway
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    config = dict(QUICK if args.quick else FULL)
+    for key in ("size", "envs", "batch_per_env", "classes", "repeats", "warmup"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    if min(config["size"], config["envs"], config["batch_per_env"], config["classes"], config["repeats"]) < 1 \
+            or config["warmup"] < 0:
+        print(f"bench: invalid config {config}", file=sys.stderr)
+        return 2
+    config.update(backbone=args.backbone, quick=args.quick, cudnn_benchmark=args.cudnn_benchmark,
+                  load_before=_load_average())
+    torch.backends.cudnn.deterministic = not args.cudnn_benchmark  # as DomainBed's train.py
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    # Libraries may print; only the JSON line belongs on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(config, device, profile=args.profile)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

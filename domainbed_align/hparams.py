@@ -1,0 +1,217 @@
+"""Hyperparameters of our algorithms: defaults, random-search distributions and validation, as data.
+
+The hook registers these into DomainBed's ``hparams_registry`` (each random value drawn from
+``np.random.RandomState(seed_hash(random_seed, name))``, as upstream does), so ``--hparams_seed`` sweeps
+work as for built-in algorithms. Everything here is plain Python: random values are cast to ``bool`` /
+``int`` / ``float`` / ``str`` because ``train.py`` JSON-dumps the hparams.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from domainbed_align.errors import HParamError
+
+# DomainBed's real photo datasets: every DomainBed baseline starts from ImageNet weights there.
+PHOTO_DATASETS = frozenset(
+    {"VLCS", "PACS", "OfficeHome", "TerraIncognita", "DomainNet", "SVIRO", "WILDSCamelyon", "WILDSFMoW",
+     "SpawriousO2O_easy", "SpawriousO2O_medium", "SpawriousO2O_hard",
+     "SpawriousM2M_easy", "SpawriousM2M_medium", "SpawriousM2M_hard"}
+)
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its type, default (possibly per dataset), random distribution and meaning."""
+
+    name: str
+    kind: type  # bool, int, float or str
+    default: Any  # a value, or a callable dataset_name -> value
+    sample: Callable[[np.random.RandomState], Any] | None  # None: the random value is the default
+    doc: str
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def default_for(self, dataset: str | None) -> Any:
+        return self.default(dataset) if callable(self.default) else self.default
+
+    def random_for(self, dataset: str | None, random_state: np.random.RandomState) -> Any:
+        if self.sample is None:
+            return self.default_for(dataset)
+        return self.kind(self.sample(random_state))
+
+    def check(self, value: Any, algorithm: str) -> Any:
+        """Return ``value`` if it is a valid setting of this hparam, else raise :class:`HParamError`."""
+        where = f"hparam '{self.name}' of {algorithm}"
+        ok_type = (
+            isinstance(value, bool) if self.kind is bool
+            else isinstance(value, int) and not isinstance(value, bool) if self.kind is int
+            else isinstance(value, (int, float)) and not isinstance(value, bool) if self.kind is float
+            else isinstance(value, str)
+        )
+        if not ok_type:
+            raise HParamError(
+                f"{where} must be a {self.kind.__name__}, got {value!r} ({type(value).__name__}); "
+                f"e.g. --hparams '{{\"{self.name}\": {_json(self.default_for(None))}}}'. {self.doc}")
+        if self.kind is float and not math.isfinite(value):
+            raise HParamError(f"{where} must be finite, got {value!r}.")
+        if self.choices and value not in self.choices:
+            raise HParamError(f"{where} must be one of {list(self.choices)}, got {value!r}. {self.doc}")
+        if self.minimum is not None and value < self.minimum:
+            raise HParamError(f"{where} must be >= {self.minimum}, got {value!r}. {self.doc}")
+        if self.maximum is not None and value > self.maximum:
+            raise HParamError(f"{where} must be <= {self.maximum}, got {value!r}. {self.doc}")
+        return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _log_uniform(low: float, high: float) -> Callable[[np.random.RandomState], float]:
+    return lambda r: float(10 ** r.uniform(low, high))
+
+
+def _choice(*values: Any) -> Callable[[np.random.RandomState], Any]:
+    return lambda r: values[int(r.randint(len(values)))]
+
+
+# --- shared by every algorithm of the family (the backbone and the trainer) ---------------------------
+BACKBONE_HPARAMS = (
+    HParam("backbone", str, "resnet18", None,
+           "timm model name; plain names use torchvision-equivalent weights (resnet18 -> resnet18.tv_in1k), "
+           "a full tag such as 'resnet18.a1_in1k' picks those weights."),
+    HParam("pretrained", bool, lambda dataset: dataset in PHOTO_DATASETS, None,
+           "start from ImageNet weights (default: true on DomainBed's real photo datasets, false elsewhere)."),
+    HParam("pretrained_file", str, "", None,
+           "local checkpoint to load instead of downloading (timm pretrained_cfg_overlay file=...)."),
+    HParam("input_size", int, 0, None,
+           "side the classifier resizes its input to; 0 = native size if >= 56 px, else 56 px, so that "
+           "Grad-CAM keeps a 7x7 map on DomainBed's 28-px datasets.", minimum=0),
+    HParam("gradcam_layer", str, "auto", None,
+           "backbone stage whose Grad-CAM is used (timm feature_info module name, e.g. 'layer4'); 'auto' = "
+           "the deepest stage whose map is at least 7x7 (ResNet: layer4 at 224 px, layer3 at 112, layer2 at 56)."),
+    HParam("mixed_precision", str, "auto", None,
+           "'auto' = bf16 autocast on CUDA and none on CPU; 'bf16' or 'off' to force.",
+           choices=("auto", "bf16", "off")),
+    HParam("channels_last", bool, True, None,
+           "use channels_last memory format on CUDA (no effect on CPU)."),
+)
+
+# --- DRE's mixup explanation-consistency term (ALIGN's L_reg) -----------------------------------------
+MIXUP_HPARAMS = (
+    HParam("lambda_reg", float, 1.0, _log_uniform(-1.0, 0.5),
+           "weight of DRE's same-class mixup explanation-consistency term (inside it DRE's own weights "
+           "1.0 consistency + 0.5 sparsity + 0.1 mixed CE).", minimum=0.0),
+    HParam("mixup_alpha", float, 0.2, None, "Beta(alpha, alpha) of the mixup coefficient (DRE: 0.2).",
+           minimum=1e-6),
+)
+
+# --- ALIGN's masker and alignment -------------------------------------------------------------------
+ALIGN_HPARAMS = (
+    HParam("lambda_sparsity", float, 0.05, _log_uniform(-2.5, -0.5),
+           "masker: weight of mean |M(x)| (sparsity).", minimum=0.0),
+    HParam("lambda_smooth", float, 0.05, _log_uniform(-2.5, -0.5),
+           "masker: weight of the total variation of M(x) (smoothness).", minimum=0.0),
+    HParam("lambda_align", float, 1.0, _log_uniform(-1.0, 1.0),
+           "classifier: weight of BCE(Grad-CAM_y(x), M(x)).", minimum=0.0),
+    HParam("warmup_steps", int, 1000, _choice(500, 1000, 2000),
+           "update() calls with the classifier alone (CE + lambda_reg * L_mixup) before the masker starts; "
+           "counted in absolute steps because DomainBed never tells an algorithm the run length.", minimum=0),
+    HParam("masker_steps", int, 1, _choice(1, 2),
+           "masker steps per update() after warm-up (each update() is always one classifier step).",
+           minimum=1),
+    HParam("masker_lr", float, 1e-3, _log_uniform(-4.0, -2.5), "Adam learning rate of the masker.",
+           minimum=0.0),
+    HParam("masker_width", int, 16, _choice(16, 32),
+           "channels of the masker's two hidden 3x3 conv layers.", minimum=1),
+    HParam("align_resolution", str, "cam", None,
+           "where mask and Grad-CAM meet: 'cam' = area-downsample the mask to the Grad-CAM grid, "
+           "'input' = bilinearly upsample Grad-CAM to the mask.", choices=("cam", "input")),
+)
+
+SPECS: dict[str, tuple[HParam, ...]] = {
+    "TimmERM": BACKBONE_HPARAMS,
+    "ALIGN": BACKBONE_HPARAMS + MIXUP_HPARAMS + ALIGN_HPARAMS,
+}
+
+
+# Our offline datasets train from scratch (no weights offline): DomainBed's small-image learning rate suits
+# them, not the 5e-5 it gives photo datasets for fine-tuning. Applies to every algorithm on these datasets.
+OFFLINE_DATASETS = ("TextureMNIST", "SpuriousTextureMNIST", "VLCSMini")
+DATASET_HPARAMS = (
+    HParam("lr", float, 1e-3, _log_uniform(-4.5, -2.5), "learning rate (DomainBed's small-image range)."),
+    HParam("weight_decay", float, 0.0, None, "weight decay (none, as for DomainBed's small images)."),
+)
+
+
+def dataset_entries(dataset: str, random_seed: int, seed_hash: Callable[..., int]) -> dict[str, tuple[Any, Any]]:
+    """Overrides of DomainBed's common hparams on our offline datasets, in registry format."""
+    if dataset not in OFFLINE_DATASETS:
+        return {}
+    return {spec.name: (spec.default_for(dataset),
+                        spec.random_for(dataset, np.random.RandomState(seed_hash(random_seed, spec.name))))
+            for spec in DATASET_HPARAMS}
+
+
+def specs_for(algorithm: str) -> tuple[HParam, ...]:
+    return SPECS[algorithm]
+
+
+def registry_entries(algorithm: str, dataset: str, random_seed: int,
+                     seed_hash: Callable[..., int]) -> dict[str, tuple[Any, Any]]:
+    """Our hparams in DomainBed's registry format {name: (default, random)}, seeded like upstream's."""
+    entries = {}
+    for spec in specs_for(algorithm):
+        random_state = np.random.RandomState(seed_hash(random_seed, spec.name))
+        entries[spec.name] = (spec.default_for(dataset), spec.random_for(dataset, random_state))
+    return entries
+
+
+def default_hparams(algorithm: str, dataset: str | None = None, **common: Any) -> dict[str, Any]:
+    """Defaults without DomainBed (tests, notebooks); ``common`` supplies DomainBed's lr/batch_size/... ."""
+    base = {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 32, "resnet_dropout": 0.0, "freeze_bn": False}
+    base.update({spec.name: spec.default_for(dataset) for spec in specs_for(algorithm)})
+    base.update(common)
+    return base
+
+
+# DomainBed's own hparams that our algorithms read, with their meaning for us.
+COMMON_USED = {"lr": float, "weight_decay": float, "resnet_dropout": float, "freeze_bn": bool}
+
+
+def validate(algorithm: str, hparams: Mapping[str, Any],
+             other_known: Iterable[str] | None = None) -> dict[str, Any]:
+    """Check every hparam of ``algorithm``; return a plain dict copy.
+
+    ``other_known`` lists the names any algorithm registered in DomainBed defines (given by the hook); when
+    given, any other key is an error with a did-you-mean hint, because ``train.py --hparams`` silently accepts
+    typos. Other algorithms' hparams pass, since a sweep's --hparams goes to every algorithm it runs.
+    """
+    specs = {spec.name: spec for spec in specs_for(algorithm)}
+    missing = [name for name in list(specs) + list(COMMON_USED) if name not in hparams]
+    if missing:
+        raise HParamError(
+            f"{algorithm} is missing hparams {missing}; build them with "
+            f"domainbed.hparams_registry.default_hparams('{algorithm}', dataset) (or "
+            f"domainbed_align.hparams.default_hparams without DomainBed).")
+    for name, spec in specs.items():
+        spec.check(hparams[name], algorithm)
+    for name, kind in COMMON_USED.items():
+        HParam(name, kind, hparams[name], None, "(a DomainBed hparam)").check(hparams[name], algorithm)
+    if other_known is not None:
+        known = set(specs) | set(other_known)
+        unknown = sorted(set(hparams) - known)
+        if unknown:
+            hints = [f"'{u}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(u, known, 1))
+                                 else "") for u in unknown]
+            raise HParamError(f"unknown hparam {', '.join(hints)}: no algorithm defines it; {algorithm}'s "
+                              f"hparams are {sorted(specs)} plus DomainBed's common ones.")
+    return dict(hparams)

@@ -1,0 +1,173 @@
+"""The shared trainer of the explanation-guided family, under DomainBed's Algorithm contract.
+
+:class:`ExplanationGuidedAlgorithm` owns the machinery: the timm classifier from the one factory, its
+optimizer, mixed precision, the batched differentiable Grad-CAM of the true class, DRE's same-class mixup
+term and the conversion of every loss term to Python floats. A method overrides one small hook,
+:meth:`explanation_loss` (and, for ALIGN, :meth:`before_classifier_step` for its masker). The class imports no
+DomainBed: the registration hook mixes ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from domainbed_align import hparams as hparams_lib
+from domainbed_align.backbones import CamClassifier, create_backbone
+from domainbed_align.errors import NonFiniteLossError
+from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.losses import dre_mixup_loss, same_class_partners
+
+Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class ExplanationGuidedAlgorithm(nn.Module):
+    """Base of TimmERM, ALIGN and the explanation-guided baselines.
+
+    DomainBed contract: ``__init__(input_shape, num_classes, num_domains, hparams)``; ``update(minibatches,
+    unlabeled=None)`` does one optimisation step on the concatenated training environments and returns Python
+    floats; ``predict(x)`` returns logits. Domain-adaptation ``unlabeled`` batches are ignored.
+    """
+
+    name = ""  # key of this algorithm's hparams in hparams.SPECS
+    uses_gradcam = False
+    uses_mixup = False
+
+    @staticmethod
+    def known_hparam_names() -> frozenset | None:
+        """Hparam names DomainBed defines (the hook overrides this), so a typo in --hparams is an error
+        instead of a silently ignored key; None (without DomainBed) skips that check."""
+        return None
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
+                 hparams: Mapping[str, Any]) -> None:
+        nn.Module.__init__(self)  # not super(): DomainBed's Algorithm.__init__ only stores hparams
+        self.hparams = hparams_lib.validate(self.name, hparams, self.known_hparam_names())
+        self.num_classes = num_classes
+        self.num_domains = num_domains
+        h = self.hparams
+        backbone = create_backbone(h["backbone"], num_classes, in_chans=input_shape[0],
+                                   pretrained=h["pretrained"], pretrained_file=h["pretrained_file"],
+                                   drop_rate=h["resnet_dropout"])
+        self.classifier = CamClassifier(backbone, native_size=input_shape[-1], input_size=h["input_size"],
+                                        gradcam_layer=h["gradcam_layer"])
+        self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=h["lr"],
+                                          weight_decay=h["weight_decay"])
+        self.steps_done = 0
+        self._channels_last_applied = False
+
+    # --- the hooks a method overrides ---------------------------------------------------------------
+    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """The method's weighted explanation loss on normalised true-class Grad-CAMs ``[N, h, w]``.
+
+        Returns (weighted total added to the classifier loss, terms to report). Only called when
+        ``uses_gradcam``.
+        """
+        return 0.0, {}
+
+    def before_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Work done before each classifier step (ALIGN: its masker steps); returns terms to report."""
+        return {}
+
+    # --- DomainBed contract -------------------------------------------------------------------------
+    def update(self, minibatches: Minibatches, unlabeled: Any = None) -> dict[str, float]:
+        images = torch.cat([x for x, _ in minibatches])
+        labels = torch.cat([y for _, y in minibatches])
+        images = self._prepare_device(images)
+        with self._autocast(images):
+            reported = dict(self.before_classifier_step(images, labels))
+            loss, terms = self.classifier_loss(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        floats = self._to_python({"loss": loss, **terms, **reported})
+        self.steps_done += 1
+        return floats
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        images = self._prepare_device(images)
+        with self._autocast(images):
+            return self.classifier(images).float()
+
+    # --- machinery ----------------------------------------------------------------------------------
+    def classifier_loss(self, images: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE, plus (for Grad-CAM methods) DRE's mixup term and the method's explanation loss."""
+        if not self.uses_gradcam:
+            cross_entropy = F.cross_entropy(self.classifier(images).float(), labels)
+            return cross_entropy, {"ce": cross_entropy}
+        n = labels.numel()
+        batch, batch_labels = images, labels
+        if self.uses_mixup:
+            partners, mix_weight = self.sample_mixup(labels)
+            lam = mix_weight.view(-1, 1, 1, 1).to(images.dtype)
+            mixed = lam * images + (1 - lam) * images[partners]
+            # One forward over originals and mixes; mixes share their label (same-class pairs).
+            batch, batch_labels = torch.cat([images, mixed]), torch.cat([labels, labels])
+        logits, activations = self.classifier.forward_with_activations(batch)
+        cams = normalize_per_sample(grad_cam(activations, true_class_scores(logits, batch_labels)).float())
+        cross_entropy = F.cross_entropy(logits[:n].float(), labels)
+        loss, terms = cross_entropy, {"ce": cross_entropy}
+        if self.uses_mixup:
+            regulariser = dre_mixup_loss(cams[:n], cams[:n][partners], cams[n:], mix_weight, logits[n:], labels)
+            loss = loss + self.hparams["lambda_reg"] * regulariser["loss"]
+            terms.update({f"reg_{key}" if key != "loss" else "reg": value for key, value in regulariser.items()})
+        explanation, explanation_terms = self.explanation_loss(images, labels, cams[:n])
+        return loss + explanation, {**terms, **explanation_terms}
+
+    def sample_mixup(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DRE's pairing: a random same-class partner per sample and lam ~ Beta(alpha, alpha) per pair."""
+        alpha = self.hparams["mixup_alpha"]
+        mix_weight = torch.distributions.Beta(alpha, alpha).sample((labels.numel(),)).to(labels.device)
+        return same_class_partners(labels), mix_weight
+
+    def _prepare_device(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_cuda and self.hparams["channels_last"]:
+            if not self._channels_last_applied:
+                self.to(memory_format=torch.channels_last)
+                self._channels_last_applied = True
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
+        mode = self.hparams["mixed_precision"]
+        if mode == "bf16" or (mode == "auto" and images.is_cuda):
+            return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_python(self, terms: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+        """All reported terms as floats with one host sync; a non-finite one stops the run, naming it."""
+        tensor_names = [k for k, v in terms.items() if isinstance(v, torch.Tensor)]
+        floats = {k: float(v) for k, v in terms.items() if not isinstance(v, torch.Tensor)}
+        if tensor_names:
+            stacked = torch.stack([terms[k].detach().float().reshape(()) for k in tensor_names])
+            floats.update(zip(tensor_names, stacked.tolist()))
+        floats = {k: floats[k] for k in terms}
+        bad = sorted(k for k, v in floats.items() if not math.isfinite(v))
+        if bad:
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: non-finite {', '.join(f'{k}={floats[k]}' for k in bad)} at step "
+                f"{self.steps_done}; lower 'lr' or the lambda_* weights, or set "
+                f"--hparams '{{\"mixed_precision\": \"off\"}}'. Earlier checkpoints in results.jsonl are intact.")
+        return floats
+
+    def train(self, mode: bool = True) -> "ExplanationGuidedAlgorithm":
+        super().train(mode)
+        if mode and self.hparams["freeze_bn"]:  # DomainBed's freeze_bn: BatchNorm keeps its running stats
+            for module in self.classifier.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    # Warm-up progress travels with state_dict(), the only thing DomainBed checkpoints.
+    def get_extra_state(self) -> dict[str, int]:
+        return {"steps_done": self.steps_done}
+
+    def set_extra_state(self, state: Mapping[str, int]) -> None:
+        self.steps_done = int(state["steps_done"])

@@ -1,0 +1,53 @@
+"""Packaging for domainbed-align.
+
+Besides the package, both the regular and the editable wheel carry ``domainbed_align_hook.pth`` at the root of
+site-packages: Python's ``site`` module runs it in every interpreter of the environment (including the
+``python -m domainbed.scripts.train`` children of a sweep), which installs the lazy registration hook.
+Regular wheels get it from ``build_py``; PEP 660 editable wheels would silently omit it, so
+``editable_wheel`` is extended too (setuptools has no public API for that; tests install both ways).
+"""
+
+import shutil
+from pathlib import Path
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+HOOK = Path(__file__).parent / "domainbed_align" / "domainbed_align_hook.pth"
+
+
+class BuildPyWithHook(build_py):
+    def run(self) -> None:
+        super().run()
+        self.copy_file(str(HOOK), str(Path(self.build_lib) / HOOK.name))
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [str(Path(self.build_lib) / HOOK.name)]
+
+
+class EditableWheelWithHook(editable_wheel):
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        files, mapping = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        shutil.copy(HOOK, Path(unpacked_wheel) / HOOK.name)
+        return files, mapping
+
+
+setup(
+    name="domainbed-align",
+    version="0.1.0",
+    description="ALIGN (AAAI 2026) and same-backbone baselines as a plugin for unmodified DomainBed",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["domainbed_align", "domainbed_align.*"]),
+    install_requires=["torch>=2.1", "torchvision>=0.16", "timm>=1.0.3", "numpy"],
+    extras_require={
+        # What upstream DomainBed imports at module level (it has no setup.py of its own).
+        "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],
+        "test": ["pytest", "grad-cam", "parameterized"],
+    },
+    cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
+    zip_safe=False,
+)

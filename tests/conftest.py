@@ -1,0 +1,56 @@
+"""Shared test helpers: where DomainBed comes from, and subprocess runs with the plugin active."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = Path(__file__).resolve().parent / "standin"
+ENABLE_HINT = ("needs upstream DomainBed: export DOMAINBED_ROOT=<a checkout of facebookresearch/DomainBed at "
+               "b93c22a> (or make `domainbed` importable) to run it")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download weights
+
+
+def upstream_root() -> Path | None:
+    """The real DomainBed to test against, or None."""
+    root = os.environ.get("DOMAINBED_ROOT")
+    if root:
+        if not (Path(root) / "domainbed" / "algorithms.py").is_file():
+            pytest.fail(f"DOMAINBED_ROOT={root} does not contain domainbed/algorithms.py")
+        return Path(root)
+    spec = importlib.util.find_spec("domainbed")
+    if spec and spec.origin and Path(spec.origin).parent.parent != STANDIN:
+        return Path(spec.origin).parent.parent
+    return None
+
+
+requires_upstream = pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT)
+
+
+def run_python(code_or_args: str | list[str], domainbed: Path | None, cwd: Path | None = None,
+               timeout: float = 600, python: str = sys.executable,
+               python_on_path: bool = True) -> subprocess.CompletedProcess:
+    """Run a fresh interpreter (so the .pth hook is what registers us) with ``domainbed`` from ``domainbed``."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    # sweeps launch the literal `python`: it must be this environment's, as for an activated venv
+    if python_on_path:
+        env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    if domainbed is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(domainbed), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+    return subprocess.run([python, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def hook_active() -> bool:
+    """Whether this interpreter ran our .pth (the package is pip-installed into it)."""
+    from domainbed_align import _hook
+
+    return _hook.is_installed()

@@ -1,0 +1,220 @@
+"""ALIGN and TimmERM under DomainBed's contract, without DomainBed."""
+
+import copy
+import time
+
+import pytest
+import torch
+
+from domainbed_align import hparams as hparams_lib
+from domainbed_align.algorithms import ALIGN, MASKER_REPORT, TimmERM
+from domainbed_align.backbones import create_backbone
+from domainbed_align.errors import HParamError, NonFiniteLossError, PretrainedWeightsError
+
+SHAPE = (3, 28, 28)
+
+
+def _batches(n_envs=2, per_env=4, shape=SHAPE, classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(per_env, *shape, generator=generator),
+             torch.randint(0, classes, (per_env,), generator=generator)) for _ in range(n_envs)]
+
+
+def _align(**overrides) -> ALIGN:
+    torch.manual_seed(0)
+    return ALIGN(SHAPE, 3, 2, hparams_lib.default_hparams("ALIGN", "Debug28", **overrides))
+
+
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, module: torch.nn.Module) -> list:
+    return [k for k, v in module.state_dict().items() if not torch.equal(before[k], v)]
+
+
+def test_update_returns_python_floats_with_stable_keys_and_predict_returns_logits():
+    algorithm = _align(warmup_steps=1)
+    batches = _batches()
+    warm = algorithm.update(batches)
+    after = algorithm.update(batches, unlabeled=[torch.randn(4, *SHAPE)])  # unlabeled is ignored
+    assert set(warm) == set(after)
+    assert set(MASKER_REPORT) <= set(after) and {"ce", "reg", "align_bce", "in_warmup"} <= set(after)
+    assert all(type(v) is float for v in after.values())
+    assert warm["in_warmup"] == 1.0 and after["in_warmup"] == 0.0
+    assert 0.0 < after["mask_mean"] < 1.0 and after["align_bce"] > 0.0
+    algorithm.eval()
+    assert algorithm.predict(batches[0][0]).shape == (4, 3)
+    with torch.no_grad():
+        logits = algorithm.predict(batches[0][0])
+    assert logits.shape == (4, 3) and logits.dtype == torch.float32
+
+
+def test_warmup_never_touches_the_masker():
+    algorithm = _align(warmup_steps=3)
+    before = _state(algorithm.masker)
+    for _ in range(3):
+        algorithm.update(_batches())
+    assert _changed(before, algorithm.masker) == []
+    algorithm.update(_batches())  # first step after warm-up trains the masker
+    assert _changed(before, algorithm.masker) != []
+
+
+def test_masker_step_leaves_the_classifier_untouched():
+    algorithm = _align(warmup_steps=0)
+    images, labels = (torch.cat(t) for t in zip(*_batches()))
+    before = _state(algorithm.classifier)  # includes BatchNorm running stats and num_batches_tracked
+    masker_before = _state(algorithm.masker)
+    algorithm.masker_step(images, labels)
+    assert _changed(before, algorithm.classifier) == []
+    assert all(p.grad is None for p in algorithm.classifier.parameters())
+    assert _changed(masker_before, algorithm.masker) != []
+    assert algorithm.classifier.training  # train mode restored
+
+
+def test_classifier_step_leaves_the_masker_untouched():
+    algorithm = _align(warmup_steps=0)
+    images, labels = (torch.cat(t) for t in zip(*_batches()))
+    before = _state(algorithm.masker)
+    classifier_before = _state(algorithm.classifier)
+    loss, terms = algorithm.classifier_loss(images, labels)
+    loss.backward()
+    algorithm.optimizer.step()
+    assert terms["align_bce"].item() > 0
+    assert _changed(before, algorithm.masker) == []
+    assert all(p.grad is None for p in algorithm.masker.parameters())
+    assert _changed(classifier_before, algorithm.classifier) != []
+
+
+def test_alignment_loss_gradient_reaches_the_backbone():
+    algorithm = _align(warmup_steps=0, lambda_reg=0.0)
+    images, labels = (torch.cat(t) for t in zip(*_batches()))
+    cams_loss, _ = algorithm.explanation_loss(images, labels, _cams(algorithm, images, labels))
+    cams_loss.backward()
+    stem = algorithm.classifier.backbone.conv1.weight.grad
+    assert stem is not None and stem.abs().sum() > 0
+
+
+def _cams(algorithm, images, labels):
+    from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+
+    logits, activations = algorithm.classifier.forward_with_activations(images)
+    return normalize_per_sample(grad_cam(activations, true_class_scores(logits, labels)))
+
+
+def test_masker_steps_ratio_and_same_classifier_steps_as_erm():
+    algorithm = _align(warmup_steps=0, masker_steps=3)
+    calls = []
+    original = algorithm.masker_step
+    algorithm.masker_step = lambda *a: calls.append(1) or original(*a)
+    algorithm.update(_batches())
+    assert len(calls) == 3 and algorithm.steps_done == 1
+
+
+def test_timm_erm_is_cross_entropy_only():
+    torch.manual_seed(0)
+    erm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+    out = erm.update(_batches())
+    assert set(out) == {"loss", "ce"} and out["loss"] == out["ce"]
+    assert not hasattr(erm, "masker")
+
+
+def test_state_dict_round_trip_keeps_warmup_progress():
+    algorithm = _align(warmup_steps=5)
+    for _ in range(2):
+        algorithm.update(_batches())
+    clone = _align(warmup_steps=5)
+    clone.load_state_dict(copy.deepcopy(algorithm.state_dict()))
+    assert clone.steps_done == 2
+    for a, b in zip(algorithm.state_dict().values(), clone.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+
+
+def test_freeze_bn_keeps_running_statistics():
+    algorithm = _align(warmup_steps=10, freeze_bn=True)
+    algorithm.train()
+    before = algorithm.classifier.backbone.bn1.running_mean.clone()
+    algorithm.update(_batches())
+    assert torch.equal(before, algorithm.classifier.backbone.bn1.running_mean)
+    unfrozen = _align(warmup_steps=10)
+    unfrozen.update(_batches())
+    assert not torch.equal(before, unfrozen.classifier.backbone.bn1.running_mean)
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("lambda_align", "1", "must be a float"),
+    ("warmup_steps", 1.5, "must be a int"),
+    ("pretrained", 1, "must be a bool"),
+    ("lambda_sparsity", -1.0, ">= 0.0"),
+    ("align_resolution", "pixels", "one of"),
+    ("lambda_reg", float("nan"), "finite"),
+])
+def test_ill_typed_hparams_name_the_culprit(name, value, fragment):
+    with pytest.raises(HParamError, match=fragment) as error:
+        _align(**{name: value})
+    assert f"'{name}'" in str(error.value)
+
+
+def test_unknown_and_missing_hparams():
+    hparams = hparams_lib.default_hparams("ALIGN", "Debug28", lambda_algin=2.0)
+    with pytest.raises(HParamError, match="did you mean 'lambda_align'"):
+        hparams_lib.validate("ALIGN", hparams, other_known={"lr", "weight_decay", "batch_size"})
+    del hparams["masker_lr"]
+    with pytest.raises(HParamError, match="missing hparams \\['masker_lr'\\]"):
+        hparams_lib.validate("ALIGN", hparams)
+
+
+def test_unknown_gradcam_layer_and_backbone():
+    with pytest.raises(HParamError, match="stages are"):
+        _align(gradcam_layer="layer9")
+    with pytest.raises(HParamError, match="timm does not know"):
+        _align(backbone="resnet_nope")
+
+
+def test_non_finite_loss_stops_with_the_term_named():
+    algorithm = _align(warmup_steps=10)
+    images, labels = _batches()[0]
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite .*ce=nan.* at step 0"):
+        algorithm.update([(images, labels)])
+
+
+def test_random_hparams_are_plain_python_and_valid():
+    import hashlib
+
+    def seed_hash(*args):
+        return int(hashlib.md5(str(args).encode()).hexdigest(), 16) % (2 ** 31)
+
+    for seed in range(5):
+        entries = hparams_lib.registry_entries("ALIGN", "VLCS", seed, seed_hash)
+        randoms = {name: pair[1] for name, pair in entries.items()}
+        assert all(type(v) in (bool, int, float, str) for v in randoms.values())
+        assert entries == hparams_lib.registry_entries("ALIGN", "VLCS", seed, seed_hash)
+        for spec in hparams_lib.specs_for("ALIGN"):
+            spec.check(randoms[spec.name], "ALIGN")
+    assert hparams_lib.default_hparams("ALIGN", "VLCS")["pretrained"] is True
+    assert hparams_lib.default_hparams("ALIGN", "Debug28")["pretrained"] is False
+
+
+def test_missing_pretrained_weights_fail_fast_with_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    with pytest.raises(PretrainedWeightsError, match="pretrained_file") as error:
+        create_backbone("resnet18", 5, pretrained=True)
+    assert time.monotonic() - start < 10
+    assert "resnet18.tv_in1k" in str(error.value)
+    with pytest.raises(PretrainedWeightsError, match="not a file"):
+        create_backbone("resnet18", 5, pretrained=True, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+def test_pretrained_file_is_loaded(tmp_path):
+    torch.manual_seed(3)
+    source = create_backbone("resnet18", 1000, pretrained=False)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    loaded = create_backbone("resnet18", 7, pretrained=True, pretrained_file=str(path))
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert torch.equal(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert loaded.fc.out_features == 7  # a fresh head for the task

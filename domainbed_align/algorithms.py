@@ -32,10 +32,11 @@ class ALIGN(ExplanationGuidedAlgorithm):
     """ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation.
 
     Warm-up (``warmup_steps`` update() calls): the classifier alone, CE + lambda_reg * DRE's mixup term.
-    Afterwards each update() runs ``masker_steps`` masker steps (classifier frozen: eval mode, so neither its
-    weights nor its BatchNorm statistics change) and then one classifier step (masker frozen: its mask is a
-    constant target) with CE + lambda_align * BCE(Grad-CAM_y, M) + lambda_reg * L_mixup. ALIGN thus gets
-    exactly as many classifier steps as TimmERM.
+    Afterwards each update() runs one classifier step (masker frozen: its current mask is a constant target)
+    with CE + lambda_align * BCE(Grad-CAM_y, M) + lambda_reg * L_mixup, then ``masker_steps`` masker steps
+    (classifier frozen: eval mode, so neither its weights nor its BatchNorm statistics change). ALIGN thus gets
+    exactly as many classifier steps as TimmERM. The first masker step reuses the mask the classifier step
+    computed (the masker has not changed in between), which saves one masker forward pass.
     """
 
     name = "ALIGN"
@@ -45,26 +46,50 @@ class ALIGN(ExplanationGuidedAlgorithm):
     def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
                  hparams: Mapping[str, Any]) -> None:
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.masker = Masker(input_shape[0], self.hparams["masker_width"])
+        self.masker = Masker(input_shape[0], self.hparams["masker_width"], self.hparams["masker_downsample"])
         self.masker_optimizer = torch.optim.Adam(self.masker.parameters(), lr=self.hparams["masker_lr"])
+        self._masks_of_this_step: torch.Tensor | None = None
 
     @property
     def in_warmup(self) -> bool:
         return self.steps_done < self.hparams["warmup_steps"]
 
-    def before_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
+                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        if self.in_warmup:
+            return 0.0, {"align_bce": 0.0}
+        masks = self.masker(images)  # kept with its graph for the masker step that follows
+        self._masks_of_this_step = masks
+        targets = masks.detach()  # the frozen masker's mask: a constant target for the classifier
+        if self.hparams["align_resolution"] == "cam":
+            targets, maps = F.adaptive_avg_pool2d(targets, cams.shape[-2:]).squeeze(1), cams
+        else:
+            maps = F.interpolate(cams.unsqueeze(1), size=targets.shape[-2:], mode="bilinear",
+                                 align_corners=False).squeeze(1)
+            targets = targets.squeeze(1)
+        bce = alignment_bce(maps, targets)
+        return self.hparams["lambda_align"] * bce, {"align_bce": bce}
+
+    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        masks, self._masks_of_this_step = self._masks_of_this_step, None
         if self.in_warmup:
             return {**{key: 0.0 for key in MASKER_REPORT}, "in_warmup": 1.0}
         for _ in range(self.hparams["masker_steps"]):
-            terms = self.masker_step(images, labels)
+            terms = self.masker_step(images, labels, masks)
+            masks = None  # later steps need the updated masker's mask
         return {**terms, "in_warmup": 0.0}
 
-    def masker_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One masker update through the frozen classifier; returns the masker's terms and mask statistics."""
-        was_training = self.classifier.training
+    def masker_step(self, images: torch.Tensor, labels: torch.Tensor,
+                    masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One masker update through the frozen classifier; returns the masker's terms and mask statistics.
+
+        ``masks``: the current masker's output on ``images`` with its graph, if already computed.
+        """
+        # Restore each module's own mode afterwards: classifier.train(True) would undo freeze_bn.
+        modes = [(module, module.training) for module in self.classifier.modules()]
         self.classifier.eval()  # frozen: no BatchNorm-statistics update, no dropout
         try:
-            masks = self.masker(images)
+            masks = self.masker(images) if masks is None else masks
             n = labels.numel()
             logits = self.classifier(torch.cat([images * masks, images * (1 - masks)]))
             probs = F.softmax(logits.float(), dim=1)
@@ -77,22 +102,8 @@ class ALIGN(ExplanationGuidedAlgorithm):
                 parameter.grad = gradient
             self.masker_optimizer.step()
         finally:
-            self.classifier.train(was_training)
+            for module, training in modes:
+                module.training = training
         masks = masks.detach()
         return {**{f"masker_{key}": value for key, value in terms.items()},
                 "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
-
-    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        if self.in_warmup:
-            return 0.0, {"align_bce": 0.0}
-        with torch.no_grad():
-            masks = self.masker(images)  # the frozen masker's current mask: a constant target
-        if self.hparams["align_resolution"] == "cam":
-            targets, maps = F.adaptive_avg_pool2d(masks, cams.shape[-2:]).squeeze(1), cams
-        else:
-            maps = F.interpolate(cams.unsqueeze(1), size=masks.shape[-2:], mode="bilinear",
-                                 align_corners=False).squeeze(1)
-            targets = masks.squeeze(1)
-        bce = alignment_bce(maps, targets)
-        return self.hparams["lambda_align"] * bce, {"align_bce": bce}

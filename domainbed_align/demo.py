@@ -19,7 +19,7 @@ from pathlib import Path
 
 from domainbed_align.errors import DomainbedAlignError
 
-DEMO = dict(steps=120, n_hparams=1, n_trials=1, hparams={"batch_size": 16, "warmup_steps": 40})
+DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60})
 FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={})
 ALGORITHMS = ("TimmERM", "ALIGN")
 

@@ -132,6 +132,9 @@ ALIGN_HPARAMS = (
            minimum=0.0),
     HParam("masker_width", int, 16, _choice(16, 32),
            "channels of the masker's two hidden 3x3 conv layers.", minimum=1),
+    HParam("masker_downsample", int, 2, None,
+           "the masker runs on a d-times area-downsampled image and its output is upsampled back to the "
+           "input's size (1 = full resolution).", minimum=1),
     HParam("align_resolution", str, "cam", None,
            "where mask and Grad-CAM meet: 'cam' = area-downsample the mask to the Grad-CAM grid, "
            "'input' = bilinearly upsample Grad-CAM to the mask.", choices=("cam", "input")),

@@ -48,17 +48,21 @@ def alignment_bce(cam: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> t
         return F.binary_cross_entropy(cam.float().clamp(eps, 1 - eps), mask.float())
 
 
-def same_class_partners(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def same_class_partners(labels: torch.Tensor, num_classes: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """For each sample, the index of a random other sample of the same class (itself if it is alone).
 
-    Vectorised (no per-class loop): shuffle, sort by label, and pair each sample with the next one of its
-    class group, cyclically.
+    Vectorised and free of host syncs when ``num_classes`` is given: shuffle on the labels' device, sort by
+    label, and pair each sample with the next one of its class group, cyclically.
     """
     n = labels.numel()
-    shuffle = torch.randperm(n, generator=generator, device="cpu").to(labels.device)
+    device = labels.device if generator is None else generator.device
+    shuffle = torch.randperm(n, generator=generator, device=device).to(labels.device)
     order = shuffle[torch.sort(labels[shuffle], stable=True).indices]
     sorted_labels = labels[order]
-    counts = torch.bincount(sorted_labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(0, sorted_labels, torch.ones_like(sorted_labels))
     starts = torch.cumsum(counts, 0) - counts
     group_start, group_size = starts[sorted_labels], counts[sorted_labels]
     position = torch.arange(n, device=labels.device)

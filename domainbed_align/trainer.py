@@ -3,7 +3,7 @@
 :class:`ExplanationGuidedAlgorithm` owns the machinery: the timm classifier from the one factory, its
 optimizer, mixed precision, the batched differentiable Grad-CAM of the true class, DRE's same-class mixup
 term and the conversion of every loss term to Python floats. A method overrides one small hook,
-:meth:`explanation_loss` (and, for ALIGN, :meth:`before_classifier_step` for its masker). The class imports no
+:meth:`explanation_loss` (and, for ALIGN, :meth:`after_classifier_step` for its masker). The class imports no
 DomainBed: the registration hook mixes ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
 """
 
@@ -60,6 +60,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
+        self.train()  # applies freeze_bn from the start, as DomainBed's ResNet does
 
     # --- the hooks a method overrides ---------------------------------------------------------------
     def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
@@ -71,8 +72,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
         """
         return 0.0, {}
 
-    def before_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Work done before each classifier step (ALIGN: its masker steps); returns terms to report."""
+    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Work done after each classifier step (ALIGN: its masker steps); returns terms to report."""
         return {}
 
     # --- DomainBed contract -------------------------------------------------------------------------
@@ -81,11 +82,12 @@ class ExplanationGuidedAlgorithm(nn.Module):
         labels = torch.cat([y for _, y in minibatches])
         images = self._prepare_device(images)
         with self._autocast(images):
-            reported = dict(self.before_classifier_step(images, labels))
             loss, terms = self.classifier_loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        with self._autocast(images):
+            reported = self.after_classifier_step(images, labels)
         floats = self._to_python({"loss": loss, **terms, **reported})
         self.steps_done += 1
         return floats
@@ -124,8 +126,9 @@ class ExplanationGuidedAlgorithm(nn.Module):
     def sample_mixup(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DRE's pairing: a random same-class partner per sample and lam ~ Beta(alpha, alpha) per pair."""
         alpha = self.hparams["mixup_alpha"]
-        mix_weight = torch.distributions.Beta(alpha, alpha).sample((labels.numel(),)).to(labels.device)
-        return same_class_partners(labels), mix_weight
+        concentration = torch.full((labels.numel(),), alpha, device=labels.device)
+        mix_weight = torch.distributions.Beta(concentration, concentration).sample()  # on the device: no sync
+        return same_class_partners(labels, self.num_classes), mix_weight
 
     def _prepare_device(self, images: torch.Tensor) -> torch.Tensor:
         if images.is_cuda and self.hparams["channels_last"]:

@@ -29,7 +29,8 @@ def resnet_forward(backbone: nn.Module, images: torch.Tensor, input_size: int,
                    stage_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and the ``stage_name`` feature map of a timm ResNet, run stage by stage (no hooks, no helpers).
 
-    Inputs are bilinearly resized to ``input_size`` first, as the classifier does for small datasets.
+    Inputs are bilinearly resized to ``input_size`` first (align_corners=False), as the classifier does for small
+    datasets.
     """
     if images.shape[-2:] != (input_size, input_size):
         images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)

@@ -75,3 +75,25 @@ def test_our_datasets_through_upstream_train_utilities(data_dir: Path) -> None:
     """)
     assert out.split() == ["TextureMNIST", "True", "True", "SpuriousTextureMNIST", "True", "True",
                            "VLCSMini", "True", "True"]
+
+
+@pytest.mark.parametrize("dataset", ["TextureMNIST", "SpuriousTextureMNIST", "VLCSMini"])
+def test_align_trains_on_each_new_dataset_through_upstream_train_py(data_dir: Path, tmp_path: Path,
+                                                                    dataset: str) -> None:
+    from conftest import hook_active, run_python
+
+    if not hook_active():
+        pytest.skip("pip install -e . first (the .pth hook is inactive)")
+    out = tmp_path / dataset
+    hparams = '{"batch_size": 4, "warmup_steps": 1}'
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", dataset,
+                         "--data_dir", str(data_dir), "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "5",
+                         "--hparams", hparams, "--output_dir", str(out)], Path(ROOT), cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    import json
+
+    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 1 and last["in_warmup"] == 0.0 and 0.0 < last["mask_mean"] < 1.0
+    assert last["hparams"]["lr"] == 1e-3 and last["hparams"]["pretrained"] is False  # offline-dataset defaults
+    n_envs = {"TextureMNIST": 4, "SpuriousTextureMNIST": 3, "VLCSMini": 3}[dataset]
+    assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(n_envs))

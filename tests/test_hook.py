@@ -20,16 +20,17 @@ CHECK_REGISTERED = """
 import json, domainbed.algorithms as a, domainbed.hparams_registry as h
 from domainbed_align.hparams import specs_for
 cls = a.get_algorithm_class('ALIGN')
-hp_default = h.default_hparams('ALIGN', DATASET)
-hp_random = h.random_hparams('ALIGN', DATASET, 3)
+hp_default = h.default_hparams('ALIGN', __DATASET__)
+hp_random = h.random_hparams('ALIGN', __DATASET__, 3)
 print(json.dumps({
     'algorithms': [n for n in a.ALGORITHMS if n in ('ALIGN', 'TimmERM')],
     'is_algorithm': issubclass(cls, a.Algorithm) and issubclass(a.get_algorithm_class('TimmERM'), a.Algorithm),
     'default': hp_default, 'random': hp_random,
     # ours only: upstream's own random lr etc. are numpy floats (JSON-safe float subclasses)
     'random_types': sorted({type(hp_random[s.name]).__name__ for s in specs_for('ALIGN')}),
-    'deterministic': hp_random == h.random_hparams('ALIGN', DATASET, 3),
-    'erm_untouched': 'lambda_align' not in h.default_hparams('ERM', DATASET),
+    'deterministic': hp_random == h.random_hparams('ALIGN', __DATASET__, 3),
+    'erm_untouched': 'lambda_align' not in h.default_hparams('ERM', __DATASET__),
+    'datasets': [n for n in __import__('domainbed.datasets').datasets.DATASETS if n.endswith(('MNIST', 'Mini'))],
 }))
 """
 
@@ -40,7 +41,7 @@ def _dataset(source):
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_fresh_process_sees_align(source, tmp_path):
-    result = run_python(CHECK_REGISTERED.replace("DATASET", repr(_dataset(source))), source, cwd=tmp_path)
+    result = run_python(CHECK_REGISTERED.replace("__DATASET__", repr(_dataset(source))), source, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["algorithms"] == ["TimmERM", "ALIGN"]
@@ -48,6 +49,8 @@ def test_fresh_process_sees_align(source, tmp_path):
     assert report["default"]["lambda_align"] == 1.0 and report["default"]["pretrained"] is False
     assert set(report["random_types"]) <= {"bool", "int", "float", "str"}
     assert report["random"]["lambda_align"] != report["default"]["lambda_align"]  # a real random draw
+    # our datasets are registered where sweep and collect_results look for them
+    assert {"TextureMNIST", "SpuriousTextureMNIST", "VLCSMini"} <= set(report["datasets"])
 
 
 @pytest.mark.parametrize("source", SOURCES)

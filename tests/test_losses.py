@@ -75,7 +75,7 @@ def test_same_class_partners():
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1])
     seen_other = set()
     for seed in range(20):
-        partners = same_class_partners(labels, torch.Generator().manual_seed(seed))
+        partners = same_class_partners(labels, 3, torch.Generator().manual_seed(seed))
         assert torch.equal(labels[partners], labels)
         alone = partners[3].item()
         assert alone == 3  # the only sample of class 2 pairs with itself

@@ -1,10 +1,10 @@
 """The fast ALIGN update agrees with the literal reference (tests/reference_align.py): loss terms and gradients.
 
-Small but real: timm resnet18 on 28-px inputs (upsampled to 112 px, Grad-CAM on layer3's 7x7 map), 2 envs x 4,
-in float64 (the fast path's own float32 casts -- masker output, Grad-CAM, BCE -- set the tolerance). BatchNorm
-runs on (randomised) running statistics so that the fast path's joint [x; x_mix] forward and the reference's
-separate forwards see the same function; mixup partners and weights are fixed and shared; both optimizer steps
-are disabled so the gradients can be read from ``.grad``.
+Small but real: timm resnet18 on 28-px inputs (resized and Grad-CAM stage chosen by the classifier's defaults),
+2 envs x 4, in float64 (the fast path's own float32 casts -- masker output, Grad-CAM, BCE -- set the tolerance).
+BatchNorm runs on (randomised) running statistics so that the fast path's joint [x; x_mix] forward and the
+reference's separate forwards see the same function; mixup partners and weights are fixed and shared; both
+optimizer steps are disabled so the gradients can be read from ``.grad``.
 """
 
 from __future__ import annotations
@@ -137,17 +137,12 @@ def test_fast_align_update_matches_the_reference_in_eval_mode():
     _compare(setup)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: ALIGN.masker_step restores the classifier with self.classifier.train(was_training) -- "
-    "nn.Module.train, not the algorithm's freeze_bn-aware train() -- so BatchNorm is back in training mode "
-    "for the classifier step when freeze_bn=True. Remove this xfail once fixed."))
 def test_fast_align_update_matches_the_reference_with_freeze_bn():
     setup = _setup(freeze_bn=True)
     setup["algorithm"].train()  # DomainBed's train mode; freeze_bn keeps BatchNorm on running statistics
     _compare(setup)
 
 
-@pytest.mark.xfail(strict=True, reason="same bug as above, shown directly")
 def test_freeze_bn_survives_a_masker_step():
     setup = _setup(freeze_bn=True)
     algorithm = setup["algorithm"]

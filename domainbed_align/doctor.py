@@ -64,7 +64,8 @@ def check_domainbed(report: Report) -> bool:
 
 
 def check_dependencies(report: Report) -> bool:
-    missing = [package for module, package in UPSTREAM_IMPORTS.items() if importlib.util.find_spec(module) is None]
+    missing = [package for module, package in UPSTREAM_IMPORTS.items()
+               if importlib.util.find_spec(module) is None]
     if missing:
         report.fail(f"upstream DomainBed imports {missing} at module level but they are not installed",
                     f"{sys.executable} -m pip install {' '.join(missing)}  (or pip install 'domainbed-align[domainbed]')")

@@ -1,6 +1,5 @@
 """Our batched differentiable Grad-CAM against pytorch-grad-cam, and its gradients against finite differences."""
 
-import numpy as np
 import pytest
 import torch
 

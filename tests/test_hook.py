@@ -104,3 +104,15 @@ a.get_algorithm_class('ALIGN')((3, 28, 28), 2, 2, hp)
     assert result.stderr.strip().splitlines() == [
         result.stderr.strip().splitlines()[0]]  # exactly one line
     assert "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)" in result.stderr
+
+
+def test_a_broken_hook_never_breaks_interpreter_start(tmp_path):
+    # A shadowing package whose hook raises: the interpreter must still start and say why registration is off.
+    shadow = tmp_path / "shadow" / "domainbed_align"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (shadow / "_hook.py").write_text("raise RuntimeError('boom')\n")
+    result = run_python("print('alive')", tmp_path / "shadow", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "alive"
+    assert "registration hook disabled (RuntimeError('boom'))" in result.stderr
+    assert "python -m domainbed_align.doctor" in result.stderr

@@ -90,9 +90,10 @@ def patch_module(module: types.ModuleType) -> None:
 
 
 def _patch_algorithms(module: types.ModuleType) -> None:
+    from domainbed_align import ALGORITHM_NAMES
     from domainbed_align import algorithms as ours
 
-    for name in ("TimmERM", "ALIGN"):
+    for name in ALGORITHM_NAMES:
         core = getattr(ours, name)
         # Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
         cls = type(name, (core, module.Algorithm), {"__module__": module.__name__, "__qualname__": name,

@@ -143,10 +143,8 @@ def _patch_hparams(module: types.ModuleType) -> None:
 
 
 def _patch_datasets(module: types.ModuleType) -> None:
-    try:
-        from domainbed_align.data import DATASETS as ours
-    except ImportError:  # the data subpackage is optional
-        return
+    from domainbed_align.data import DATASETS as ours
+
     for name, cls in ours.items():
         setattr(module, name, cls)
         if name not in module.DATASETS:

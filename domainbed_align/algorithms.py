@@ -85,8 +85,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
 
         ``masks``: the current masker's output on ``images`` with its graph, if already computed.
         """
-        # Restore each module's own mode afterwards: classifier.train(True) would undo freeze_bn.
-        modes = [(module, module.training) for module in self.classifier.modules()]
+        was_training = self.classifier.training
         self.classifier.eval()  # frozen: no BatchNorm-statistics update, no dropout
         try:
             masks = self.masker(images) if masks is None else masks
@@ -102,8 +101,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
                 parameter.grad = gradient
             self.masker_optimizer.step()
         finally:
-            for module, training in modes:
-                module.training = training
+            self.classifier.train(was_training)  # CamClassifier.train keeps freeze_bn
         masks = masks.detach()
         return {**{f"masker_{key}": value for key, value in terms.items()},
                 "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}

@@ -92,9 +92,10 @@ class CamClassifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, native_size: int, input_size: int = 0,
-                 gradcam_layer: str = "auto") -> None:
+                 gradcam_layer: str = "auto", freeze_bn: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
+        self.freeze_bn = freeze_bn
         self.input_size = input_size or (native_size if native_size >= MIN_AUTO_INPUT_SIZE
                                          else MIN_AUTO_INPUT_SIZE)
         self.native_size = native_size
@@ -111,6 +112,17 @@ class CamClassifier(nn.Module):
                               f"{stages} (or 'auto').")
         self.stage_name = stages[self.stage_index]
         self.cam_side = math.ceil(self.input_size / reductions[self.stage_index])
+        self.train()
+
+    def train(self, mode: bool = True) -> "CamClassifier":
+        """As nn.Module.train, but with ``freeze_bn`` BatchNorm layers keep their running statistics (DomainBed's
+        freeze_bn), whoever switches the mode."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] == self.input_size and images.shape[-2] == self.input_size:

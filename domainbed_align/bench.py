@@ -188,7 +188,6 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
             device, warmup, repeats)
     finally:
         reference.activations_and_grads.release()  # remove its hooks
-    del reference_model
     return result
 
 

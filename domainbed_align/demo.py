@@ -17,11 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+from domainbed_align import ALGORITHM_NAMES as ALGORITHMS
 from domainbed_align.errors import DomainbedAlignError
 
 DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60})
 FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={})
-ALGORITHMS = ("TimmERM", "ALIGN")
 
 
 def _environment(domainbed_root: Path) -> dict[str, str]:

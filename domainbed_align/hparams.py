@@ -59,7 +59,7 @@ class HParam:
         if not ok_type:
             raise HParamError(
                 f"{where} must be a {self.kind.__name__}, got {value!r} ({type(value).__name__}); "
-                f"e.g. --hparams '{{\"{self.name}\": {_json(self.default_for(None))}}}'. {self.doc}")
+                f"e.g. --hparams '{{\"{self.name}\": {json.dumps(self.default_for(None))}}}'. {self.doc}")
         if self.kind is float and not math.isfinite(value):
             raise HParamError(f"{where} must be finite, got {value!r}.")
         if self.choices and value not in self.choices:
@@ -69,10 +69,6 @@ class HParam:
         if self.maximum is not None and value > self.maximum:
             raise HParamError(f"{where} must be <= {self.maximum}, got {value!r}. {self.doc}")
         return value
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
 
 
 def _log_uniform(low: float, high: float) -> Callable[[np.random.RandomState], float]:

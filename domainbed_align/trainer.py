@@ -55,12 +55,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                    pretrained=h["pretrained"], pretrained_file=h["pretrained_file"],
                                    drop_rate=h["resnet_dropout"])
         self.classifier = CamClassifier(backbone, native_size=input_shape[-1], input_size=h["input_size"],
-                                        gradcam_layer=h["gradcam_layer"])
+                                        gradcam_layer=h["gradcam_layer"], freeze_bn=h["freeze_bn"])
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=h["lr"],
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
-        self.train()  # applies freeze_bn from the start, as DomainBed's ResNet does
 
     # --- the hooks a method overrides ---------------------------------------------------------------
     def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
@@ -159,14 +158,6 @@ class ExplanationGuidedAlgorithm(nn.Module):
                 f"{self.steps_done}; lower 'lr' or the lambda_* weights, or set "
                 f"--hparams '{{\"mixed_precision\": \"off\"}}'. Earlier checkpoints in results.jsonl are intact.")
         return floats
-
-    def train(self, mode: bool = True) -> "ExplanationGuidedAlgorithm":
-        super().train(mode)
-        if mode and self.hparams["freeze_bn"]:  # DomainBed's freeze_bn: BatchNorm keeps its running stats
-            for module in self.classifier.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
 
     # Warm-up progress travels with state_dict(), the only thing DomainBed checkpoints.
     def get_extra_state(self) -> dict[str, int]:

@@ -28,8 +28,7 @@ TextureMNIST / SpuriousTextureMNIST (56×56 RGB, 10 classes)
     below 64/255 are dropped so the mask ``a > 0`` is exactly where the image differs from the background.
     Everything is generated at load time from fixed seeds (``SEED``), so it is deterministic and
     independent of DomainBed's trial seed; ``N_PER_ENV`` (1000) images per environment (small, so a CPU
-    demo evaluates quickly). No data
-    augmentation (as for DomainBed's MNIST datasets). Each environment dataset also exposes
+    demo evaluates quickly). No data augmentation (as for DomainBed's MNIST datasets). Each environment dataset also exposes
     ``labels``, ``family`` (index into ``family_names``), ``background(i)``, ``mask(i)`` and ``image(i)``
     (un-normalised [0, 1] tensors) for analysis and tests.
 

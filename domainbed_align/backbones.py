@@ -7,6 +7,7 @@ cannot be loaded are an error within seconds, never a silent fall-back to random
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed_align.errors import HParamError, PretrainedWeightsError
+from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, true_class_scores
 
 PRETRAINED_TAGS = {
     "resnet18": "resnet18.tv_in1k",
@@ -112,6 +114,8 @@ class CamClassifier(nn.Module):
                               f"{stages} (or 'auto').")
         self.stage_name = stages[self.stage_index]
         self.cam_side = math.ceil(self.input_size / reductions[self.stage_index])
+        # Closed-form Grad-CAM when it is exact (see linear_head_grad_cam); the bench switches it off to compare.
+        self.closed_form_cam = (self.stage_index == len(stages) - 1 and _head_is_average_pool_then_linear(backbone))
         self.train()
 
     def train(self, mode: bool = True) -> "CamClassifier":
@@ -138,3 +142,30 @@ class CamClassifier(nn.Module):
         features, (activations,) = self.backbone.forward_intermediates(
             self._resize(images), indices=[self.stage_index])
         return self.backbone.forward_head(features), activations
+
+    def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor,
+                          create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[N, K]`` and each sample's Grad-CAM for class ``labels[i]``, ``[N, h, w]`` (not normalised).
+
+        With ``create_graph`` the maps are differentiable w.r.t. the network (a loss on them trains it).
+        """
+        logits, activations = self.forward_with_activations(images)
+        # Dropout between pooling and the linear layer makes the gradient sample-specific: autograd then.
+        dropout_active = self.training and bool(getattr(self.backbone, "drop_rate", 0.0))
+        if not self.closed_form_cam or dropout_active:
+            return logits, grad_cam(activations, true_class_scores(logits, labels), create_graph=create_graph)
+        with contextlib.nullcontext() if create_graph else torch.no_grad():
+            cams = linear_head_grad_cam(activations, self.backbone.get_classifier().weight[labels])
+        return logits, cams
+
+
+def _head_is_average_pool_then_linear(backbone: nn.Module) -> bool:
+    """True for timm ResNets (forward_head: global average pool, optional dropout, linear) whose final
+    features are the last stage's output: the case where Grad-CAM at that stage has a closed form."""
+    from timm.layers import SelectAdaptivePool2d
+    from timm.models.resnet import ResNet
+
+    pool = getattr(backbone, "global_pool", None)
+    return (isinstance(backbone, ResNet) and isinstance(pool, SelectAdaptivePool2d)
+            and pool.pool_type == "avg" and not pool.is_identity()
+            and isinstance(backbone.get_classifier(), nn.Linear))

@@ -26,7 +26,7 @@ import torch
 
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.algorithms import ALIGN, TimmERM
-from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.gradcam import normalize_per_sample
 
 # Targets the project set itself; reported next to the measurements, never asserted by tests.
 TARGETS = {"align_over_erm_max_cuda": 3.5, "align_over_erm_max_cpu": 4.0, "gradcam_speedup_min": 20.0,
@@ -157,23 +157,20 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
     classifier = algorithm.classifier
     classifier.eval()  # both timings in eval mode
 
-    def ours(create_graph: bool) -> Callable[[], torch.Tensor]:
+    def ours(create_graph: bool = True, closed_form: bool = classifier.closed_form_cam,
+             precision: str | None = None) -> Callable[[], torch.Tensor]:
+        """Our Grad-CAM as training computes it; ``precision`` 'off' forces fp32 (else the trainer's own)."""
         def run() -> torch.Tensor:
-            with algorithm._autocast(images):  # the trainer's precision (bf16 on CUDA)
-                logits, activations = classifier.forward_with_activations(images)
-                maps = grad_cam(activations, true_class_scores(logits, labels), create_graph=create_graph)
-                return normalize_per_sample(maps.float())
+            mode, allowed = algorithm.hparams["mixed_precision"], classifier.closed_form_cam
+            algorithm.hparams["mixed_precision"] = precision or mode
+            classifier.closed_form_cam = closed_form
+            try:
+                with algorithm._autocast(images):  # the trainer's precision (bf16 on CUDA) unless forced
+                    _, maps = classifier.forward_with_cams(images, labels, create_graph=create_graph)
+                    return normalize_per_sample(maps.float())
+            finally:
+                algorithm.hparams["mixed_precision"], classifier.closed_form_cam = mode, allowed
         return run
-
-    def ours_fp32() -> torch.Tensor:
-        # fp32 too: pytorch-grad-cam cannot run under bf16 autocast (it converts to numpy), so this is the
-        # like-for-like precision comparison on CUDA.
-        mode = algorithm.hparams["mixed_precision"]
-        algorithm.hparams["mixed_precision"] = "off"
-        try:
-            return ours(True)()
-        finally:
-            algorithm.hparams["mixed_precision"] = mode
 
     # pytorch-grad-cam hooks the model it is given (its forward hook copies activations to the host): give it
     # its own copy with the same weights, so its hooks never run inside our timed calls.
@@ -183,7 +180,12 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
     reference = GradCAM(model=reference_model, target_layers=[target_layer])  # built outside the timed region
     try:
         result = time_interleaved({
-            "gradcam_ms": ours(True), "gradcam_nograph_ms": ours(False), "gradcam_fp32_ms": ours_fp32,
+            "gradcam_ms": ours(), "gradcam_nograph_ms": ours(create_graph=False),
+            # fp32 too: pytorch-grad-cam cannot run under bf16 autocast (it converts to numpy), so this is the
+            # like-for-like precision comparison on CUDA.
+            "gradcam_fp32_ms": ours(precision="off"),
+            # The generic autograd Grad-CAM, for the effect of the closed form (same as gradcam_ms without it).
+            "gradcam_autograd_ms": ours(closed_form=False),
             "gradcam_reference_ms": lambda: reference(input_tensor=images, targets=targets)},
             device, warmup, repeats)
     finally:
@@ -230,6 +232,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     images = align._prepare_device(images)
     cams = gradcam_timings(align, images, labels, device, warmup, repeats)
     stage_name, cam_side, hparams = align.classifier.stage_name, align.classifier.cam_side, align.hparams
+    closed_form = align.classifier.closed_form_cam
     del align
     release()
 
@@ -245,6 +248,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
         "erm_ms": round(erm_ms, 3), "align_ms": round(align_ms, 3), "align_over_erm": align_over_erm,
         **rounded, "gradcam_speedup": speedup,
         "gradcam_speedup_fp32": ratio(cams["gradcam_reference_ms"], cams["gradcam_fp32_ms"]),
+        "gradcam_speedup_autograd": ratio(cams["gradcam_reference_ms"], cams["gradcam_autograd_ms"]),
         "erm_peak_mb": None if erm_peak is None else round(erm_peak, 1),
         "align_peak_mb": None if align_peak is None else round(align_peak, 1),
         "align_over_erm_memory": memory_ratio,
@@ -256,7 +260,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
         "device": device_name(device), "torch": torch.__version__, "timm": timm.__version__,
         "grad_cam": _grad_cam_version(pytorch_grad_cam),
         "backbone": config["backbone"], "pretrained": False, "resolution": config["size"],
-        "classifier_input": input_size, "gradcam_layer": stage_name,
+        "classifier_input": input_size, "gradcam_layer": stage_name, "gradcam_closed_form": closed_form,
         "cam_side": cam_side, "batch": f"{config['envs']}x{config['batch_per_env']}",
         "classes": config["classes"], "precision": precision,
         "gradcam_reference_precision": "fp32", "channels_last": bool(is_cuda and hparams["channels_last"]),

@@ -20,7 +20,7 @@ from torch import nn
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import NonFiniteLossError
-from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.gradcam import normalize_per_sample
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -111,8 +111,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
             mixed = lam * images + (1 - lam) * images[partners]
             # One forward over originals and mixes; mixes share their label (same-class pairs).
             batch, batch_labels = torch.cat([images, mixed]), torch.cat([labels, labels])
-        logits, activations = self.classifier.forward_with_activations(batch)
-        cams = normalize_per_sample(grad_cam(activations, true_class_scores(logits, batch_labels)).float())
+        logits, raw_cams = self.classifier.forward_with_cams(batch, batch_labels)
+        cams = normalize_per_sample(raw_cams.float())
         cross_entropy = F.cross_entropy(logits[:n].float(), labels)
         loss, terms = cross_entropy, {"ce": cross_entropy}
         if self.uses_mixup:

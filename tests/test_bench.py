@@ -14,13 +14,15 @@ from conftest import REPO
 # Tiny: 28-px inputs (the classifier may upsample them), 2 envs x 2, one timed repeat after none.
 ARGS = ["--device", "cpu", "--quick", "--size", "28", "--envs", "2", "--batch-per-env", "2", "--classes", "3",
         "--repeats", "1", "--warmup", "0", "--profile"]
-TIMINGS = ("erm_ms", "align_ms", "gradcam_ms", "gradcam_nograph_ms", "gradcam_fp32_ms", "gradcam_reference_ms")
+TIMINGS = ("erm_ms", "align_ms", "gradcam_ms", "gradcam_nograph_ms", "gradcam_fp32_ms", "gradcam_autograd_ms",
+           "gradcam_reference_ms")
 RATIOS = {"align_over_erm": ("align_ms", "erm_ms"), "gradcam_speedup": ("gradcam_reference_ms", "gradcam_ms"),
-          "gradcam_speedup_fp32": ("gradcam_reference_ms", "gradcam_fp32_ms")}
+          "gradcam_speedup_fp32": ("gradcam_reference_ms", "gradcam_fp32_ms"),
+          "gradcam_speedup_autograd": ("gradcam_reference_ms", "gradcam_autograd_ms")}
 KEYS = set(TIMINGS) | set(RATIOS) | {
     "erm_peak_mb", "align_peak_mb", "align_over_erm_memory", "targets", "meets_align_over_erm",
     "meets_gradcam_speedup", "meets_align_over_erm_memory", "device", "torch", "timm", "grad_cam", "backbone",
-    "pretrained", "resolution", "classifier_input", "gradcam_layer", "cam_side", "batch", "classes", "precision",
+    "pretrained", "resolution", "classifier_input", "gradcam_layer", "gradcam_closed_form", "cam_side", "batch", "classes", "precision",
     "repeats", "warmup", "timing", "load_avg_1m", "pretrained"}
 
 
@@ -50,4 +52,6 @@ def test_bench_prints_one_consistent_json_line():
     assert isinstance(result["classifier_input"], int) and result["classifier_input"] >= 28  # upsampled or kept
     assert result["batch"] == "2x2" and result["repeats"] == 1 and result["warmup"] == 0
     assert result["torch"] and result["timm"] and result["grad_cam"] and result["device"]
+    # 28 px -> 56 px input: Grad-CAM at layer2, where only the autograd form is exact
+    assert result["gradcam_layer"] == "layer2" and result["gradcam_closed_form"] is False
     assert "Self CPU time total" in process.stderr  # --profile's table goes to stderr

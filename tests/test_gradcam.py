@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from domainbed_align.backbones import CamClassifier, create_backbone
-from domainbed_align.gradcam import grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, normalize_per_sample, true_class_scores
 from domainbed_align.losses import alignment_bce
 
 
-def _classifier(size: int, layer: str, seed: int = 0) -> CamClassifier:
+def _classifier(size: int, layer: str, seed: int = 0, drop_rate: float = 0.0) -> CamClassifier:
     torch.manual_seed(seed)
-    backbone = create_backbone("resnet18", num_classes=4, in_chans=3, pretrained=False)
+    backbone = create_backbone("resnet18", num_classes=4, in_chans=3, pretrained=False, drop_rate=drop_rate)
     # timm zero-initialises each block's last BatchNorm scale; a trained-looking network needs them non-zero
     for module in backbone.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -44,10 +44,11 @@ def test_matches_pytorch_grad_cam(layer, size):
     torch.manual_seed(1)
     images = torch.randn(5, 3, size, size)
     labels = torch.tensor([0, 1, 2, 3, 1])
-    logits, activations = model.forward_with_activations(images)
-    ours = normalize_per_sample(grad_cam(activations, true_class_scores(logits, labels)))
+    assert model.closed_form_cam == (layer == "layer4")  # both of our forms meet the reference
+    _, maps = model.forward_with_cams(images, labels)
+    ours = normalize_per_sample(maps)
 
-    side = activations.shape[-1]
+    side = maps.shape[-1]
 
     class ReferenceAtMapResolution(pytorch_grad_cam.GradCAM):
         # Compare at the map's own resolution: cv2's and torch's upsampling treat borders differently.
@@ -59,6 +60,59 @@ def test_matches_pytorch_grad_cam(layer, size):
     assert theirs.shape == (5, side, side)
     assert ours.detach().numpy() == pytest.approx(theirs, abs=2e-4)
     assert (theirs > 0.05).mean() > 0.2  # maps with structure, not a degenerate all-zero comparison
+
+
+def test_linear_head_grad_cam_by_hand():
+    activations = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]])
+    # head: score = W . mean_ij(A) with W = (2, -1); the gradient is W / 4 at every position
+    cam = linear_head_grad_cam(activations, torch.tensor([[2.0, -1.0]]))
+    expected = torch.relu(torch.tensor([[2.0 - 0.0, 4.0 - 1.0], [0.0 - 3.0, 2.0 - 0.0]])) / 4
+    assert torch.allclose(cam[0], expected)
+    # and it is what autograd's Grad-CAM gives for that head
+    leaf = activations.clone().requires_grad_(True)
+    score = (torch.tensor([2.0, -1.0]) * leaf.mean(dim=(2, 3))).sum(1) + 0.3
+    assert torch.allclose(grad_cam(leaf, score), expected)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_closed_form_equals_autograd_in_maps_and_parameter_gradients(mode):
+    """The closed form is the same function of the weights: same maps, same gradients of a loss on them."""
+    model = _classifier(96, "layer4").double().train(mode == "train")
+    assert model.closed_form_cam and model.cam_side == 3
+    torch.manual_seed(3)
+    images = torch.randn(4, 3, 96, 96, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 1, 3])
+    target = torch.rand(4, 3, 3, dtype=torch.float64)
+    results = {}
+    for closed_form in (True, False):
+        model.closed_form_cam = closed_form
+        model.zero_grad()
+        logits, maps = model.forward_with_cams(images, labels)
+        cams = normalize_per_sample(maps)
+        loss = alignment_bce(cams, target) + torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        results[closed_form] = (cams.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (cams_closed, grads_closed), (cams_autograd, grads_autograd) = results[True], results[False]
+    assert (cams_autograd > 0.05).float().mean() > 0.2  # structured maps, not a vacuous comparison
+    torch.testing.assert_close(cams_closed, cams_autograd, rtol=1e-9, atol=1e-10)
+    for name, gradient in grads_autograd.items():
+        torch.testing.assert_close(grads_closed[name], gradient, rtol=1e-7, atol=1e-10, msg=name)
+    assert grads_autograd["backbone.fc.weight"].abs().sum() > 0
+    assert grads_autograd["backbone.layer1.0.conv1.weight"].abs().sum() > 0
+
+
+def test_closed_form_is_used_only_where_it_is_exact(monkeypatch):
+    from domainbed_align import backbones
+
+    assert not _classifier(56, "layer3").closed_form_cam  # layer4 follows: the gradient needs a backward pass
+    calls = []
+    monkeypatch.setattr(backbones, "linear_head_grad_cam", lambda *a: calls.append(1) or linear_head_grad_cam(*a))
+    model = _classifier(64, "layer4", drop_rate=0.5)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    model.train().forward_with_cams(images, labels)  # dropout before fc: per-sample gradient, autograd
+    assert calls == []
+    model.eval().forward_with_cams(images, labels)  # dropout off in eval: closed form again
+    assert calls == [1]
 
 
 def test_alignment_gradient_matches_finite_differences():

@@ -51,11 +51,11 @@ def _same_class_partners(labels: torch.Tensor, generator: torch.Generator) -> to
     return partners
 
 
-def _setup(freeze_bn: bool = False) -> dict[str, Any]:
+def _setup(freeze_bn: bool = False, **overrides: Any) -> dict[str, Any]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     hparams = hparams_lib.default_hparams("ALIGN", "Debug28", warmup_steps=0, freeze_bn=freeze_bn,
-                                          lambda_align=1.0, lambda_reg=1.0)
+                                          lambda_align=1.0, lambda_reg=1.0, **overrides)
     algorithm = ALIGN(SHAPE, CLASSES, len(LABELS), hparams)
     _randomise_batchnorm(algorithm.classifier, generator)
     algorithm.to(DTYPE)
@@ -134,6 +134,14 @@ def _compare(setup: dict[str, Any]) -> None:
 def test_fast_align_update_matches_the_reference_in_eval_mode():
     setup = _setup()
     setup["algorithm"].eval()  # BatchNorm on running statistics: batch composition cannot matter
+    _compare(setup)
+
+
+def test_fast_align_update_matches_the_reference_with_closed_form_grad_cam():
+    # Grad-CAM at the last stage (4x4 at 112 px): the fast path takes the closed form, the reference autograd.
+    setup = _setup(input_size=112, gradcam_layer="layer4")
+    assert setup["algorithm"].classifier.closed_form_cam and setup["algorithm"].classifier.cam_side == 4
+    setup["algorithm"].eval()
     _compare(setup)
 
 

@@ -9,7 +9,9 @@ the finder wraps that module's loader and patches the module right after its bod
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
-- ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments).
+- ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments);
+- ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
+  instead of a JSONDecodeError traceback that names no file.
 
 Everything is idempotent, and nothing here may break interpreter start-up.
 """
@@ -23,7 +25,7 @@ import sys
 import types
 from typing import Any
 
-_TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets")
+_TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets", "domainbed.lib.reporting")
 _PATCHED_FLAG = "_domainbed_align_patched"
 
 
@@ -83,7 +85,7 @@ def patch_module(module: types.ModuleType) -> None:
     if getattr(module, _PATCHED_FLAG, False):
         return
     patchers = {"domainbed.algorithms": _patch_algorithms, "domainbed.hparams_registry": _patch_hparams,
-                "domainbed.datasets": _patch_datasets}
+                "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting}
     patchers[module.__name__](module)
     setattr(module, _PATCHED_FLAG, True)
     _install_excepthook()
@@ -149,6 +151,22 @@ def _patch_datasets(module: types.ModuleType) -> None:
         setattr(module, name, cls)
         if name not in module.DATASETS:
             module.DATASETS.append(name)
+
+
+def _patch_reporting(module: types.ModuleType) -> None:
+    original = module.load_records
+
+    @functools.wraps(original)
+    def load_records(path: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(path, *args, **kwargs)
+        except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            from domainbed_align.records import check_results_files
+
+            check_results_files(path)  # raises, naming the file(s) and the fix, when the folder is the cause
+            raise  # something else: upstream's own error, unchanged
+
+    module.load_records = load_records
 
 
 def _install_excepthook() -> None:

@@ -21,3 +21,7 @@ class PretrainedWeightsError(DomainbedAlignError, RuntimeError):
 
 class NonFiniteLossError(DomainbedAlignError, FloatingPointError):
     """A loss term became NaN or infinite."""
+
+
+class ResultsFileError(DomainbedAlignError, ValueError):
+    """A sweep's output cannot be read: a missing folder or a damaged results.jsonl."""

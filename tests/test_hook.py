@@ -116,3 +116,42 @@ def test_a_broken_hook_never_breaks_interpreter_start(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "alive"
     assert "registration hook disabled (RuntimeError('boom'))" in result.stderr
     assert "python -m domainbed_align.doctor" in result.stderr
+
+
+READ_RECORDS = """
+import sys
+from domainbed.lib import reporting
+print(len(reporting.load_records(sys.argv[1])))
+"""
+
+
+def _sweep_output(root, damaged: bool):
+    good = '{"step": 0, "args": {}}\n{"step": 1, "args": {}}\n'
+    for run, text in (("run_a", good), ("run_b", good + ('{"step": 2, "ar' if damaged else ""))):
+        (root / run).mkdir(parents=True)
+        (root / run / "results.jsonl").write_text(text)
+    (root / "results.txt").write_text("collect_results writes this file into the same folder\n")
+    return root
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_damaged_results_file_is_named_in_one_message(source, tmp_path):
+    sweep = _sweep_output(tmp_path / "sweep", damaged=True)
+    before = (sweep / "run_b" / "results.jsonl").read_bytes()
+    result = run_python(["-c", READ_RECORDS, str(sweep)], source, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error" in line]  # upstream's tqdm bar aside
+    assert len(lines) == 1 and lines[0].startswith("domainbed-align: error: "), result.stderr
+    assert f"{sweep / 'run_b' / 'results.jsonl'} line 3: not JSON" in lines[0]
+    assert "run_a" not in lines[0] and "delete the damaged line" in lines[0]
+    assert (sweep / "run_b" / "results.jsonl").read_bytes() == before  # nothing is changed
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_intact_results_and_missing_folder(source, tmp_path):
+    sweep = _sweep_output(tmp_path / "sweep", damaged=False)
+    intact = run_python(["-c", READ_RECORDS, str(sweep)], source, cwd=tmp_path)
+    assert intact.returncode == 0 and intact.stdout.strip() == "4", intact.stderr  # the wrapper changes nothing
+    missing = run_python(["-c", READ_RECORDS, str(tmp_path / "no_such_sweep")], source, cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "is not a folder; give the --output_dir that 'sweep launch' wrote to" in missing.stderr

@@ -74,6 +74,15 @@ def test_sweep_launch_then_collect_results_shows_align(tmp_path):
     assert any(r.startswith("ALIGN") for r in rows) and any(r.startswith("TimmERM") for r in rows)
     assert "Debug28" in collect.stdout
 
+    # A run killed while writing leaves a partial line: collect_results names that file, with no traceback.
+    damaged = runs[0] / "results.jsonl"
+    with damaged.open("a") as results:
+        results.write('{"step": 9, "env0_in')
+    collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)],
+                         upstream_root(), cwd=tmp_path)
+    assert collect.returncode == 1 and "Traceback" not in collect.stderr + collect.stdout
+    assert f"damaged results file: {damaged} line " in collect.stderr, collect.stderr[-3000:]
+
 
 def _upstream_pytest(tmp_path, test_file, *selection):
     env_tests = os.pathsep.join([str(upstream_root()), str(TESTS_DIR)])

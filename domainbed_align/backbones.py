@@ -144,19 +144,24 @@ class CamClassifier(nn.Module):
         return self.backbone.forward_head(features), activations
 
     def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor,
-                          create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                          differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, K]`` and each sample's Grad-CAM for class ``labels[i]``, ``[N, h, w]`` (not normalised).
 
-        With ``create_graph`` the maps are differentiable w.r.t. the network (a loss on them trains it).
+        ``differentiable``: the maps (and logits) keep their graph, so a loss on them trains the network. Without
+        it both come back detached (explanations, not a training signal), and the closed form runs the whole
+        forward pass without autograd.
         """
-        logits, activations = self.forward_with_activations(images)
         # Dropout between pooling and the linear layer makes the gradient sample-specific: autograd then.
         dropout_active = self.training and bool(getattr(self.backbone, "drop_rate", 0.0))
-        if not self.closed_form_cam or dropout_active:
-            return logits, grad_cam(activations, true_class_scores(logits, labels), create_graph=create_graph)
-        with contextlib.nullcontext() if create_graph else torch.no_grad():
-            cams = linear_head_grad_cam(activations, self.backbone.get_classifier().weight[labels])
-        return logits, cams
+        if self.closed_form_cam and not dropout_active:
+            with contextlib.nullcontext() if differentiable else torch.no_grad():
+                logits, activations = self.forward_with_activations(images)
+                weights = self.backbone.get_classifier().weight[labels]
+                return logits, linear_head_grad_cam(activations, weights)
+        with torch.enable_grad():  # the autograd form needs a graph even for explanations
+            logits, activations = self.forward_with_activations(images)
+            cams = grad_cam(activations, true_class_scores(logits, labels), create_graph=differentiable)
+        return (logits, cams) if differentiable else (logits.detach(), cams.detach())
 
 
 def _head_is_average_pool_then_linear(backbone: nn.Module) -> bool:

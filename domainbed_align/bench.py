@@ -157,7 +157,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
     classifier = algorithm.classifier
     classifier.eval()  # both timings in eval mode
 
-    def ours(create_graph: bool = True, closed_form: bool = classifier.closed_form_cam,
+    def ours(differentiable: bool = True, closed_form: bool = classifier.closed_form_cam,
              precision: str | None = None) -> Callable[[], torch.Tensor]:
         """Our Grad-CAM as training computes it; ``precision`` 'off' forces fp32 (else the trainer's own)."""
         def run() -> torch.Tensor:
@@ -166,7 +166,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
             classifier.closed_form_cam = closed_form
             try:
                 with algorithm._autocast(images):  # the trainer's precision (bf16 on CUDA) unless forced
-                    _, maps = classifier.forward_with_cams(images, labels, create_graph=create_graph)
+                    _, maps = classifier.forward_with_cams(images, labels, differentiable)
                     return normalize_per_sample(maps.float())
             finally:
                 algorithm.hparams["mixed_precision"], classifier.closed_form_cam = mode, allowed
@@ -180,7 +180,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
     reference = GradCAM(model=reference_model, target_layers=[target_layer])  # built outside the timed region
     try:
         result = time_interleaved({
-            "gradcam_ms": ours(), "gradcam_nograph_ms": ours(create_graph=False),
+            "gradcam_ms": ours(), "gradcam_nograph_ms": ours(differentiable=False),
             # fp32 too: pytorch-grad-cam cannot run under bf16 autocast (it converts to numpy), so this is the
             # like-for-like precision comparison on CUDA.
             "gradcam_fp32_ms": ours(precision="off"),

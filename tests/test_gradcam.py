@@ -115,6 +115,19 @@ def test_closed_form_is_used_only_where_it_is_exact(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_explanations_are_the_training_maps_detached(layer):
+    model = _classifier(64, layer)
+    images, labels = torch.randn(3, 3, 64, 64), torch.tensor([2, 0, 2])
+    logits, maps = model.forward_with_cams(images, labels)
+    with torch.no_grad():  # explanation mode works inside no_grad too (the autograd form re-enables it)
+        plain_logits, plain_maps = model.forward_with_cams(images, labels, differentiable=False)
+    assert maps.requires_grad and not plain_maps.requires_grad and not plain_logits.requires_grad
+    torch.testing.assert_close(plain_maps, maps.detach())
+    torch.testing.assert_close(plain_logits, logits.detach())
+    assert maps.max() > 0
+
+
 def test_alignment_gradient_matches_finite_differences():
     model = _classifier(32, "layer2").double()
     torch.manual_seed(2)

@@ -30,8 +30,11 @@ PRETRAINED_TAGS = {
 # Inputs smaller than this are upsampled to it (input_size=0), so a ResNet's layer2 map is 7x7 on
 # 28-px datasets (layer4 would be 1x1) while a CPU step stays cheap.
 MIN_AUTO_INPUT_SIZE = 56
-MIN_CAM_SIDE = 7
+MIN_CAM_SIDE = 7  # what 'auto' asks of a stage
+MIN_SPATIAL_CAM_SIDE = 2  # what any explicitly named stage must give
 _HUB_HOST = ("huggingface.co", 443)
+# With these set a direct TCP probe says nothing about whether the hub (or its mirror) is reachable.
+_ROUTES_WE_CANNOT_PROBE = ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
@@ -77,8 +80,10 @@ def _fail_fast_if_hub_unreachable(model_name: str) -> None:
     if hub_id and any(isinstance(try_to_load_from_cache(hub_id, f), str)
                       for f in ("model.safetensors", "pytorch_model.bin")):
         return  # cached: timm loads it without the network
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's reading
         raise PretrainedWeightsError(_weights_help(model_name, "HF_HUB_OFFLINE is set and they are not cached"))
+    if any(os.environ.get(name) for name in _ROUTES_WE_CANNOT_PROBE):
+        return  # a proxy or mirror decides reachability; timm reports what goes wrong there
     try:
         socket.create_connection(_HUB_HOST, timeout=3).close()
     except OSError as error:
@@ -106,7 +111,12 @@ class CamClassifier(nn.Module):
         if gradcam_layer == "auto":
             sides = [math.ceil(self.input_size / r) for r in reductions]
             spatial = [i for i, side in enumerate(sides) if side >= MIN_CAM_SIDE]
-            self.stage_index = spatial[-1] if spatial else 0
+            if not spatial:
+                raise HParamError(
+                    f"hparam 'gradcam_layer' is 'auto' but no stage of this backbone has a map of at least "
+                    f"{MIN_CAM_SIDE}x{MIN_CAM_SIDE} at input_size {self.input_size} (maps {sides}); use "
+                    f"input_size 0 (auto) or >= {MIN_AUTO_INPUT_SIZE}, or name a stage of {stages}.")
+            self.stage_index = spatial[-1]
         elif gradcam_layer in stages:
             self.stage_index = stages.index(gradcam_layer)
         else:
@@ -114,6 +124,12 @@ class CamClassifier(nn.Module):
                               f"{stages} (or 'auto').")
         self.stage_name = stages[self.stage_index]
         self.cam_side = math.ceil(self.input_size / reductions[self.stage_index])
+        if self.cam_side < MIN_SPATIAL_CAM_SIDE:
+            # A 1x1 map min-max normalises to a constant: every explanation loss would be silently inert.
+            raise HParamError(
+                f"hparam 'gradcam_layer' {self.stage_name!r} gives a {self.cam_side}x{self.cam_side} Grad-CAM at "
+                f"input_size {self.input_size}; explanation losses need a spatial map. Use an earlier stage, "
+                f"'auto', or a larger input_size.")
         # Closed-form Grad-CAM when it is exact (see linear_head_grad_cam); the bench switches it off to compare.
         self.closed_form_cam = (self.stage_index == len(stages) - 1 and _head_is_average_pool_then_linear(backbone))
         self.train()

@@ -182,8 +182,15 @@ def default_hparams(algorithm: str, dataset: str | None = None, **common: Any) -
     return base
 
 
-# DomainBed's own hparams that our algorithms read, with their meaning for us.
-COMMON_USED = {"lr": float, "weight_decay": float, "resnet_dropout": float, "freeze_bn": bool}
+# DomainBed's own hparams that our algorithms read, checked like ours (type and range) so that a bad value
+# stops the run at construction, naming the hparam, rather than inside torch at the first step.
+COMMON_USED = {
+    "lr": HParam("lr", float, 1e-3, None, "the classifier's Adam learning rate.", minimum=1e-12),
+    "weight_decay": HParam("weight_decay", float, 0.0, None, "the classifier's Adam weight decay.", minimum=0.0),
+    "resnet_dropout": HParam("resnet_dropout", float, 0.0, None, "dropout before the classifier head.",
+                             minimum=0.0, maximum=0.99),
+    "freeze_bn": HParam("freeze_bn", bool, False, None, "BatchNorm layers keep their running statistics."),
+}
 
 
 def validate(algorithm: str, hparams: Mapping[str, Any],
@@ -203,8 +210,12 @@ def validate(algorithm: str, hparams: Mapping[str, Any],
             f"domainbed_align.hparams.default_hparams without DomainBed).")
     for name, spec in specs.items():
         spec.check(hparams[name], algorithm)
-    for name, kind in COMMON_USED.items():
-        HParam(name, kind, hparams[name], None, "(a DomainBed hparam)").check(hparams[name], algorithm)
+    for name, spec in COMMON_USED.items():
+        spec.check(hparams[name], algorithm)
+    if hparams["pretrained_file"] and not hparams["pretrained"]:
+        raise HParamError(f"hparam 'pretrained_file' of {algorithm} is {hparams['pretrained_file']!r} but "
+                          f"'pretrained' is false, so it would be ignored; add \"pretrained\": true to --hparams "
+                          f"to load it, or drop pretrained_file to train from scratch.")
     if other_known is not None:
         known = set(specs) | set(other_known)
         unknown = sorted(set(hparams) - known)

@@ -19,14 +19,19 @@ _SHOWN = 5  # damaged files named in full; the rest are counted
 
 
 def damaged_lines(input_dir: str | os.PathLike) -> list[tuple[Path, int, str]]:
-    """``(file, 1-based line number, reason)`` for each results.jsonl line that is not one JSON object."""
+    """``(file, 1-based line number, reason)`` for each results.jsonl line upstream's reader cannot take.
+
+    Read as upstream reads (text mode, line by line, each line's last character dropped as its newline), so a
+    last line without a newline is damaged too: upstream would cut off its closing brace.
+    """
     damaged = []
     for run_dir in sorted(Path(input_dir).iterdir()):
         path = run_dir / RESULTS_FILE
         if not path.is_file():
             continue
         try:
-            lines = path.read_bytes().decode("utf-8").splitlines()
+            with open(path, encoding="utf-8") as results:
+                lines = list(results)
         except UnicodeDecodeError as error:
             damaged.append((path, 0, f"not UTF-8 text ({error.reason} at byte {error.start})"))
             continue
@@ -38,6 +43,8 @@ def damaged_lines(input_dir: str | os.PathLike) -> list[tuple[Path, int, str]]:
                 continue
             if not isinstance(record, dict):
                 damaged.append((path, number, f"a JSON {type(record).__name__}, not a record"))
+            elif not line.endswith("\n"):
+                damaged.append((path, number, "a complete record without its final newline (add one)"))
     return damaged
 
 

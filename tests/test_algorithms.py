@@ -149,6 +149,11 @@ def test_freeze_bn_keeps_running_statistics():
     ("lambda_sparsity", -1.0, ">= 0.0"),
     ("align_resolution", "pixels", "one of"),
     ("lambda_reg", float("nan"), "finite"),
+    # DomainBed's own hparams that we read: a bad value is named here, not by torch at the first step
+    ("resnet_dropout", 1.5, "<= 0.99"),
+    ("lr", -1e-3, ">= 1e-12"),
+    ("weight_decay", -0.1, ">= 0.0"),
+    ("freeze_bn", "yes", "must be a bool"),
 ])
 def test_ill_typed_hparams_name_the_culprit(name, value, fragment):
     with pytest.raises(HParamError, match=fragment) as error:
@@ -170,6 +175,21 @@ def test_unknown_gradcam_layer_and_backbone():
         _align(gradcam_layer="layer9")
     with pytest.raises(HParamError, match="timm does not know"):
         _align(backbone="resnet_nope")
+
+
+def test_grad_cam_stage_without_a_spatial_map_is_refused():
+    # Debug28 inputs are upsampled to 56 px, where layer4 is 2x2 (allowed) ...
+    assert _align(gradcam_layer="layer4").classifier.cam_side == 2
+    # ... but at 28 px it would be 1x1: every normalised map constant, the explanation losses inert
+    with pytest.raises(HParamError, match="'layer4' gives a 1x1 Grad-CAM at input_size 28"):
+        _align(gradcam_layer="layer4", input_size=28)
+    with pytest.raises(HParamError, match="no stage of this backbone has a map of at least 7x7 at input_size 8"):
+        _align(input_size=8)
+
+
+def test_pretrained_file_without_pretrained_is_refused(tmp_path):
+    with pytest.raises(HParamError, match="'pretrained' is false, so it would be ignored"):
+        _align(pretrained_file=str(tmp_path / "resnet18.pth"))
 
 
 def test_non_finite_loss_stops_with_the_term_named():
@@ -207,6 +227,23 @@ def test_missing_pretrained_weights_fail_fast_with_the_fix(monkeypatch, tmp_path
     assert "resnet18.tv_in1k" in str(error.value)
     with pytest.raises(PretrainedWeightsError, match="not a file"):
         create_backbone("resnet18", 5, pretrained=True, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+def test_hub_probe_is_skipped_behind_a_proxy_or_mirror(monkeypatch, tmp_path):
+    from domainbed_align import backbones
+
+    def no_direct_connection(*args, **kwargs):
+        raise AssertionError("probed huggingface.co directly although a proxy is configured")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(backbones.socket, "create_connection", no_direct_connection)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")  # returns: the proxy decides
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")  # huggingface_hub reads ON as true too
+    with pytest.raises(PretrainedWeightsError, match="HF_HUB_OFFLINE is set"):
+        backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")
 
 
 def test_pretrained_file_is_loaded(tmp_path):

@@ -32,18 +32,65 @@ def _environment(domainbed_root: Path) -> dict[str, str]:
     return env
 
 
+def _first_record(run_dir: Path) -> dict | None:
+    """The first checkpoint record of a run folder (it carries the run's args), or None if there is none yet."""
+    try:
+        with open(run_dir / "results.jsonl") as results:
+            return json.loads(results.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_record(run_dir: Path) -> dict | None:
+    """The newest complete checkpoint record; a line being written (or cut off by a kill) is skipped."""
+    try:
+        lines = (run_dir / "results.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+def _is_ours(args: dict, settings: dict) -> bool:
+    return (args["dataset"] == settings["dataset"] and args["steps"] == settings["steps"]
+            and json.loads(args["hparams"] or "{}") == settings["hparams"] and args["algorithm"] in ALGORITHMS
+            and args["hparams_seed"] < settings["n_hparams"] and args["trial_seed"] < settings["n_trials"])
+
+
+def foreign_runs(output_dir: Path, settings: dict) -> list[str]:
+    """Run folders in ``output_dir`` that this sweep would not have made (another dataset, run length,
+    --hparams, algorithm, hparams draw or trial).
+
+    collect_results pools every run of a folder, so a demo run next to a full one would enter the full table.
+    """
+    if not output_dir.is_dir():
+        return []
+    foreign = []
+    for run_dir in sorted(p for p in output_dir.iterdir() if p.is_dir()):
+        record = _first_record(run_dir)
+        if record is not None and not _is_ours(record["args"], settings):
+            args = record["args"]
+            foreign.append(f"{run_dir.name} ({args['algorithm']} on {args['dataset']}, steps {args['steps']}, "
+                           f"hparams {args['hparams']}, hparams_seed {args['hparams_seed']}, "
+                           f"trial_seed {args['trial_seed']})")
+    return foreign
+
+
 def _progress(output_dir: Path, total: int, stop: threading.Event) -> None:
     """Print a line whenever a run starts, checkpoints or finishes (polls the sweep's output folders)."""
     last = None
     while not stop.wait(5):
         done, current = 0, ""
-        for run in sorted(p for p in output_dir.glob("*") if p.is_dir()):
-            if (run / "done").exists():
+        for run_dir in sorted(p for p in output_dir.glob("*") if p.is_dir()):
+            if (run_dir / "done").exists():
                 done += 1
                 continue
-            results = run / "results.jsonl"
-            if results.exists() and results.stat().st_size:
-                record = json.loads(results.read_text().splitlines()[-1])
+            record = _last_record(run_dir)
+            if record is not None:
                 args = record["args"]
                 current = (f"{args['algorithm']} test_env={args['test_envs']} step {record['step']}"
                            f" (last checkpoint)")
@@ -53,7 +100,13 @@ def _progress(output_dir: Path, total: int, stop: threading.Event) -> None:
             last = line
 
 
-def run(domainbed_root: Path, data_dir: Path, output_dir: Path, full: bool, steps: int | None,
+def default_output_dir(dataset: str, full: bool, steps: int | None, n_hparams: int, n_trials: int) -> Path:
+    """One folder per setting, so a demo and a full run never share (and pool) their runs."""
+    mode = "full" if full else "demo"
+    return Path("sweeps") / "out" / f"{dataset.lower()}_{mode}_{steps or 'default'}steps_{n_hparams}x{n_trials}"
+
+
+def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: bool, steps: int | None,
         n_hparams: int | None, n_trials: int | None, dataset: str) -> int:
     if not (domainbed_root / "domainbed" / "scripts" / "sweep.py").is_file():
         raise DomainbedAlignError(f"{domainbed_root} is not a DomainBed checkout (no domainbed/scripts/sweep.py); "
@@ -61,41 +114,59 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path, full: bool, step
     config = dict(FULL if full else DEMO)
     config.update({k: v for k, v in dict(steps=steps, n_hparams=n_hparams, n_trials=n_trials).items()
                    if v is not None})
+    output_dir = (output_dir or default_output_dir(dataset, full, config["steps"], config["n_hparams"],
+                                                   config["n_trials"])).resolve()
+    settings = {"dataset": dataset, "steps": config["steps"], "hparams": config["hparams"],
+                "n_hparams": config["n_hparams"], "n_trials": config["n_trials"]}
+    foreign = foreign_runs(output_dir, settings)
+    if foreign:
+        raise DomainbedAlignError(
+            f"{output_dir} holds runs made with other settings, e.g. {foreign[0]} ({len(foreign)} in all); "
+            f"collect_results would pool them with this sweep's. Use another --output_dir, or delete that folder.")
     env = _environment(domainbed_root)
     print(f"== preparing offline data in {data_dir}", flush=True)
-    subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir", str(data_dir)],
-                   check=True, env=env)
+    prepared = subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir",
+                               str(data_dir)], env=env)
+    if prepared.returncode != 0:
+        return prepared.returncode  # prepare has printed its one-line reason
     from domainbed_align.data import DATASETS
 
     n_envs = len(DATASETS[dataset].ENVIRONMENTS)
     total = len(ALGORITHMS) * n_envs * config["n_hparams"] * config["n_trials"]
     label = "FULL" if full else "DEMO (short CPU runs: numbers show the pipeline works, not ALIGN's accuracy)"
     print(f"== sweep: {' vs '.join(ALGORITHMS)} on {dataset}, {total} runs, {label}", flush=True)
-    command = [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--datasets", dataset,
-               "--algorithms", *ALGORITHMS, "--n_hparams", str(config["n_hparams"]),
-               "--n_trials", str(config["n_trials"]), "--single_test_envs", "--command_launcher", "local",
-               "--data_dir", str(data_dir), "--output_dir", str(output_dir), "--skip_confirmation"]
+    sweep_args = ["--datasets", dataset, "--algorithms", *ALGORITHMS, "--n_hparams", str(config["n_hparams"]),
+                  "--n_trials", str(config["n_trials"]), "--single_test_envs", "--data_dir", str(data_dir),
+                  "--output_dir", str(output_dir), "--skip_confirmation", "--command_launcher", "local"]
     if config["steps"]:
-        command += ["--steps", str(config["steps"])]
+        sweep_args += ["--steps", str(config["steps"])]
     if config["hparams"]:
-        command += ["--hparams", json.dumps(config["hparams"])]
-    print("   " + " ".join(command[1:]), flush=True)
+        sweep_args += ["--hparams", json.dumps(config["hparams"])]
+    sweep = [sys.executable, "-m", "domainbed.scripts.sweep"]
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir.parent / f"{output_dir.name}.log"
+    with open(log, "w") as handle:
+        # Runs an interrupted demo left half-done cannot resume in DomainBed and block `launch`: redo them.
+        cleaned = subprocess.run([*sweep, "delete_incomplete", *sweep_args], env=env, stdout=handle,
+                                 stderr=subprocess.STDOUT).returncode
+    if cleaned != 0:
+        print(f"error: `sweep delete_incomplete` failed; see {log}", file=sys.stderr)
+        return 1
+    command = [*sweep, "launch", *sweep_args]
+    print("   " + " ".join(command[1:]), flush=True)
     stop = threading.Event()
     watcher = threading.Thread(target=_progress, args=(output_dir, total, stop), daemon=True)
     watcher.start()
     started = time.monotonic()
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:
         code = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     stop.set()
     watcher.join()
     done = sum((p / "done").exists() for p in output_dir.iterdir() if p.is_dir())
     print(f"== sweep finished in {time.monotonic() - started:.0f}s: {done}/{total} runs done (log: {log})")
-    if code != 0 or done < total:
-        print(f"error: some runs failed; see {log}. Rerun the same command to finish them "
-              f"(done runs are kept; incomplete ones need `python -m domainbed.scripts.sweep delete_incomplete` "
-              f"with the same arguments).", file=sys.stderr)
+    if code != 0 or done != total:
+        print(f"error: {total - done} of {total} runs did not finish; see {log} and each run's err.txt under "
+              f"{output_dir}. Rerun the same command to redo them (finished runs are kept).", file=sys.stderr)
         return 1
     table = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir",
                             str(output_dir)], env=env, capture_output=True, text=True)
@@ -106,26 +177,34 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path, full: bool, step
     return table.returncode
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m domainbed_align.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domainbed_root", default=os.environ.get("DOMAINBED_ROOT"),
                         help="upstream DomainBed checkout (default: $DOMAINBED_ROOT)")
     parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--output_dir", default="sweeps/out/texturemnist_demo")
+    parser.add_argument("--output_dir", default=None,
+                        help="default: sweeps/out/<dataset>_<demo|full>_<steps>steps_<n_hparams>x<n_trials>")
     parser.add_argument("--dataset", default="TextureMNIST", choices=["TextureMNIST", "SpuriousTextureMNIST"])
     parser.add_argument("--full", action="store_true", help="DomainBed's run length, 5 hparam draws, 3 trials")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--n_hparams", type=int)
-    parser.add_argument("--n_trials", type=int)
+    parser.add_argument("--steps", type=_positive_int)
+    parser.add_argument("--n_hparams", type=_positive_int)
+    parser.add_argument("--n_trials", type=_positive_int)
     args = parser.parse_args(argv)
     if not args.domainbed_root:
         print("error: no DomainBed: pass --domainbed_root or set DOMAINBED_ROOT to a clone of "
               "facebookresearch/DomainBed at b93c22a", file=sys.stderr)
         return 2
     try:
-        return run(Path(args.domainbed_root).resolve(), Path(args.data_dir).resolve(),
-                   Path(args.output_dir).resolve(), args.full, args.steps, args.n_hparams, args.n_trials,
-                   args.dataset)
+        output_dir = Path(args.output_dir) if args.output_dir else None
+        return run(Path(args.domainbed_root).resolve(), Path(args.data_dir).resolve(), output_dir, args.full,
+                   args.steps, args.n_hparams, args.n_trials, args.dataset)
     except DomainbedAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -42,9 +42,18 @@ def _git_commit(root: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def _is_domainbed_checkout(folder: Path) -> bool:
+    return (folder / "domainbed" / "algorithms.py").is_file() and (folder / "domainbed" / "scripts").is_dir()
+
+
 def check_domainbed(report: Report) -> bool:
     spec = importlib.util.find_spec("domainbed")
     root_hint = os.environ.get("DOMAINBED_ROOT")
+    if root_hint and not _is_domainbed_checkout(Path(root_hint)):
+        report.fail(f"DOMAINBED_ROOT={root_hint} is not a DomainBed checkout (no domainbed/algorithms.py there)",
+                    f"git clone https://github.com/facebookresearch/DomainBed && git -C DomainBed checkout "
+                    f"{PINNED_COMMIT}, then export DOMAINBED_ROOT=$PWD/DomainBed")
+        root_hint = None
     if spec is None or not spec.origin:
         fix = (f"export PYTHONPATH={root_hint}" if root_hint else
                f"git clone https://github.com/facebookresearch/DomainBed && git -C DomainBed checkout "
@@ -52,6 +61,9 @@ def check_domainbed(report: Report) -> bool:
         report.fail("`import domainbed` fails: DomainBed is not on sys.path", fix)
         return False
     root = Path(spec.origin).resolve().parent.parent
+    if root_hint and Path(root_hint).resolve() != root:
+        report.warn(f"DOMAINBED_ROOT is {root_hint} but this interpreter imports domainbed from {root}; "
+                    f"`run.sh` uses DOMAINBED_ROOT, a plain `python -m domainbed...` uses {root}")
     commit = _git_commit(root)
     where = f"domainbed resolves to {root}"
     if commit is None:
@@ -102,6 +114,16 @@ def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool
         report.fail("ALIGN's hparams are missing from domainbed.hparams_registry", "reinstall domainbed-align")
     else:
         report.ok(f"{', '.join(ALGORITHM_NAMES)} are registered (algorithms and hparams registry)")
+    import domainbed.datasets as datasets
+    from domainbed_align.data import DATASETS as OUR_DATASETS
+
+    absent = [name for name in OUR_DATASETS if name not in datasets.DATASETS or not hasattr(datasets, name)]
+    if absent:
+        report.fail(f"our datasets {absent} are not registered in domainbed.datasets",
+                    f"{sys.executable} -m pip install -e /path/to/domainbed-align")
+    else:
+        report.ok(f"datasets {', '.join(OUR_DATASETS)} are registered (prepare them with "
+                  f"`python -m domainbed_align.data prepare --data_dir DIR`)")
 
 
 def check_python_on_path(report: Report) -> None:

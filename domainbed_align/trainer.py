@@ -19,7 +19,7 @@ from torch import nn
 
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
-from domainbed_align.errors import NonFiniteLossError
+from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.gradcam import normalize_per_sample
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
 
@@ -37,6 +37,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
     name = ""  # key of this algorithm's hparams in hparams.SPECS
     uses_gradcam = False
     uses_mixup = False
+    uses_gt_masks = False  # annotation-based methods set this; the others must never see the mask channel
 
     @staticmethod
     def known_hparam_names() -> frozenset | None:
@@ -47,6 +48,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
                  hparams: Mapping[str, Any]) -> None:
         nn.Module.__init__(self)  # not super(): DomainBed's Algorithm.__init__ only stores hparams
+        if hparams.get("gt_masks", False) is not False and not self.uses_gt_masks:
+            raise HParamError(
+                f"hparam 'gt_masks' is {hparams['gt_masks']!r}: our datasets would then append the ground-truth "
+                f"mask (the digit's shape, i.e. the label) to {self.name}'s input; {self.name} uses no "
+                f"annotations, so drop gt_masks from --hparams.")
         self.hparams = hparams_lib.validate(self.name, hparams, self.known_hparam_names())
         self.num_classes = num_classes
         self.num_domains = num_domains

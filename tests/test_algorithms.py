@@ -187,6 +187,14 @@ def test_grad_cam_stage_without_a_spatial_map_is_refused():
         _align(input_size=8)
 
 
+@pytest.mark.parametrize("value", [True, "false", 1])
+def test_algorithms_without_annotations_refuse_gt_masks(value):
+    hparams = hparams_lib.default_hparams("TimmERM", "Debug28", gt_masks=value)
+    with pytest.raises(HParamError, match="uses no annotations, so drop gt_masks"):
+        TimmERM((4, 28, 28), 3, 2, hparams)  # the mask would be a 4th input channel
+    assert not TimmERM.uses_gt_masks and not ALIGN.uses_gt_masks
+
+
 def test_pretrained_file_without_pretrained_is_refused(tmp_path):
     with pytest.raises(HParamError, match="'pretrained' is false, so it would be ignored"):
         _align(pretrained_file=str(tmp_path / "resnet18.pth"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as metadata
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -162,11 +163,15 @@ def test_interrupted_prepare_leaves_nothing_then_rerun_succeeds(tmp_path: Path,
     assert prep.mnist_done(tmp_path) and sum(len(e) for e in VLCSMini(str(tmp_path), [0], NO_AUG)) == 187
 
 
-def test_outdated_component_is_rebuilt(tmp_path: Path) -> None:
+def test_outdated_component_is_refused_then_rebuilt(tmp_path: Path) -> None:
     _require_sources()
     prep.prepare(tmp_path, ["align_textures"], log=lambda s: None)
     manifest = tmp_path / "align_textures" / prep.MANIFEST
     manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 0'))
+    from domainbed_align.data.datasets import load_textures
+
+    with pytest.raises(DataNotPreparedError, match="up-to-date align_textures"):  # never an older recipe
+        load_textures(tmp_path)  # what TextureMNIST and SpuriousTextureMNIST read their backgrounds with
     assert prep.prepare(tmp_path, ["align_textures"], log=lambda s: None) == ["align_textures"]
     assert prep.textures_done(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["align_textures"]
@@ -325,6 +330,34 @@ def test_vlcs_augmentation_only_on_training_envs(data_dir: Path) -> None:
     assert ds[1][3][0].shape == (3, 224, 224)
 
 
+def test_vlcs_with_images_gone_since_prepare_is_refused_then_rebuilt(tmp_path: Path) -> None:
+    _require_sources()
+    prep.prepare(tmp_path, ["VLCSMini"], log=lambda s: None)
+    assert prep.vlcs_done(tmp_path)
+    shutil.rmtree(tmp_path / "VLCSMini" / "SUN09" / "person")
+    assert not prep.vlcs_done(tmp_path)
+    with pytest.raises(DataNotPreparedError, match="complete VLCSMini"):  # not 40 images where 55 belong
+        VLCSMini(str(tmp_path), [0], NO_AUG)
+    assert prep.prepare(tmp_path, ["VLCSMini"], log=lambda s: None) == ["VLCSMini"]
+    assert sum(len(e) for e in VLCSMini(str(tmp_path), [0], NO_AUG)) == 187
+
+
+def test_gt_masks_must_be_a_real_boolean(data_dir: Path) -> None:
+    from domainbed_align.errors import HParamError
+
+    with pytest.raises(HParamError, match="'gt_masks' must be true or false, got 'false'"):
+        TextureMNIST(str(data_dir), [0], {"gt_masks": "false"})  # a truthy string must not add the mask
+
+
 def test_vlcs_refuses_gt_masks(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="no ground-truth"):
         VLCSMini(str(data_dir), [0], {"gt_masks": True})
+
+
+def test_cli_data_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys) -> None:
+    occupied = tmp_path / "not_a_folder"
+    occupied.write_text("a file where the data folder should be")
+    assert cli_main(["prepare", "--data_dir", str(occupied), "--only", "MNIST"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: could not prepare {str(occupied)!r}: FileExistsError")
+    assert occupied.read_text() == "a file where the data folder should be"  # untouched

@@ -24,6 +24,7 @@ def test_healthy_environment(tmp_path):
     assert result.returncode == 0, result.stdout
     assert f"domainbed resolves to {STANDIN}" in result.stdout
     assert "TimmERM, ALIGN are registered" in result.stdout
+    assert "datasets TextureMNIST, SpuriousTextureMNIST, VLCSMini are registered" in result.stdout
     assert "registration hook (domainbed_align_hook.pth) is active" in result.stdout
     assert result.stdout.strip().endswith("all good")
 
@@ -41,3 +42,12 @@ def test_missing_domainbed_and_foreign_python_are_reported_with_fixes(tmp_path, 
     assert "sweeps would train without the plugin" in result.stdout
     assert "fix: activate this environment" in result.stdout
     assert "2 problem(s) found" in result.stdout
+
+
+@pytest.mark.skipif(not hook_active(), reason="pip install -e . first (the .pth hook is inactive)")
+def test_a_wrong_domainbed_root_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOMAINBED_ROOT", str(tmp_path / "no_domainbed_here"))
+    result = _doctor(tmp_path, STANDIN, str(Path(sys.executable).parent))
+    assert result.returncode == 1
+    assert f"[FAIL] DOMAINBED_ROOT={tmp_path / 'no_domainbed_here'} is not a DomainBed checkout" in result.stdout
+    assert "1 problem(s) found" in result.stdout  # the rest (domainbed from PYTHONPATH) is fine

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.install
 
 CHECK = ("import domainbed_align, domainbed.algorithms as a; "
          "print(domainbed_align.__file__); print('ALIGN' in a.ALGORITHMS, hasattr(a, 'ALIGN'))")
-PROJECT_FILES = ["setup.py", "pyproject.toml", "README.md", "domainbed_align"]
+PROJECT_FILES = ["setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "domainbed_align"]
 
 
 def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
@@ -70,3 +70,22 @@ def test_install_registers_and_uninstall_removes_the_hook(fresh_env, tmp_path, e
                        cwd=workdir, python=str(python))
     assert after.returncode == 0 and after.stdout.strip() == "False"
     assert "domainbed-align" not in after.stderr  # no complaint from a leftover hook
+
+
+def test_wheel_built_from_the_sdist_carries_the_hook(fresh_env, tmp_path):
+    import tarfile
+    import zipfile
+
+    _, _, project = fresh_env
+    sdist = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")], cwd=project,
+                           capture_output=True, text=True, timeout=600)
+    assert sdist.returncode == 0, sdist.stderr[-3000:]
+    (archive,) = (tmp_path / "sdist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        assert any(name.endswith("domainbed_align/domainbed_align_hook.pth") for name in tar.getnames())
+    wheel = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "--disable-pip-version-check", "-w", str(tmp_path / "wheels"), str(archive)],
+                           capture_output=True, text=True, timeout=600)
+    assert wheel.returncode == 0, wheel.stderr[-3000:]
+    (built,) = (tmp_path / "wheels").glob("*.whl")
+    assert "domainbed_align_hook.pth" in zipfile.ZipFile(built).namelist()  # at the root of site-packages

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         # One clear line, no traceback: the user only has to install a package.
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as e:  # a bad --data_dir, a full disk, a source failing its checksum
+        print(f"error: could not prepare {args.data_dir!r}: {type(e).__name__}: {e} (prepare is atomic: "
+              f"no partial dataset was left; fix the cause and rerun)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -62,9 +62,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from domainbed_align.errors import DomainbedAlignError
+from domainbed_align.errors import DomainbedAlignError, HParamError
 
-from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS
+from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +87,15 @@ def _not_prepared(root: Any, what: str) -> DataNotPreparedError:
         f"(offline; it needs the packages it names)")
 
 
+def wants_gt_masks(hparams: dict) -> bool:
+    """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on)."""
+    value = hparams.get("gt_masks", False)
+    if not isinstance(value, bool):
+        raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} "
+                                  f"({type(value).__name__}).")
+    return value
+
+
 def load_mnist(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """All 70k MNIST digits (train then t10k) as uint8 [70000, 28, 28] and int64 labels."""
     if root is None:
@@ -104,9 +113,9 @@ def load_mnist(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def load_textures(root: str | os.PathLike) -> dict[str, np.ndarray]:
     """The background bank written by prepare: name -> uint8 [S, S, 3]."""
-    path = Path(root) / "align_textures" / "textures.npz" if root is not None else None
-    if path is None or not path.is_file():
-        raise _not_prepared(root, "align_textures/textures.npz")
+    if root is None or not textures_done(Path(root)):  # missing, or made by an older recipe
+        raise _not_prepared(root, "an up-to-date align_textures/textures.npz")
+    path = Path(root) / "align_textures" / "textures.npz"
     with np.load(path) as z:
         return {str(n): t for n, t in zip(z["names"], z["textures"])}
 
@@ -207,7 +216,7 @@ class _TextureMNISTBase(_MultiEnv):
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None) -> None:
         hparams = hparams or {}
-        self.gt_masks = bool(hparams.get("gt_masks", False))
+        self.gt_masks = wants_gt_masks(hparams)
         images, labels = load_mnist(root)
         bank = load_textures(root)
         if any(name not in bank for name in self.FAMILY_NAMES):
@@ -300,12 +309,12 @@ class VLCSMini(_MultiEnv):
         from torchvision import transforms
 
         hparams = hparams or {}
-        if hparams.get("gt_masks", False):
-            raise ValueError("VLCSMini has no ground-truth foreground masks: gt_masks must be False "
+        if wants_gt_masks(hparams):
+            raise HParamError("VLCSMini has no ground-truth foreground masks: gt_masks must be False "
                              "(use TextureMNIST or SpuriousTextureMNIST for mask supervision)")
-        base = Path(root) / "VLCSMini" if root is not None else None
-        if base is None or not (base / "MANIFEST.json").is_file():
-            raise _not_prepared(root, "VLCSMini")
+        if root is None or not vlcs_done(Path(root)):  # missing, older, or images gone since prepare
+            raise _not_prepared(root, "a complete VLCSMini (all images its manifest counts)")
+        base = Path(root) / "VLCSMini"
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         plain = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(), normalize])
         augment = transforms.Compose([

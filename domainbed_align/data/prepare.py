@@ -310,8 +310,17 @@ def build_textures(tmp: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 # VLCS mini
 # --------------------------------------------------------------------------------------------------------
+def vlcs_image_counts(folder: Path) -> dict[str, dict[str, int]]:
+    """Images on disk per environment folder and class, in the manifest's layout."""
+    return {target: {cls: sum(p.is_file() for p in (folder / target / cls).glob("*")) for cls in mapping.values()}
+            for target, mapping in VLCS_DOMAINS.values()}
+
+
 def vlcs_done(data_dir: Path) -> bool:
-    return _manifest_ok(data_dir / "VLCSMini", VLCS_VERSION)
+    """Prepared at this version, with every image the manifest counted still on disk."""
+    folder = data_dir / "VLCSMini"
+    return (_manifest_ok(folder, VLCS_VERSION)
+            and _read_manifest(folder).get("counts") == vlcs_image_counts(folder))
 
 
 def build_vlcs(tmp: Path) -> None:

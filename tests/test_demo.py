@@ -1,0 +1,76 @@
+"""The README main job's own logic, without DomainBed: which runs a sweep folder may hold, progress parsing,
+argument checks. (The job itself runs against real upstream in results/demo/.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from domainbed_align import demo
+
+SETTINGS = {"dataset": "TextureMNIST", "steps": 200, "hparams": {"batch_size": 12, "warmup_steps": 60},
+            "n_hparams": 1, "n_trials": 1}
+
+
+def _run(folder: Path, name: str, lines: list[str] | None = None, **overrides) -> Path:
+    args = {"algorithm": "ALIGN", "dataset": "TextureMNIST", "steps": 200, "test_envs": [0], "hparams_seed": 0,
+            "trial_seed": 0, "hparams": json.dumps(SETTINGS["hparams"]), **overrides}
+    run_dir = folder / name
+    run_dir.mkdir(parents=True)
+    if lines is None:
+        lines = [json.dumps({"args": args, "step": 0}), json.dumps({"args": args, "step": 100})]
+    (run_dir / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def test_runs_of_other_settings_are_foreign_and_ours_are_not(tmp_path):
+    _run(tmp_path, "ours")
+    _run(tmp_path, "not_started", lines=[""])  # no checkpoint yet: delete_incomplete's business, not foreign
+    assert demo.foreign_runs(tmp_path, SETTINGS) == []
+    for name, change in [("longer", {"steps": 5001}), ("other_data", {"dataset": "SpuriousTextureMNIST"}),
+                         ("other_hparams", {"hparams": None}), ("erm", {"algorithm": "ERM"}),
+                         ("second_trial", {"trial_seed": 1}), ("second_draw", {"hparams_seed": 3})]:
+        _run(tmp_path, name, **change)
+    foreign = demo.foreign_runs(tmp_path, SETTINGS)
+    assert [entry.split(" ")[0] for entry in foreign] == sorted(
+        ["longer", "other_data", "other_hparams", "erm", "second_trial", "second_draw"])
+    assert "steps 5001" in next(entry for entry in foreign if entry.startswith("longer"))
+
+
+def test_a_folder_with_foreign_runs_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "DomainBed"
+    (root / "domainbed" / "scripts").mkdir(parents=True)
+    (root / "domainbed" / "scripts" / "sweep.py").write_text("")
+    sweep = tmp_path / "sweep"
+    _run(sweep, "full_run", steps=None, hparams=None)
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    code = demo.main(["--domainbed_root", str(root), "--output_dir", str(sweep), "--data_dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds runs made with other settings, e.g. full_run (ALIGN on TextureMNIST, steps None" in err
+    assert "Use another --output_dir" in err and (sweep / "full_run").is_dir()  # nothing deleted
+
+
+def test_default_folders_differ_per_setting():
+    folders = {demo.default_output_dir("TextureMNIST", False, 200, 1, 1),
+               demo.default_output_dir("TextureMNIST", True, None, 5, 3),
+               demo.default_output_dir("TextureMNIST", False, 400, 1, 1),
+               demo.default_output_dir("SpuriousTextureMNIST", False, 200, 1, 1)}
+    assert len(folders) == 4 and all(f.parent == Path("sweeps/out") for f in folders)
+
+
+def test_progress_skips_a_line_cut_off_by_a_kill(tmp_path):
+    run_dir = _run(tmp_path, "killed")
+    with open(run_dir / "results.jsonl", "a") as results:
+        results.write('{"args": {"algorithm": "AL')
+    assert demo._last_record(run_dir)["step"] == 100
+    assert demo._last_record(tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--n_hparams", "--n_trials"])
+def test_counts_must_be_positive(flag, capsys):
+    with pytest.raises(SystemExit) as raised:
+        demo.main(["--domainbed_root", "/nowhere", flag, "0"])
+    assert raised.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err

@@ -11,7 +11,9 @@ the finder wraps that module's loader and patches the module right after its bod
   look it up at call time);
 - ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments);
 - ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
-  instead of a JSONDecodeError traceback that names no file.
+  instead of a JSONDecodeError traceback that names no file;
+- ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
+  --input_dir``, in one line instead of a traceback.
 
 Everything is idempotent, and nothing here may break interpreter start-up.
 """
@@ -25,7 +27,8 @@ import sys
 import types
 from typing import Any
 
-_TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets", "domainbed.lib.reporting")
+_TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets", "domainbed.lib.reporting",
+            "domainbed.lib.misc")
 _PATCHED_FLAG = "_domainbed_align_patched"
 
 
@@ -85,7 +88,8 @@ def patch_module(module: types.ModuleType) -> None:
     if getattr(module, _PATCHED_FLAG, False):
         return
     patchers = {"domainbed.algorithms": _patch_algorithms, "domainbed.hparams_registry": _patch_hparams,
-                "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting}
+                "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting,
+                "domainbed.lib.misc": _patch_misc}
     patchers[module.__name__](module)
     setattr(module, _PATCHED_FLAG, True)
     _install_excepthook()
@@ -167,6 +171,28 @@ def _patch_reporting(module: types.ModuleType) -> None:
             raise  # something else: upstream's own error, unchanged
 
     module.load_records = load_records
+
+
+def _patch_misc(module: types.ModuleType) -> None:
+    import os
+
+    original = module.Tee
+
+    class Tee(original):
+        __doc__ = original.__doc__
+
+        def __init__(self, fname: str, *args: Any, **kwargs: Any) -> None:
+            folder = os.path.dirname(fname) or "."
+            if not os.path.isdir(folder):
+                from domainbed_align.errors import ResultsFileError
+
+                raise ResultsFileError(
+                    f"{folder!r} is not a folder, so DomainBed cannot write {os.path.basename(fname)!r} there; for "
+                    f"collect_results give --input_dir the --output_dir that 'sweep launch' wrote to.")
+            super().__init__(fname, *args, **kwargs)
+
+    Tee.__module__, Tee.__qualname__ = original.__module__, original.__qualname__
+    module.Tee = Tee
 
 
 def _install_excepthook() -> None:

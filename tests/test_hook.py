@@ -155,3 +155,15 @@ def test_intact_results_and_missing_folder(source, tmp_path):
     missing = run_python(["-c", READ_RECORDS, str(tmp_path / "no_such_sweep")], source, cwd=tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "is not a folder; give the --output_dir that 'sweep launch' wrote to" in missing.stderr
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_log_file_in_a_missing_folder_is_named_in_one_line(source, tmp_path):
+    code = "import sys; from domainbed.lib import misc; t = misc.Tee(sys.argv[1], 'w'); t.write('kept\\n')"
+    written = run_python(["-c", code, str(tmp_path / "results.txt")], source, cwd=tmp_path)
+    assert written.returncode == 0 and (tmp_path / "results.txt").read_text() == "kept\n"  # unchanged behaviour
+    missing = run_python(["-c", code, str(tmp_path / "typo" / "results.txt")], source, cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"domainbed-align: error: {str(tmp_path / 'typo')!r} is not a folder, so DomainBed cannot write "
+        f"'results.txt' there; for collect_results give --input_dir the --output_dir that 'sweep launch' wrote to."]

@@ -84,6 +84,13 @@ def test_sweep_launch_then_collect_results_shows_align(tmp_path):
     assert f"damaged results file: {damaged} line " in collect.stderr, collect.stderr[-3000:]
 
 
+def test_collect_results_with_a_mistyped_input_dir_says_so_in_one_line(tmp_path):
+    result = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(tmp_path / "sweeep")],
+                        upstream_root(), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{str(tmp_path / 'sweeep')!r} is not a folder" in result.stderr, result.stderr[-3000:]
+
+
 def _upstream_pytest(tmp_path, test_file, *selection):
     env_tests = os.pathsep.join([str(upstream_root()), str(TESTS_DIR)])
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "upstream_cpu_shim",

@@ -361,3 +361,15 @@ def test_cli_data_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: could not prepare {str(occupied)!r}: FileExistsError")
     assert occupied.read_text() == "a file where the data folder should be"  # untouched
+
+
+def test_source_image_with_other_bytes_stops_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    _require_sources()
+    # as if another scikit-image release shipped a re-encoded moon.png
+    monkeypatch.setitem(prep.TEXTURE_SOURCE_MD5, "moon.png", "0" * 32)
+    assert cli_main(["prepare", "--data_dir", str(tmp_path), "--only", "align_textures"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skimage/data/moon.png' with md5 932cb5c7a6a594c2c78e55643abf6e71" in err
+    assert "scikit-image 0.26.0 has the expected files" in err
+    assert not (tmp_path / "align_textures").exists()  # atomic: nothing half-built

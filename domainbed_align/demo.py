@@ -19,6 +19,7 @@ from pathlib import Path
 
 from domainbed_align import ALGORITHM_NAMES as ALGORITHMS
 from domainbed_align.errors import DomainbedAlignError
+from domainbed_align.records import readable_records
 
 DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60})
 FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={})
@@ -34,25 +35,14 @@ def _environment(domainbed_root: Path) -> dict[str, str]:
 
 def _first_record(run_dir: Path) -> dict | None:
     """The first checkpoint record of a run folder (it carries the run's args), or None if there is none yet."""
-    try:
-        with open(run_dir / "results.jsonl") as results:
-            return json.loads(results.readline())
-    except (OSError, ValueError):
-        return None
+    records = readable_records(run_dir)
+    return records[0] if records else None
 
 
 def _last_record(run_dir: Path) -> dict | None:
-    """The newest complete checkpoint record; a line being written (or cut off by a kill) is skipped."""
-    try:
-        lines = (run_dir / "results.jsonl").read_text().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
+    """The newest complete checkpoint record (a line being written, or cut off by a kill, is skipped)."""
+    records = readable_records(run_dir)
+    return records[-1] if records else None
 
 
 def _is_ours(args: dict, settings: dict) -> bool:

@@ -176,7 +176,7 @@ def registry_entries(algorithm: str, dataset: str, random_seed: int,
 
 def default_hparams(algorithm: str, dataset: str | None = None, **common: Any) -> dict[str, Any]:
     """Defaults without DomainBed (tests, notebooks); ``common`` supplies DomainBed's lr/batch_size/... ."""
-    base = {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 32, "resnet_dropout": 0.0, "freeze_bn": False}
+    base = {"batch_size": 32, **{name: spec.default for name, spec in COMMON_USED.items()}}
     base.update({spec.name: spec.default_for(dataset) for spec in specs_for(algorithm)})
     base.update(common)
     return base

@@ -48,6 +48,24 @@ def damaged_lines(input_dir: str | os.PathLike) -> list[tuple[Path, int, str]]:
     return damaged
 
 
+def readable_records(run_dir: str | os.PathLike) -> list[dict]:
+    """The checkpoint records of one run folder that parse, in order; lines being written or cut off by a kill
+    are skipped (:func:`damaged_lines` names them). Empty when the run has not checkpointed yet."""
+    try:
+        lines = (Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def check_results_files(input_dir: str | os.PathLike) -> None:
     """Raise :class:`ResultsFileError` naming the culprit(s) and the fix, or return if the folder reads well."""
     if not Path(input_dir).is_dir():

@@ -91,8 +91,7 @@ def wants_gt_masks(hparams: dict) -> bool:
     """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on)."""
     value = hparams.get("gt_masks", False)
     if not isinstance(value, bool):
-        raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} "
-                                  f"({type(value).__name__}).")
+        raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} ({type(value).__name__}).")
     return value
 
 
@@ -311,7 +310,7 @@ class VLCSMini(_MultiEnv):
         hparams = hparams or {}
         if wants_gt_masks(hparams):
             raise HParamError("VLCSMini has no ground-truth foreground masks: gt_masks must be False "
-                             "(use TextureMNIST or SpuriousTextureMNIST for mask supervision)")
+                              "(use TextureMNIST or SpuriousTextureMNIST for mask supervision)")
         if root is None or not vlcs_done(Path(root)):  # missing, older, or images gone since prepare
             raise _not_prepared(root, "a complete VLCSMini (all images its manifest counts)")
         base = Path(root) / "VLCSMini"

@@ -283,9 +283,10 @@ def build_mnist(tmp: Path, files: dict[str, bytes]) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Textures
 # --------------------------------------------------------------------------------------------------------
-def _manifest_ok(folder: Path, version: int) -> bool:
-    m = _read_manifest(folder)
-    return m is not None and m.get("version") == version
+def _current_manifest(folder: Path, version: int) -> dict:
+    """The folder's manifest if it was written at ``version``, else an empty dict."""
+    manifest = _read_manifest(folder)
+    return manifest if manifest is not None and manifest.get("version") == version else {}
 
 
 def _texture_spec() -> str:
@@ -295,8 +296,8 @@ def _texture_spec() -> str:
 
 def textures_done(data_dir: Path) -> bool:
     folder = data_dir / "align_textures"
-    return (_manifest_ok(folder, TEXTURES_VERSION) and (folder / "textures.npz").is_file()
-            and _read_manifest(folder).get("spec") == _texture_spec())
+    return ((folder / "textures.npz").is_file()
+            and _current_manifest(folder, TEXTURES_VERSION).get("spec") == _texture_spec())
 
 
 def build_textures(tmp: Path) -> None:
@@ -308,9 +309,10 @@ def build_textures(tmp: Path) -> None:
         path = data / fname
         if not path.is_file():
             raise MissingSourceError(SKIMAGE_DIST, f"does not provide 'skimage/data/{fname}'")
-        if _md5(path.read_bytes()) != TEXTURE_SOURCE_MD5[fname]:
+        digest = _md5(path.read_bytes())
+        if digest != TEXTURE_SOURCE_MD5[fname]:
             raise MissingSourceError(
-                SKIMAGE_DIST, f"ships a 'skimage/data/{fname}' with md5 {_md5(path.read_bytes())}, not "
+                SKIMAGE_DIST, f"ships a 'skimage/data/{fname}' with md5 {digest}, not "
                 f"{TEXTURE_SOURCE_MD5[fname]}: its backgrounds would make a different benchmark than everyone "
                 f"else's (scikit-image {SKIMAGE_KNOWN_GOOD} has the expected files)")
         with Image.open(path) as im:
@@ -343,8 +345,7 @@ def vlcs_image_counts(folder: Path) -> dict[str, dict[str, int]]:
 def vlcs_done(data_dir: Path) -> bool:
     """Prepared at this version, with every image the manifest counted still on disk."""
     folder = data_dir / "VLCSMini"
-    return (_manifest_ok(folder, VLCS_VERSION)
-            and _read_manifest(folder).get("counts") == vlcs_image_counts(folder))
+    return _current_manifest(folder, VLCS_VERSION).get("counts") == vlcs_image_counts(folder)
 
 
 def build_vlcs(tmp: Path) -> None:

@@ -130,26 +130,31 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def profile_update(algorithm: ALIGN, batches: list, device: torch.device) -> None:
-    """One ALIGN update under torch.profiler; the top 25 ops by self time go to stderr."""
+def profile_call(what: str, fn: Callable[[], Any], device: torch.device) -> None:
+    """One ``fn()`` (after one untimed call) under torch.profiler; the top 25 ops by self time go to stderr,
+    then the call's wall time: far above the CUDA table's "Self CUDA time total" means the host (Python,
+    dispatch, launches) bounds the call, not the device."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    algorithm.update(batches)
+    fn()
     synchronize(device)
     with profile(activities=activities, record_shapes=False) as profiler:
-        algorithm.update(batches)
+        start = time.perf_counter()
+        fn()
         synchronize(device)
+        wall_ms = (time.perf_counter() - start) * 1000.0
     averages = profiler.key_averages()
-    log("profile of one ALIGN update (top 25 ops by self CPU time):")
+    log(f"profile of {what} (top 25 ops by self CPU time):")
     print(averages.table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr, flush=True)
     if device.type == "cuda":
-        log("profile of one ALIGN update (top 25 ops by self CUDA time):")
+        log(f"profile of {what} (top 25 ops by self CUDA time):")
         print(averages.table(sort_by="self_cuda_time_total", row_limit=25), file=sys.stderr, flush=True)
+    log(f"{what}: wall {wall_ms:.3f} ms under the profiler (the tables' footers give the ops' totals)")
 
 
 def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                    warmup: int, repeats: int) -> dict[str, float]:
+                    warmup: int, repeats: int, profile: bool = False) -> dict[str, float]:
     """Our batched Grad-CAM (as training computes it, and without the graph) vs pytorch-grad-cam's GradCAM."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -172,6 +177,15 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
                 algorithm.hparams["mixed_precision"], classifier.closed_form_cam = mode, allowed
         return run
 
+    def forward_only() -> torch.Tensor:
+        """The eval forward pass alone, in the trainer's precision: the floor of any Grad-CAM (it needs the
+        activations), so ``gradcam_ms / forward_ms`` says what the map itself costs on top."""
+        with torch.no_grad(), algorithm._autocast(images):
+            return classifier(images)
+
+    if profile:
+        profile_call("our Grad-CAM (gradcam_ms)", ours(), device)
+
     # pytorch-grad-cam hooks the model it is given (its forward hook copies activations to the host): give it
     # its own copy with the same weights, so its hooks never run inside our timed calls.
     reference_model = copy.deepcopy(classifier)
@@ -186,6 +200,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
             "gradcam_fp32_ms": ours(precision="off"),
             # The generic autograd Grad-CAM, for the effect of the closed form (same as gradcam_ms without it).
             "gradcam_autograd_ms": ours(closed_form=False),
+            "forward_ms": forward_only,
             "gradcam_reference_ms": lambda: reference(input_tensor=images, targets=targets)},
             device, warmup, repeats)
     finally:
@@ -224,13 +239,13 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     del erm
     release()
     if profile:
-        profile_update(align, batches, device)
+        profile_call("one ALIGN update", lambda: align.update(batches), device)
 
     log("Grad-CAM: ours vs pytorch-grad-cam, interleaved")
     images = torch.cat([x for x, _ in batches])
     labels = torch.cat([y for _, y in batches])
     images = align._prepare_device(images)
-    cams = gradcam_timings(align, images, labels, device, warmup, repeats)
+    cams = gradcam_timings(align, images, labels, device, warmup, repeats, profile)
     stage_name, cam_side, hparams = align.classifier.stage_name, align.classifier.cam_side, align.hparams
     closed_form = align.classifier.closed_form_cam
     del align
@@ -249,6 +264,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
         **rounded, "gradcam_speedup": speedup,
         "gradcam_speedup_fp32": ratio(cams["gradcam_reference_ms"], cams["gradcam_fp32_ms"]),
         "gradcam_speedup_autograd": ratio(cams["gradcam_reference_ms"], cams["gradcam_autograd_ms"]),
+        "gradcam_over_forward": ratio(cams["gradcam_ms"], cams["forward_ms"]),
         "erm_peak_mb": None if erm_peak is None else round(erm_peak, 1),
         "align_peak_mb": None if align_peak is None else round(align_peak, 1),
         "align_over_erm_memory": memory_ratio,
@@ -305,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN pick algorithms (DomainBed's train.py disables this)")
     parser.add_argument("--profile", action="store_true",
-                        help="print a torch.profiler table of one ALIGN update to stderr")
+                        help="print torch.profiler tables of one ALIGN update and of our Grad-CAM to stderr")
     return parser.parse_args(argv)
 
 

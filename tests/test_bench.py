@@ -15,10 +15,11 @@ from conftest import REPO
 ARGS = ["--device", "cpu", "--quick", "--size", "28", "--envs", "2", "--batch-per-env", "2", "--classes", "3",
         "--repeats", "1", "--warmup", "0", "--profile"]
 TIMINGS = ("erm_ms", "align_ms", "gradcam_ms", "gradcam_nograph_ms", "gradcam_fp32_ms", "gradcam_autograd_ms",
-           "gradcam_reference_ms")
+           "forward_ms", "gradcam_reference_ms")
 RATIOS = {"align_over_erm": ("align_ms", "erm_ms"), "gradcam_speedup": ("gradcam_reference_ms", "gradcam_ms"),
           "gradcam_speedup_fp32": ("gradcam_reference_ms", "gradcam_fp32_ms"),
-          "gradcam_speedup_autograd": ("gradcam_reference_ms", "gradcam_autograd_ms")}
+          "gradcam_speedup_autograd": ("gradcam_reference_ms", "gradcam_autograd_ms"),
+          "gradcam_over_forward": ("gradcam_ms", "forward_ms")}
 KEYS = set(TIMINGS) | set(RATIOS) | {
     "erm_peak_mb", "align_peak_mb", "align_over_erm_memory", "targets", "meets_align_over_erm",
     "meets_gradcam_speedup", "meets_align_over_erm_memory", "device", "torch", "timm", "grad_cam", "backbone",
@@ -54,4 +55,6 @@ def test_bench_prints_one_consistent_json_line():
     assert result["torch"] and result["timm"] and result["grad_cam"] and result["device"]
     # 28 px -> 56 px input: Grad-CAM at layer2, where only the autograd form is exact
     assert result["gradcam_layer"] == "layer2" and result["gradcam_closed_form"] is False
-    assert "Self CPU time total" in process.stderr  # --profile's table goes to stderr
+    # --profile's tables go to stderr: one ALIGN update, then our Grad-CAM
+    assert process.stderr.count("Self CPU time total") == 2
+    assert "profile of one ALIGN update" in process.stderr and "profile of our Grad-CAM" in process.stderr

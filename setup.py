@@ -4,7 +4,8 @@ Besides the package, both the regular and the editable wheel carry ``domainbed_a
 site-packages: Python's ``site`` module runs it in every interpreter of the environment (including the
 ``python -m domainbed.scripts.train`` children of a sweep), which installs the lazy registration hook.
 Regular wheels get it from ``build_py``; PEP 660 editable wheels would silently omit it, so
-``editable_wheel`` is extended too (setuptools has no public API for that; tests install both ways).
+``editable_wheel`` is extended too (setuptools has no public API for that: an editable build that skips our
+extension stops with the fix instead of installing a package DomainBed does not see; tests install both ways).
 """
 
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
+from setuptools.errors import SetupError
 
 HOOK = Path(__file__).parent / "domainbed_align" / "domainbed_align_hook.pth"
 
@@ -27,10 +29,26 @@ class BuildPyWithHook(build_py):
 
 
 class EditableWheelWithHook(editable_wheel):
+    _hook_copied = False
+
     def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
         files, mapping = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
         shutil.copy(HOOK, Path(unpacked_wheel) / HOOK.name)
+        self._hook_copied = True
         return files, mapping
+
+    def run(self) -> None:
+        super().run()
+        # A setuptools release that stops calling the private method above would give an editable install in
+        # which DomainBed never sees ALIGN: stop the install instead of letting that pass silently.
+        if not self._hook_copied:
+            import setuptools
+
+            raise SetupError(
+                f"domainbed-align: setuptools {setuptools.__version__} built the editable wheel without calling "
+                f"editable_wheel._run_build_commands, so it would lack {HOOK.name} and DomainBed would not see "
+                f"ALIGN. Install without -e (pip install .), or build with a setuptools known to work: "
+                f"pip install 'setuptools==84.2.1' && pip install --no-build-isolation -e .")
 
 
 setup(

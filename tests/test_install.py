@@ -5,6 +5,7 @@ Each case builds a throwaway virtual environment (no pip of its own: this interp
 installs a copy of the project without build isolation, so nothing is downloaded.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,30 @@ def test_wheel_built_from_the_sdist_carries_the_hook(fresh_env, tmp_path):
     assert wheel.returncode == 0, wheel.stderr[-3000:]
     (built,) = (tmp_path / "wheels").glob("*.whl")
     assert "domainbed_align_hook.pth" in zipfile.ZipFile(built).namelist()  # at the root of site-packages
+
+
+# Stands for a future setuptools whose editable build no longer calls the private method our setup.py extends.
+SKIP_OUR_OVERRIDE = '''
+from setuptools.command.editable_wheel import editable_wheel
+_create = editable_wheel._create_wheel_file
+def _create_without_subclass_override(self, bdist_wheel):
+    type(self)._run_build_commands = editable_wheel._run_build_commands
+    return _create(self, bdist_wheel)
+editable_wheel._create_wheel_file = _create_without_subclass_override
+'''
+
+
+def test_editable_install_stops_when_setuptools_skips_the_hook(fresh_env, tmp_path):
+    python, site, project = fresh_env
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(SKIP_OUR_OVERRIDE)
+    process = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install",
+         "--no-deps", "--no-build-isolation", "-e", str(project)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(patches)})
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert "editable_wheel._run_build_commands" in output and "Install without -e" in output, output[-3000:]
+    assert not (site / "domainbed_align_hook.pth").exists()
+    assert not list(site.glob("__editable__*domainbed_align*"))  # nothing half-installed

@@ -132,7 +132,9 @@ class ExplanationGuidedAlgorithm(nn.Module):
         """DRE's pairing: a random same-class partner per sample and lam ~ Beta(alpha, alpha) per pair."""
         alpha = self.hparams["mixup_alpha"]
         concentration = torch.full((labels.numel(),), alpha, device=labels.device)
-        mix_weight = torch.distributions.Beta(concentration, concentration).sample()  # on the device: no sync
+        # Sampled on the device. validate_args=False: the default check of alpha > 0 is a host sync every step
+        # on CUDA, and hparams.validate already refused alpha <= 0 at construction.
+        mix_weight = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
         return same_class_partners(labels, self.num_classes), mix_weight
 
     def _prepare_device(self, images: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.algorithms import ALIGN, MASKER_REPORT, TimmERM
@@ -262,3 +263,41 @@ def test_pretrained_file_is_loaded(tmp_path):
     assert torch.equal(loaded.conv1.weight, source.conv1.weight)
     assert torch.equal(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     assert loaded.fc.out_features == 7  # a fresh head for the task
+
+
+# aten ops that make the host wait for the device on CUDA (a value read back, or an output size that depends on
+# the data). Adam's per-parameter step counters live on the host even on CUDA, so reading them does not count.
+HOST_SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "_unique2",
+              "unique_consecutive", "unique_dim", "repeat_interleave"}
+
+
+class _HostSyncRecorder(TorchDispatchMode):
+    def __init__(self, host_tensors: set[int]) -> None:
+        super().__init__()
+        self.host_tensors, self.seen = host_tensors, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        on_host = bool(args) and isinstance(args[0], torch.Tensor) and id(args[0]) in self.host_tensors
+        if func.overloadpacket.__name__ in HOST_SYNCS and not on_host:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("overrides, shape", [
+    ({"warmup_steps": 0}, (3, 56, 56)),                            # Grad-CAM at layer2: the autograd form
+    ({"warmup_steps": 0, "gradcam_layer": "layer4"}, (3, 112, 112)),  # layer4: the closed form
+    ({"warmup_steps": 5}, (3, 56, 56)),                            # warm-up: classifier and mixup only
+    ({"warmup_steps": 0, "masker_steps": 2}, (3, 56, 56)),
+], ids=["autograd-cam", "closed-form-cam", "warmup", "two-masker-steps"])
+def test_update_reads_nothing_back_from_the_device_before_its_report(overrides, shape):
+    """The one host sync of an update is the final report (_to_python's tolist, a copy invisible on CPU)."""
+    torch.manual_seed(0)
+    algorithm = ALIGN(shape, 3, 2, hparams_lib.default_hparams("ALIGN", "Debug28", **overrides))
+    assert algorithm.classifier.closed_form_cam == (overrides.get("gradcam_layer") == "layer4")
+    batches = _batches(shape=shape)
+    algorithm.update(batches)  # creates the optimizers' state
+    step_counters = {id(state["step"]) for optimizer in (algorithm.optimizer, algorithm.masker_optimizer)
+                     for state in optimizer.state.values()}
+    with _HostSyncRecorder(step_counters) as recorder:
+        algorithm.update(batches)
+    assert recorder.seen == []

@@ -1,0 +1,66 @@
+"""Scratch diagnostic (not part of the package): does ALIGN's masker learn selective masks on TextureMNIST?"""
+import sys, json, time, torch, torch.nn.functional as F
+torch.set_num_threads(1)
+sys.path.insert(0, "/work/main")
+from domainbed_align import hparams as H
+from domainbed_align.algorithms import ALIGN
+from domainbed_align.data.datasets import TextureMNIST
+
+mode = sys.argv[1]            # "warmup" or a JSON of overrides for the alignment phase
+steps = int(sys.argv[2])
+ds = TextureMNIST("/work/main/data", [3], {})
+train_envs, test_env = [0, 1, 2], 3
+def stack(env, idx):
+    xs, ys = zip(*(env[i] for i in idx)); return torch.stack(xs), torch.tensor(ys)
+def masks(env, idx): return torch.stack([env.mask(i) for i in idx])
+train = [stack(ds[e], range(800)) for e in train_envs]
+val = [stack(ds[e], range(800, 1000)) for e in train_envs]
+val_m = [masks(ds[e], range(800, 1000)) for e in train_envs]
+test = stack(ds[test_env], range(500)); test_m = masks(ds[test_env], range(500))
+hp = H.default_hparams("ALIGN", "TextureMNIST", batch_size=12, warmup_steps=500)
+g = torch.Generator().manual_seed(0)
+
+def evaluate(al):
+    al.eval()
+    out = {}
+    with torch.no_grad():
+        vx = torch.cat([x for x, _ in val]); vy = torch.cat([y for _, y in val]); vm = torch.cat(val_m)
+        out["val_acc"] = (al.predict(vx).argmax(1) == vy).float().mean().item()
+        out["test_acc"] = (al.predict(test[0]).argmax(1) == test[1]).float().mean().item()
+        m = al.masker(vx)
+        out["mask_mean"] = m.mean().item()
+        out["gt_mean"] = vm.mean().item()
+        inter = ((m > 0.5) & (vm > 0.5)).flatten(1).sum(1).float(); union = ((m > 0.5) | (vm > 0.5)).flatten(1).sum(1).float()
+        out["mask_iou"] = (inter / union.clamp(min=1)).mean().item()
+        out["mask_on_fg"] = ((m * vm).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1e-6)).mean().item()
+    # Grad-CAM mass on the digit (upsampled to 56 px)
+    _, cams = al.classifier.forward_with_cams(vx, vy, differentiable=False)
+    up = F.interpolate(cams.unsqueeze(1), size=vm.shape[-2:], mode="bilinear", align_corners=False).clamp(min=0)
+    out["cam_on_fg"] = ((up * vm).flatten(1).sum(1) / up.flatten(1).sum(1).clamp(min=1e-8)).mean().item()
+    al.train()
+    return {k: round(v, 4) for k, v in out.items()}
+
+def batches():
+    out = []
+    for x, y in train:
+        idx = torch.randint(0, len(y), (12,), generator=g); out.append((x[idx], y[idx]))
+    return out
+
+torch.manual_seed(0)
+if mode == "warmup":
+    al = ALIGN((3, 56, 56), 10, 3, hp)
+    for s in range(steps):
+        r = al.update(batches())
+    torch.save(al.state_dict(), "/tmp/diag/warm.pt")
+    print(json.dumps({"mode": "warmup", "steps": steps, **evaluate(al)}), flush=True)
+else:
+    over = json.loads(mode)
+    al = ALIGN((3, 56, 56), 10, 3, {**hp, **over})
+    al.load_state_dict(torch.load("/tmp/diag/warm.pt"))
+    torch.manual_seed(1); g.manual_seed(1)
+    t = time.time(); acc = {}
+    for s in range(1, steps + 1):
+        r = al.update(batches())
+        for k in ("ce", "align_bce", "masker_distance", "mask_mean"): acc[k] = acc.get(k, 0) + r.get(k, 0)
+        if s % 100 == 0:
+            print(json.dumps({"over": over, "step": s, **{k: round(v / 100, 3) for k, v in acc.items()}, **evaluate(al)}), flush=True); acc = {}

@@ -8,6 +8,8 @@ from domainbed_align.data.datasets import TextureMNIST
 
 mode = sys.argv[1]            # "warmup" or a JSON of overrides for the alignment phase
 steps = int(sys.argv[2])
+seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # seed 0 = the first runs' seeds, unchanged
+warm_path = "/tmp/diag/warm.pt" if seed == 0 else f"/tmp/diag/warm_seed{seed}.pt"
 ds = TextureMNIST("/work/main/data", [3], {})
 train_envs, test_env = [0, 1, 2], 3
 def stack(env, idx):
@@ -18,7 +20,7 @@ val = [stack(ds[e], range(800, 1000)) for e in train_envs]
 val_m = [masks(ds[e], range(800, 1000)) for e in train_envs]
 test = stack(ds[test_env], range(500)); test_m = masks(ds[test_env], range(500))
 hp = H.default_hparams("ALIGN", "TextureMNIST", batch_size=12, warmup_steps=500)
-g = torch.Generator().manual_seed(0)
+g = torch.Generator().manual_seed(seed)
 
 def evaluate(al):
     al.eval()
@@ -46,21 +48,21 @@ def batches():
         idx = torch.randint(0, len(y), (12,), generator=g); out.append((x[idx], y[idx]))
     return out
 
-torch.manual_seed(0)
+torch.manual_seed(seed)
 if mode == "warmup":
     al = ALIGN((3, 56, 56), 10, 3, hp)
     for s in range(steps):
         r = al.update(batches())
-    torch.save(al.state_dict(), "/tmp/diag/warm.pt")
-    print(json.dumps({"mode": "warmup", "steps": steps, **evaluate(al)}), flush=True)
+    torch.save(al.state_dict(), warm_path)
+    print(json.dumps({"mode": "warmup", "steps": steps, "seed": seed, **evaluate(al)}), flush=True)
 else:
     over = json.loads(mode)
     al = ALIGN((3, 56, 56), 10, 3, {**hp, **over})
-    al.load_state_dict(torch.load("/tmp/diag/warm.pt"))
-    torch.manual_seed(1); g.manual_seed(1)
+    al.load_state_dict(torch.load(warm_path))
+    torch.manual_seed(1 + 1000 * seed); g.manual_seed(1 + 1000 * seed)
     t = time.time(); acc = {}
     for s in range(1, steps + 1):
         r = al.update(batches())
         for k in ("ce", "align_bce", "masker_distance", "mask_mean"): acc[k] = acc.get(k, 0) + r.get(k, 0)
         if s % 100 == 0:
-            print(json.dumps({"over": over, "step": s, **{k: round(v / 100, 3) for k, v in acc.items()}, **evaluate(al)}), flush=True); acc = {}
+            print(json.dumps({"over": over, "seed": seed, "step": s, **{k: round(v / 100, 3) for k, v in acc.items()}, **evaluate(al)}), flush=True); acc = {}

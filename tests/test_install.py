@@ -24,9 +24,9 @@ CHECK = ("import domainbed_align, domainbed.algorithms as a; "
 PROJECT_FILES = ["setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "domainbed_align"]
 
 
-def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+def _pip(python: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check",
-                           *args], capture_output=True, text=True, timeout=600)
+                           *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture
@@ -108,10 +108,8 @@ def test_editable_install_stops_when_setuptools_skips_the_hook(fresh_env, tmp_pa
     patches = tmp_path / "patches"
     patches.mkdir()
     (patches / "sitecustomize.py").write_text(SKIP_OUR_OVERRIDE)
-    process = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install",
-         "--no-deps", "--no-build-isolation", "-e", str(project)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(patches)})
+    process = _pip(python, "install", "--no-deps", "--no-build-isolation", "-e", str(project),
+                   env={**os.environ, "PYTHONPATH": str(patches)})
     assert process.returncode != 0
     output = process.stdout + process.stderr
     assert "editable_wheel._run_build_commands" in output and "Install without -e" in output, output[-3000:]

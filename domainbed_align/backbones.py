@@ -159,24 +159,27 @@ class CamClassifier(nn.Module):
             self._resize(images), indices=[self.stage_index])
         return self.backbone.forward_head(features), activations
 
-    def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor,
+    def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor | None,
                           differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, K]`` and each sample's Grad-CAM for class ``labels[i]``, ``[N, h, w]`` (not normalised).
 
-        ``differentiable``: the maps (and logits) keep their graph, so a loss on them trains the network. Without
-        it both come back detached (explanations, not a training signal), and the closed form runs the whole
-        forward pass without autograd.
+        ``labels`` None explains each sample's predicted class (the argmax of its logits). ``differentiable``: the
+        maps (and logits) keep their graph, so a loss on them trains the network. Without it both come back
+        detached (explanations, not a training signal), and the closed form runs the whole forward pass without
+        autograd.
         """
         # Dropout between pooling and the linear layer makes the gradient sample-specific: autograd then.
         dropout_active = self.training and bool(getattr(self.backbone, "drop_rate", 0.0))
         if self.closed_form_cam and not dropout_active:
             with contextlib.nullcontext() if differentiable else torch.no_grad():
                 logits, activations = self.forward_with_activations(images)
-                weights = self.backbone.get_classifier().weight[labels]
+                targets = logits.argmax(dim=1) if labels is None else labels
+                weights = self.backbone.get_classifier().weight[targets]
                 return logits, linear_head_grad_cam(activations, weights)
         with torch.enable_grad():  # the autograd form needs a graph even for explanations
             logits, activations = self.forward_with_activations(images)
-            cams = grad_cam(activations, true_class_scores(logits, labels), create_graph=differentiable)
+            targets = logits.detach().argmax(dim=1) if labels is None else labels
+            cams = grad_cam(activations, true_class_scores(logits, targets), create_graph=differentiable)
         return (logits, cams) if differentiable else (logits.detach(), cams.detach())
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
+from domainbed_align.explain import grad_cam_explanations
 from domainbed_align.gradcam import normalize_per_sample
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
 
@@ -85,22 +86,33 @@ class ExplanationGuidedAlgorithm(nn.Module):
     def update(self, minibatches: Minibatches, unlabeled: Any = None) -> dict[str, float]:
         images = torch.cat([x for x, _ in minibatches])
         labels = torch.cat([y for _, y in minibatches])
-        images = self._prepare_device(images)
-        with self._autocast(images):
+        images = self.prepare_images(images)
+        with self.autocast(images):
             loss, terms = self.classifier_loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        with self._autocast(images):
+        with self.autocast(images):
             reported = self.after_classifier_step(images, labels)
         floats = self._to_python({"loss": loss, **terms, **reported})
         self.steps_done += 1
         return floats
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        images = self._prepare_device(images)
-        with self._autocast(images):
+        images = self.prepare_images(images)
+        with self.autocast(images):
             return self.classifier(images).float()
+
+    def explain(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Grad-CAM explanations ``[N, h, w]`` in [0, 1] (float32, detached) of class ``labels[i]``, by default
+        each image's predicted class, at the Grad-CAM stage's resolution, in the trainer's precision.
+
+        Runs in the current mode: call ``eval()`` first, as DomainBed does before ``predict``.
+        :class:`domainbed_align.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
+        """
+        images = self.prepare_images(images)
+        with self.autocast(images):
+            return grad_cam_explanations(self.classifier, images, labels)
 
     # --- machinery ----------------------------------------------------------------------------------
     def classifier_loss(self, images: torch.Tensor,
@@ -137,7 +149,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
         mix_weight = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
         return same_class_partners(labels, self.num_classes), mix_weight
 
-    def _prepare_device(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the memory layout the classifier runs in (channels_last on CUDA unless switched off)."""
         if images.is_cuda and self.hparams["channels_last"]:
             if not self._channels_last_applied:
                 self.to(memory_format=torch.channels_last)
@@ -145,10 +158,12 @@ class ExplanationGuidedAlgorithm(nn.Module):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
+    def autocast(self, images: torch.Tensor, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+        """The trainer's precision for work on ``images``: bf16 autocast or nothing (``mixed_precision``).
+        ``cache_enabled`` False for CUDA-graph capture, which must not keep autocast's cast weights."""
         mode = self.hparams["mixed_precision"]
         if mode == "bf16" or (mode == "auto" and images.is_cuda):
-            return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return contextlib.nullcontext()
 
     def _to_python(self, terms: Mapping[str, torch.Tensor | float]) -> dict[str, float]:

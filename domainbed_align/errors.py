@@ -25,3 +25,7 @@ class NonFiniteLossError(DomainbedAlignError, FloatingPointError):
 
 class ResultsFileError(DomainbedAlignError, ValueError):
     """A sweep's output cannot be read: a missing folder or a damaged results.jsonl."""
+
+
+class CheckpointError(DomainbedAlignError, ValueError):
+    """A DomainBed model.pkl that is missing, damaged, or holds a model this package does not define."""

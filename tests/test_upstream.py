@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ENABLE_HINT, hook_active, run_python, upstream_root
+from domainbed_align.checkpoints import load_algorithm
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT),
@@ -41,6 +43,14 @@ def test_train_align_through_upstream_train_py(tmp_path, dataset):
     assert last["in_warmup"] == 0.0 and records[0]["in_warmup"] == 1.0
     assert 0.0 < last["mask_mean"] < 1.0 and last["align_bce"] > 0
     assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(3))
+    # upstream's own model.pkl, read back without DomainBed: the trained ALIGN, its progress and hparams
+    algorithm = load_algorithm(out / "model.pkl")
+    assert type(algorithm).__name__ == "ALIGN" and algorithm.steps_done == 4 and not algorithm.training
+    assert algorithm.hparams["lambda_align"] == last["hparams"]["lambda_align"]
+    assert algorithm.hparams["batch_size"] == 8
+    side = algorithm.classifier.cam_side
+    maps = algorithm.explain(torch.randn(2, 3, *([224] * 2 if dataset == "Debug224" else [28] * 2)))
+    assert maps.shape == (2, side, side) and torch.allclose(maps.flatten(1).amax(1), torch.ones(2), atol=1e-3)
 
 
 def test_typo_in_hparams_stops_train_py_with_one_message(tmp_path):

@@ -1,0 +1,65 @@
+"""Load what a DomainBed run saved: ``<output_dir>/model.pkl`` (upstream's train.py writes it when a run ends).
+
+Needs no DomainBed and no network: the weights are in the file, so the backbone is built without ImageNet weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from domainbed_align import ALGORITHM_NAMES, algorithms
+from domainbed_align.errors import CheckpointError
+from domainbed_align.trainer import ExplanationGuidedAlgorithm
+
+ALGORITHMS = {name: getattr(algorithms, name) for name in ALGORITHM_NAMES}
+# What upstream's save_checkpoint writes (b93c22a).
+CHECKPOINT_KEYS = ("args", "model_input_shape", "model_num_classes", "model_num_domains", "model_hparams",
+                   "model_dict")
+
+
+def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "cpu") -> ExplanationGuidedAlgorithm:
+    """The ALIGN or TimmERM saved in a DomainBed ``model.pkl``, with its hparams and warm-up progress, in eval mode.
+
+    Loaded with ``weights_only`` (no code in the file runs); numpy scalars, which DomainBed's random hparam
+    draws produce, are the only other types allowed.
+    """
+    path = Path(model_pkl)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file: give a DomainBed run's model.pkl (train.py writes it into "
+                              f"--output_dir when the run ends, unless --skip_model_save).")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_types()):
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch/pickle/zip raise many types; all mean "not a readable checkpoint"
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} cannot be read as a DomainBed checkpoint ({type(error).__name__}: "
+                              f"{reason}); a run killed while saving leaves a damaged file: run it again.") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a DomainBed model.pkl: it lacks {missing}.")
+    name = checkpoint["args"].get("algorithm")
+    if name not in ALGORITHMS:
+        raise CheckpointError(f"{path} holds a {name!r} model; load_algorithm loads {sorted(ALGORITHMS)}. Load "
+                              f"DomainBed's own algorithms with domainbed.algorithms.get_algorithm_class({name!r}).")
+    # The file has the trained weights; building the backbone must not fetch ImageNet ones.
+    hparams = {**checkpoint["model_hparams"], "pretrained": False, "pretrained_file": ""}
+    algorithm = ALGORITHMS[name](checkpoint["model_input_shape"], checkpoint["model_num_classes"],
+                                 checkpoint["model_num_domains"], hparams)
+    algorithm.load_state_dict(checkpoint["model_dict"])
+    return algorithm.to(device).eval()
+
+
+def _numpy_scalar_types() -> list:
+    """numpy scalar reconstruction and dtype classes: data, not code (DomainBed's hparam draws are numpy floats)."""
+    import numpy
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    dtypes = getattr(numpy, "dtypes", None)
+    dtype_classes = [getattr(dtypes, name) for name in getattr(dtypes, "__all__", [])] if dtypes else []
+    return [scalar, numpy.dtype, *dtype_classes]

@@ -29,3 +29,7 @@ class ResultsFileError(DomainbedAlignError, ValueError):
 
 class CheckpointError(DomainbedAlignError, ValueError):
     """A DomainBed model.pkl that is missing, damaged, or holds a model this package does not define."""
+
+
+class ExplanationInputError(DomainbedAlignError, ValueError):
+    """Images or labels that explain() cannot take."""

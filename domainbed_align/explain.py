@@ -16,7 +16,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from domainbed_align.errors import ExplanationInputError
 from domainbed_align.gradcam import normalize_per_sample
+
+
+def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_classes: int) -> None:
+    """One clear error for images or labels that cannot be explained, instead of an indexing or convolution
+    error deep inside the network (reads the labels' range: one host sync)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_channels:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ExplanationInputError(f"images must be a tensor [N, {in_channels}, H, W], as DomainBed's datasets "
+                                    f"give them; got {got}.")
+    if labels is None:
+        return
+    if (not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (images.shape[0],)
+            or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool):
+        got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ExplanationInputError(f"labels must be an integer tensor [{images.shape[0]}] of class indices (one "
+                                    f"per image), or None for the predicted classes; got {got}.")
+    if labels.numel():
+        low, high = (int(v) for v in torch.stack([labels.min(), labels.max()]).tolist())
+        if low < 0 or high >= num_classes:
+            raise ExplanationInputError(f"labels must be class indices in [0, {num_classes}); got values from "
+                                        f"{low} to {high}.")
 
 
 def grad_cam_explanations(classifier: nn.Module, images: torch.Tensor,
@@ -53,8 +75,9 @@ class CudaGraphExplainer:
         self._storage: tuple[int, ...] = ()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if not images.is_cuda:
+        if not (isinstance(images, torch.Tensor) and images.is_cuda):
             return self.algorithm.explain(images, labels)
+        self.algorithm.check_explanation_inputs(images, labels)
         images = self.algorithm.prepare_images(images)
         if labels is not None:
             labels = labels.to(images.device)

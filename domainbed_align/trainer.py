@@ -20,7 +20,7 @@ from torch import nn
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
-from domainbed_align.explain import grad_cam_explanations
+from domainbed_align.explain import check_explanation_inputs, grad_cam_explanations
 from domainbed_align.gradcam import normalize_per_sample
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
 
@@ -57,6 +57,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.hparams = hparams_lib.validate(self.name, hparams, self.known_hparam_names())
         self.num_classes = num_classes
         self.num_domains = num_domains
+        self.in_channels = input_shape[0]
         h = self.hparams
         backbone = create_backbone(h["backbone"], num_classes, in_chans=input_shape[0],
                                    pretrained=h["pretrained"], pretrained_file=h["pretrained_file"],
@@ -110,9 +111,14 @@ class ExplanationGuidedAlgorithm(nn.Module):
         Runs in the current mode: call ``eval()`` first, as DomainBed does before ``predict``.
         :class:`domainbed_align.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
         """
+        self.check_explanation_inputs(images, labels)
         images = self.prepare_images(images)
         with self.autocast(images):
             return grad_cam_explanations(self.classifier, images, labels)
+
+    def check_explanation_inputs(self, images: Any, labels: Any) -> None:
+        """Raise one ExplanationInputError naming what is wrong with ``images`` or ``labels``."""
+        check_explanation_inputs(images, labels, self.in_channels, self.num_classes)
 
     # --- machinery ----------------------------------------------------------------------------------
     def classifier_loss(self, images: torch.Tensor,

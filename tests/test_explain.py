@@ -101,3 +101,22 @@ def test_cuda_graph_replay_gives_the_eager_maps(size):
     algorithm.cpu().cuda()  # new parameter storage: the old graphs would read freed memory
     check(batches[2], labels)
     assert len(explainer._graphs) == 1
+
+
+@pytest.mark.parametrize("images,labels,message", [
+    (torch.randn(2, 1, 28, 28), None, r"images must be a tensor \[N, 3, H, W\].*got \(2, 1, 28, 28\)"),
+    (torch.randn(3, 28, 28), None, r"images must be a tensor \[N, 3, H, W\].*got \(3, 28, 28\)"),
+    ([[0.0]], None, r"images must be a tensor.*got list"),
+    (torch.randn(2, 3, 28, 28), torch.tensor([0, 1, 2]), r"labels must be an integer tensor \[2\].*got \(3,\)"),
+    (torch.randn(2, 3, 28, 28), torch.tensor([0.0, 1.0]), r"labels must be an integer tensor.*torch.float32"),
+    (torch.randn(2, 3, 28, 28), [0, 1], r"labels must be an integer tensor.*got list"),
+    (torch.randn(2, 3, 28, 28), torch.tensor([0, 4]), r"class indices in \[0, 4\); got values from 0 to 4"),
+    (torch.randn(2, 3, 28, 28), torch.tensor([-1, 2]), r"class indices in \[0, 4\); got values from -1 to 2"),
+])
+def test_bad_images_or_labels_get_one_message(images, labels, message):
+    from domainbed_align.errors import ExplanationInputError
+
+    algorithm = _align(28)
+    for explain in (algorithm.explain, CudaGraphExplainer(algorithm)):
+        with pytest.raises(ExplanationInputError, match=message):
+            explain(images, labels)

@@ -44,8 +44,17 @@ def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_cla
 def grad_cam_explanations(classifier: nn.Module, images: torch.Tensor,
                           labels: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised Grad-CAMs ``[N, h, w]`` (float32, no graph) of ``classifier`` (a ``CamClassifier``) for class
-    ``labels[i]``, or each image's predicted class when ``labels`` is None."""
-    _, maps = classifier.forward_with_cams(images, labels, differentiable=False)
+    ``labels[i]``, or each image's predicted class when ``labels`` is None.
+
+    Always in eval mode (BatchNorm's running statistics, no dropout: the model as it predicts), whatever the
+    current mode, which is restored: explaining never changes the model.
+    """
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        _, maps = classifier.forward_with_cams(images, labels, differentiable=False)
+    finally:
+        classifier.train(was_training)
     return normalize_per_sample(maps.float())
 
 
@@ -63,7 +72,7 @@ class CudaGraphExplainer:
     One graph per input shape, dtype and labels-given, captured on its first call (after a few eager calls on a
     side stream, as CUDA-graph capture requires). The graph reads the parameters in place, so optimiser steps and
     ``load_state_dict`` between calls are seen; when the parameters' storage changes (``.to()``, a new model) or
-    the mode or precision changes, it is captured anew. Inputs on the CPU simply go to ``algorithm.explain``.
+    the precision changes, it is captured anew. Inputs on the CPU simply go to ``algorithm.explain``.
     Each graph keeps its own memory (about one eval forward's activations for its batch shape).
     """
 
@@ -86,7 +95,7 @@ class CudaGraphExplainer:
         if storage != self._storage:  # graphs of the old tensors would read freed memory
             self._graphs.clear()
             self._storage = storage
-        key = (tuple(images.shape), images.dtype, images.device, labels is None, classifier.training,
+        key = (tuple(images.shape), images.dtype, images.device, labels is None,
                self.algorithm.hparams["mixed_precision"], self.algorithm.hparams["channels_last"])
         captured = self._graphs.get(key)
         if captured is None:

@@ -108,7 +108,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
         """Grad-CAM explanations ``[N, h, w]`` in [0, 1] (float32, detached) of class ``labels[i]``, by default
         each image's predicted class, at the Grad-CAM stage's resolution, in the trainer's precision.
 
-        Runs in the current mode: call ``eval()`` first, as DomainBed does before ``predict``.
+        Always explains the model as it predicts in eval mode (BatchNorm running statistics, no dropout), whatever
+        the current mode, and changes nothing (the mode is restored).
         :class:`domainbed_align.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
         """
         self.check_explanation_inputs(images, labels)

@@ -65,6 +65,24 @@ def test_explain_works_under_no_grad_and_leaves_no_gradients():
     assert torch.allclose(maps.flatten(1).amax(1), torch.ones(3))  # min-max normalised per image
 
 
+@pytest.mark.parametrize("size", [128, 28])  # closed form (layer4 at 128 px); autograd form (layer2)
+def test_explain_during_training_uses_eval_mode_and_changes_nothing(size):
+    algorithm = _align(size, gradcam_layer="layer4" if size == 128 else "auto", resnet_dropout=0.5)
+    images, labels = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    eval_maps = algorithm.explain(images, labels)
+    algorithm.train()
+    state = {k: v.clone() for k, v in algorithm.state_dict().items() if isinstance(v, torch.Tensor)}
+    train_maps = algorithm.explain(images, labels)
+    assert algorithm.training and algorithm.classifier.training  # mode restored
+    assert all(torch.equal(state[k], v) for k, v in algorithm.state_dict().items() if k in state)  # BN stats too
+    torch.testing.assert_close(train_maps, eval_maps, rtol=0, atol=0)
+    with torch.no_grad():  # and train mode really differs here (batch statistics, dropout)
+        algorithm.classifier.train()
+        train_logits = algorithm.classifier(images)
+        algorithm.classifier.eval()
+        assert not torch.allclose(train_logits, algorithm.classifier(images))
+
+
 def test_graph_explainer_on_cpu_gives_explain():
     algorithm = _align(64)
     images, labels = torch.randn(4, 3, 64, 64), torch.tensor([3, 2, 1, 0])

@@ -1,17 +1,22 @@
-"""Scratch diagnostic (not part of the package): does ALIGN's masker learn selective masks on TextureMNIST?"""
+"""Scratch diagnostic (not part of the package): does ALIGN's masker learn selective masks on TextureMNIST
+(or, with a fourth argument, SpuriousTextureMNIST)?"""
 import sys, json, time, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 sys.path.insert(0, "/work/main")
 from domainbed_align import hparams as H
 from domainbed_align.algorithms import ALIGN
-from domainbed_align.data.datasets import TextureMNIST
+from domainbed_align.data import datasets
 
 mode = sys.argv[1]            # "warmup" or a JSON of overrides for the alignment phase
 steps = int(sys.argv[2])
 seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # seed 0 = the first runs' seeds, unchanged
+dataset = sys.argv[4] if len(sys.argv) > 4 else "TextureMNIST"  # the test env is the last one
 warm_path = "/tmp/diag/warm.pt" if seed == 0 else f"/tmp/diag/warm_seed{seed}.pt"
-ds = TextureMNIST("/work/main/data", [3], {})
-train_envs, test_env = [0, 1, 2], 3
+if dataset != "TextureMNIST":
+    warm_path = warm_path.replace(".pt", f"_{dataset}.pt")
+n_envs = len(getattr(datasets, dataset).ENVIRONMENTS)
+ds = getattr(datasets, dataset)("/work/main/data", [n_envs - 1], {})
+train_envs, test_env = list(range(n_envs - 1)), n_envs - 1
 def stack(env, idx):
     xs, ys = zip(*(env[i] for i in idx)); return torch.stack(xs), torch.tensor(ys)
 def masks(env, idx): return torch.stack([env.mask(i) for i in idx])
@@ -19,7 +24,7 @@ train = [stack(ds[e], range(800)) for e in train_envs]
 val = [stack(ds[e], range(800, 1000)) for e in train_envs]
 val_m = [masks(ds[e], range(800, 1000)) for e in train_envs]
 test = stack(ds[test_env], range(500)); test_m = masks(ds[test_env], range(500))
-hp = H.default_hparams("ALIGN", "TextureMNIST", batch_size=12, warmup_steps=500)
+hp = H.default_hparams("ALIGN", dataset, batch_size=12, warmup_steps=500)
 g = torch.Generator().manual_seed(seed)
 
 def evaluate(al):
@@ -50,14 +55,14 @@ def batches():
 
 torch.manual_seed(seed)
 if mode == "warmup":
-    al = ALIGN((3, 56, 56), 10, 3, hp)
+    al = ALIGN((3, 56, 56), 10, len(train_envs), hp)
     for s in range(steps):
         r = al.update(batches())
     torch.save(al.state_dict(), warm_path)
-    print(json.dumps({"mode": "warmup", "steps": steps, "seed": seed, **evaluate(al)}), flush=True)
+    print(json.dumps({"mode": "warmup", "steps": steps, "seed": seed, **({"dataset": dataset} if dataset != "TextureMNIST" else {}), **evaluate(al)}), flush=True)
 else:
     over = json.loads(mode)
-    al = ALIGN((3, 56, 56), 10, 3, {**hp, **over})
+    al = ALIGN((3, 56, 56), 10, len(train_envs), {**hp, **over})
     al.load_state_dict(torch.load(warm_path))
     torch.manual_seed(1 + 1000 * seed); g.manual_seed(1 + 1000 * seed)
     t = time.time(); acc = {}
@@ -65,4 +70,4 @@ else:
         r = al.update(batches())
         for k in ("ce", "align_bce", "masker_distance", "mask_mean"): acc[k] = acc.get(k, 0) + r.get(k, 0)
         if s % 100 == 0:
-            print(json.dumps({"over": over, "seed": seed, "step": s, **{k: round(v / 100, 3) for k, v in acc.items()}, **evaluate(al)}), flush=True); acc = {}
+            print(json.dumps({"over": over, "seed": seed, **({"dataset": dataset} if dataset != "TextureMNIST" else {}), "step": s, **{k: round(v / 100, 3) for k, v in acc.items()}, **evaluate(al)}), flush=True); acc = {}

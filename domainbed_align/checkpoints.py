@@ -45,10 +45,13 @@ def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "c
         raise CheckpointError(f"{path} holds a {name!r} model; load_algorithm loads {sorted(ALGORITHMS)}. Load "
                               f"DomainBed's own algorithms with domainbed.algorithms.get_algorithm_class({name!r}).")
     # The file has the trained weights; building the backbone must not fetch ImageNet ones.
-    hparams = {**checkpoint["model_hparams"], "pretrained": False, "pretrained_file": ""}
+    saved = checkpoint["model_hparams"]
+    hparams = {**saved, "pretrained": False, "pretrained_file": ""}
     algorithm = ALGORITHMS[name](checkpoint["model_input_shape"], checkpoint["model_num_classes"],
                                  checkpoint["model_num_domains"], hparams)
     algorithm.load_state_dict(checkpoint["model_dict"])
+    # ... but the hparams report how the run was trained.
+    algorithm.hparams.update({key: saved[key] for key in ("pretrained", "pretrained_file") if key in saved})
     return algorithm.to(device).eval()
 
 

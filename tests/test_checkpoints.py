@@ -80,3 +80,15 @@ def test_code_in_the_file_never_runs(tmp_path):
     torch.save({"args": Payload()}, evil)
     with pytest.raises(CheckpointError, match="cannot be read as a DomainBed checkpoint"):
         load_algorithm(evil)
+
+
+def test_a_run_that_started_from_imagenet_weights_loads_offline(trained, tmp_path, monkeypatch):
+    saved, _ = trained
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fetching ImageNet weights would now raise PretrainedWeightsError
+    path = tmp_path / "pretrained_run.pkl"
+    _save(path, saved, {**saved.hparams, "pretrained": True})
+    loaded = load_algorithm(path)
+    assert loaded.hparams["pretrained"] is True  # reported as trained, though the file's weights were used
+    images = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(images), saved.predict(images))

@@ -20,13 +20,17 @@ from domainbed_align.errors import ExplanationInputError
 from domainbed_align.gradcam import normalize_per_sample
 
 
-def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_classes: int) -> None:
-    """One clear error for images or labels that cannot be explained, instead of an indexing or convolution
-    error deep inside the network (reads the labels' range: one host sync)."""
+def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_classes: int,
+                             model_device: torch.device) -> None:
+    """One clear error for images or labels that cannot be explained, instead of an indexing, device or
+    convolution error deep inside the network (reads the labels' range: one host sync)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != in_channels:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ExplanationInputError(f"images must be a tensor [N, {in_channels}, H, W], as DomainBed's datasets "
                                     f"give them; got {got}.")
+    if images.device != model_device:
+        raise ExplanationInputError(f"images are on {images.device} but the model is on {model_device}; move "
+                                    f"one of them (images.to({str(model_device)!r}) or algorithm.to(...)).")
     if labels is None:
         return
     if (not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (images.shape[0],)

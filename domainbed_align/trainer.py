@@ -119,7 +119,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
 
     def check_explanation_inputs(self, images: Any, labels: Any) -> None:
         """Raise one ExplanationInputError naming what is wrong with ``images`` or ``labels``."""
-        check_explanation_inputs(images, labels, self.in_channels, self.num_classes)
+        model_device = next(self.classifier.parameters()).device
+        check_explanation_inputs(images, labels, self.in_channels, self.num_classes, model_device)
 
     # --- machinery ----------------------------------------------------------------------------------
     def classifier_loss(self, images: torch.Tensor,

@@ -130,6 +130,7 @@ def test_cuda_graph_replay_gives_the_eager_maps(size):
     (torch.randn(2, 3, 28, 28), [0, 1], r"labels must be an integer tensor.*got list"),
     (torch.randn(2, 3, 28, 28), torch.tensor([0, 4]), r"class indices in \[0, 4\); got values from 0 to 4"),
     (torch.randn(2, 3, 28, 28), torch.tensor([-1, 2]), r"class indices in \[0, 4\); got values from -1 to 2"),
+    (torch.randn(2, 3, 28, 28, device="meta"), None, r"images are on meta but the model is on cpu; move one"),
 ])
 def test_bad_images_or_labels_get_one_message(images, labels, message):
     from domainbed_align.errors import ExplanationInputError

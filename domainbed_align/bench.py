@@ -165,7 +165,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
     classifier = algorithm.classifier
     classifier.eval()  # both timings in eval mode
 
-    def ours(differentiable: bool = True, closed_form: bool = classifier.closed_form_cam,
+    def ours(closed_form: bool = classifier.closed_form_cam,
              precision: str | None = None) -> Callable[[], torch.Tensor]:
         """Our Grad-CAM as training computes it; ``precision`` 'off' forces fp32 (else the trainer's own)."""
         def run() -> torch.Tensor:
@@ -174,7 +174,7 @@ def gradcam_timings(algorithm: ALIGN, images: torch.Tensor, labels: torch.Tensor
             classifier.closed_form_cam = closed_form
             try:
                 with algorithm.autocast(images):  # the trainer's precision (bf16 on CUDA) unless forced
-                    _, maps = classifier.forward_with_cams(images, labels, differentiable)
+                    _, maps = classifier.forward_with_cams(images, labels)
                     return normalize_per_sample(maps.float())
             finally:
                 algorithm.hparams["mixed_precision"], classifier.closed_form_cam = mode, allowed

@@ -4,6 +4,7 @@ the eager maps (on a GPU)."""
 import pytest
 import torch
 
+from conftest import trained_looking_batchnorm
 from domainbed_align import hparams as hparams_lib
 from domainbed_align.algorithms import ALIGN
 from domainbed_align.explain import CudaGraphExplainer
@@ -13,11 +14,7 @@ def _align(size: int, seed: int = 0, **overrides) -> ALIGN:
     torch.manual_seed(seed)
     hparams = hparams_lib.default_hparams("ALIGN", None, pretrained=False, **overrides)
     algorithm = ALIGN((3, size, size), 4, 2, hparams)
-    # timm zero-initialises each block's last BatchNorm scale; a trained-looking network needs them non-zero
-    for module in algorithm.classifier.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    trained_looking_batchnorm(algorithm.classifier)
     return algorithm.eval()
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import trained_looking_batchnorm
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, normalize_per_sample, true_class_scores
 from domainbed_align.losses import alignment_bce
@@ -11,11 +12,7 @@ from domainbed_align.losses import alignment_bce
 def _classifier(size: int, layer: str, seed: int = 0, drop_rate: float = 0.0) -> CamClassifier:
     torch.manual_seed(seed)
     backbone = create_backbone("resnet18", num_classes=4, in_chans=3, pretrained=False, drop_rate=drop_rate)
-    # timm zero-initialises each block's last BatchNorm scale; a trained-looking network needs them non-zero
-    for module in backbone.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    trained_looking_batchnorm(backbone)
     return CamClassifier(backbone, native_size=size, input_size=size, gradcam_layer=layer).eval()
 
 

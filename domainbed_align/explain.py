@@ -53,6 +53,8 @@ def grad_cam_explanations(classifier: nn.Module, images: torch.Tensor,
     Always in eval mode (BatchNorm's running statistics, no dropout: the model as it predicts), whatever the
     current mode, which is restored: explaining never changes the model.
     """
+    if labels is not None:
+        labels = labels.long()  # uint8 would index the linear layer's rows as a mask; gather needs int64
     was_training = classifier.training
     classifier.eval()
     try:

@@ -80,6 +80,16 @@ def test_explain_during_training_uses_eval_mode_and_changes_nothing(size):
         assert not torch.allclose(train_logits, algorithm.classifier(images))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int16])
+def test_any_integer_label_dtype_explains_as_int64(dtype):
+    algorithm = _align(64, gradcam_layer="layer4")  # closed form: the classes index the linear layer's rows
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([3, 2, 1, 0])
+    torch.testing.assert_close(algorithm.explain(images, labels.to(dtype)), algorithm.explain(images, labels))
+    autograd_form = _align(28)
+    images = torch.randn(4, 3, 28, 28)
+    torch.testing.assert_close(autograd_form.explain(images, labels.to(dtype)), autograd_form.explain(images, labels))
+
+
 def test_graph_explainer_on_cpu_gives_explain():
     algorithm = _align(64)
     images, labels = torch.randn(4, 3, 64, 64), torch.tensor([3, 2, 1, 0])
@@ -89,9 +99,10 @@ def test_graph_explainer_on_cpu_gives_explain():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("size", [64, 28])  # closed form; autograd form (a backward pass inside the graph)
-def test_cuda_graph_replay_gives_the_eager_maps(size):
-    algorithm = _align(size).cuda()
+@pytest.mark.parametrize("size,layer", [(64, "layer4"), (28, "auto")])  # closed form; autograd form (a backward
+def test_cuda_graph_replay_gives_the_eager_maps(size, layer):  # pass inside the graph)
+    algorithm = _align(size, gradcam_layer=layer).cuda()
+    assert algorithm.classifier.closed_form_cam == (layer == "layer4")
     explainer = CudaGraphExplainer(algorithm)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(8, 3, size, size, generator=generator).cuda() for _ in range(3)]

@@ -17,3 +17,20 @@ echo "bench rc=$?" >> "$out/gpu.err"
 python3 -m domainbed_align.bench --device cuda --repeats 10 --profile > "$out/gpu_profile.json" 2> "$out/profile.txt"
 echo "profile rc=$?" >> "$out/profile.txt"
 tail -n 3 "$out/cuda_tests.txt"; cat "$out/gpu.json"
+# One verdict line from the bench's JSON (the decision rule of the issue-4 notes): the explanation API meets the
+# Grad-CAM target when its graph replay is >= 20x pytorch-grad-cam and agrees with the eager maps.
+python3 - "$out/gpu.json" <<'PY' | tee "$out/verdict.txt"
+import json, sys
+try:
+    r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+except Exception as error:
+    sys.exit(f"VERDICT: no bench JSON ({error})")
+keys = ("device", "align_over_erm", "gradcam_speedup", "gradcam_speedup_explain", "gradcam_speedup_cudagraph",
+        "cudagraph_max_abs_diff", "cudagraph_error")
+print({k: r.get(k) for k in keys})
+diff = r.get("cudagraph_max_abs_diff")
+graph_ok = r.get("cudagraph_error") is None and diff is not None and diff <= 1e-3
+print("VERDICT:", "graph replay agrees with eager" if graph_ok else "graph replay FAILED or disagrees",
+      "| cudagraph speedup >= 20:", (r.get("gradcam_speedup_cudagraph") or 0) >= 20,
+      "| training-form speedup >= 20:", (r.get("gradcam_speedup") or 0) >= 20)
+PY

@@ -210,3 +210,24 @@ def _install_excepthook() -> None:
 
     setattr(excepthook, _PATCHED_FLAG, True)
     sys.excepthook = excepthook
+
+
+# --- Upstream pieces the explanation evaluation reuses (so its images are the ones train.py held out) ------------
+def upstream_dataset(name: str, data_dir: str, test_envs: list[int], hparams: dict) -> Any:
+    """DomainBed's dataset ``name`` (ours included: the patch registers them) as train.py builds it."""
+    import domainbed.datasets
+
+    if name not in domainbed.datasets.DATASETS:
+        from domainbed_align.errors import CheckpointError
+
+        raise CheckpointError(f"the run used dataset {name!r}, which this DomainBed does not define.")
+    return getattr(domainbed.datasets, name)(data_dir, test_envs, hparams)
+
+
+def upstream_holdout_split(environment: Any, holdout_fraction: float, trial_seed: int, env_index: int) -> Any:
+    """The held-out ("out") part of one environment, split exactly as train.py splits it for that run."""
+    from domainbed.lib import misc
+
+    out, _ = misc.split_dataset(environment, int(len(environment) * holdout_fraction),
+                                misc.seed_hash(trial_seed, env_index))
+    return out

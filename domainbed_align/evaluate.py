@@ -1,0 +1,233 @@
+"""``python -m domainbed_align.evaluate``: explanation metrics of trained DomainBed runs (what collect_results lacks).
+
+Give it run folders' ``model.pkl`` files (``--model``) or a sweep's output folder (``--input_dir``: every
+``*/model.pkl`` in it). Each model is loaded with :func:`domainbed_align.checkpoints.load_algorithm`, its dataset
+rebuilt from the run's own arguments (without data augmentation), and on each evaluated environment it reports
+accuracy and the three metrics of :mod:`domainbed_align.metrics` for its true-class Grad-CAMs (``--explain
+predicted`` for the predicted class), next to the same metrics for random maps of the same resolution (the level
+an explanation that knows nothing reaches), averaged over the images.
+
+Images: the run's test environments, whole (train.py never trained on them), by default; ``--envs all`` adds the
+training environments' held-out ("out") splits, rebuilt with upstream's own split function, so it needs
+``domainbed`` importable (run from your DomainBed clone, or set DOMAINBED_ROOT), as do DomainBed's own datasets.
+At most ``--max_images`` per environment, a seeded random subset (image folders are sorted by class, so the first
+images would be one class).
+
+Output: one JSON line per (run, environment) on stdout (``split`` "test": a whole test environment; "out": a
+training environment's held-out split; ``zero_maps``: the share of images whose Grad-CAM is zero everywhere, which
+ranks no pixel above another, so their pixels go in row-major order), or with ``--format table`` a markdown table averaged over
+the runs of each algorithm and environment (it pools every run it is given: pass the runs you want compared, e.g.
+``--hparams_seed 0`` for DomainBed's default hparams).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from domainbed_align import metrics
+from domainbed_align.errors import CheckpointError, DomainbedAlignError, MetricInputError
+
+REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
+            "random_comprehensiveness", "random_insertion_auc", "zero_maps")
+
+
+def find_models(input_dir: str | os.PathLike) -> list[Path]:
+    """Every run's ``model.pkl`` in a sweep output folder (sorted)."""
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise CheckpointError(f"--input_dir {folder} is not a folder: give the --output_dir of 'sweep launch' "
+                              f"(or of one train.py run's parent).")
+    models = sorted(folder.glob("*/model.pkl")) + sorted(folder.glob("model.pkl"))
+    if not models:
+        raise CheckpointError(f"no */model.pkl in {folder}: train.py writes model.pkl when a run ends (not with "
+                              f"--skip_model_save); unfinished runs have none.")
+    return models
+
+
+def evaluation_images(checkpoint_args: dict, hparams: dict, envs: str, data_dir: str | None) -> list[dict]:
+    """``[{env, env_name, split, dataset}]``: the environments to evaluate and their images, as the run saw them."""
+    name = checkpoint_args["dataset"]
+    test_envs = list(checkpoint_args["test_envs"])
+    root = data_dir or checkpoint_args["data_dir"]
+    plain = {**hparams, "data_augmentation": False}  # explain the images, not random crops of them
+    dataset = _dataset(name, root, test_envs, plain)
+    chosen = []
+    for index, environment in enumerate(dataset.datasets):
+        if index in test_envs:
+            chosen.append(dict(env=index, split="test", dataset=environment))  # all of it: never trained on
+        elif envs == "all":
+            from domainbed_align import _hook
+
+            _require_domainbed("--envs all (the training environments' held-out splits)")
+            out = _hook.upstream_holdout_split(environment, checkpoint_args["holdout_fraction"],
+                                               checkpoint_args["trial_seed"], index)
+            chosen.append(dict(env=index, split="out", dataset=out))
+    for entry in chosen:
+        entry["env_name"] = dataset.ENVIRONMENTS[entry["env"]]
+    return chosen
+
+
+def evaluate_environment(algorithm: Any, environment: Any, max_images: int, batch_size: int, explain: str,
+                         steps: int, fractions: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """Means over (a seeded random subset of) one environment's images: accuracy, the three metrics for the
+    model's Grad-CAMs and for random maps, and the share of all-zero Grad-CAMs."""
+    device = next(algorithm.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(environment), generator=generator)[:max_images].tolist()
+    sums: dict[str, float] = defaultdict(float)
+    for start in range(0, len(order), batch_size):
+        samples = [environment[i] for i in order[start:start + batch_size]]
+        images = torch.stack([x for x, _ in samples]).to(device)
+        labels = torch.tensor([int(y) for _, y in samples], device=device)
+        with torch.no_grad():
+            predicted = algorithm.predict(images).argmax(dim=1)
+        classes = labels if explain == "label" else predicted
+        saliency = algorithm.explain(images, classes)
+        random_maps = torch.rand(saliency.shape, generator=generator).to(device)
+        ours = metrics.explanation_metrics(algorithm.predict, images, saliency, classes, fractions, steps)
+        chance = metrics.explanation_metrics(algorithm.predict, images, random_maps, classes, fractions, steps)
+        batch = {"accuracy": (predicted == labels).float(), "zero_maps": (saliency.flatten(1).amax(1) == 0).float(),
+                 **{key: ours[key] for key in ("sufficiency", "comprehensiveness", "insertion_auc")},
+                 **{f"random_{key}": chance[key] for key in ("sufficiency", "comprehensiveness", "insertion_auc")}}
+        for key, values in batch.items():
+            sums[key] += float(values.sum())
+    return {"n_images": len(order), **{key: sums[key] / max(len(order), 1) for key in REPORTED}}
+
+
+def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dict]:
+    """One record per evaluated environment of one run."""
+    from domainbed_align.checkpoints import algorithm_from_checkpoint, read_checkpoint
+
+    checkpoint = read_checkpoint(model_pkl, options.device)
+    args = checkpoint["args"]
+    algorithm = algorithm_from_checkpoint(checkpoint, options.device)
+    for entry in evaluation_images(args, algorithm.hparams, options.envs, options.data_dir):
+        print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
+              f"({entry['split']})", file=sys.stderr, flush=True)
+        figures = evaluate_environment(algorithm, entry["dataset"], options.max_images, options.batch_size,
+                                       options.explain, options.steps, options.fractions, options.seed)
+        yield {"run": str(model_pkl.parent), "algorithm": args["algorithm"], "dataset": args["dataset"],
+               "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
+               "trial_seed": args["trial_seed"], "env": entry["env"], "env_name": entry["env_name"],
+               "split": entry["split"], "explain": options.explain, "insertion_steps": options.steps,
+               "fractions": list(options.fractions), **figures}
+
+
+def markdown_table(records: list[dict]) -> str:
+    """Mean (± standard error over runs, when several) per algorithm and environment."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"])].append(record)
+    columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps")
+    lines = ["| dataset | algorithm | environment | runs | images | " + " | ".join(columns) + " |",
+             "|" + "---|" * (5 + len(columns))]
+    for (dataset, algorithm, env_name, split), group in sorted(groups.items()):
+        cells = [_mean_and_error([r[c] for r in group]) for c in columns]
+        images = sum(r["n_images"] for r in group)
+        lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {len(group)} | {images} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_and_error(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return f"{mean:.3f} ± {spread:.3f}"
+
+
+def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
+    from domainbed_align.data import DATASETS as ours
+
+    if name in ours:  # offline datasets: no DomainBed needed
+        return ours[name](root, test_envs, hparams)
+    from domainbed_align import _hook
+
+    _require_domainbed(f"the run's dataset {name!r} (one of DomainBed's)")
+    return _hook.upstream_dataset(name, root, test_envs, hparams)
+
+
+def _require_domainbed(what: str) -> None:
+    import importlib.util
+
+    root = os.environ.get("DOMAINBED_ROOT")
+    if importlib.util.find_spec("domainbed") is None and root and (Path(root) / "domainbed").is_dir():
+        sys.path.insert(0, root)
+    if importlib.util.find_spec("domainbed") is None:
+        raise CheckpointError(f"{what} needs DomainBed: run from your DomainBed clone (python -m "
+                              f"domainbed_align.evaluate ...) or set DOMAINBED_ROOT to it.")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. "
+                                         f"0.01,0.05,0.1,0.2,0.5") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domainbed_align.evaluate", description=__doc__.split("\n\n")[0])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", nargs="+", type=Path, help="model.pkl file(s) of DomainBed runs")
+    source.add_argument("--input_dir", type=Path, help="a sweep's output folder (every */model.pkl in it)")
+    p.add_argument("--data_dir", help="where the datasets are (default: each run's own --data_dir)")
+    p.add_argument("--envs", choices=("test", "all"), default="test",
+                   help="test: the run's test environments (default); all: also the training environments' "
+                        "held-out splits (needs domainbed importable)")
+    p.add_argument("--explain", choices=("label", "predicted"), default="label",
+                   help="explain (and track the probability of) the true class (default) or the predicted one")
+    p.add_argument("--max_images", type=int, default=500, help="per environment, a seeded random subset (500)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=metrics.INSERTION_STEPS, help="insertion steps (DRE: 28)")
+    p.add_argument("--fractions", type=_fractions, default=metrics.DEFAULT_FRACTIONS,
+                   help="pixel shares for sufficiency/comprehensiveness (ERASER: 0.01,0.05,0.1,0.2,0.5)")
+    p.add_argument("--hparams_seed", type=int, help="only runs with this hparams_seed (0: DomainBed's defaults)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the image subset and the random maps")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+    for flag in ("max_images", "batch_size", "steps"):
+        if getattr(options, flag) < 1:
+            parser().error(f"--{flag} must be at least 1")
+    try:
+        if not all(0 < k <= 1 for k in options.fractions):
+            raise MetricInputError(f"--fractions must be shares of the pixels in (0, 1]; got "
+                                           f"{','.join(map(str, options.fractions))}.")
+        models = list(options.model) if options.model else find_models(options.input_dir)
+        if options.hparams_seed is not None:
+            from domainbed_align.checkpoints import read_checkpoint
+
+            models = [m for m in models if read_checkpoint(m)["args"]["hparams_seed"] == options.hparams_seed]
+            if not models:
+                raise CheckpointError(f"no run has hparams_seed {options.hparams_seed}.")
+        records = []
+        for model_pkl in models:
+            for record in evaluate_model(model_pkl, options):
+                records.append(record)
+                if options.format == "jsonl":
+                    print(json.dumps(record), flush=True)
+    except DomainbedAlignError as error:
+        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        return 1
+    if options.format == "table":
+        print(markdown_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""``python -m domainbed_align.evaluate``: explanation metrics of saved runs, checked against direct computation (no
+DomainBed), and against DomainBed's own accuracies of the same run (real upstream)."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import ENABLE_HINT, hook_active, run_python, trained_looking_batchnorm, upstream_root
+from domainbed_align import evaluate, metrics
+from domainbed_align import hparams as hparams_lib
+from domainbed_align.algorithms import ALIGN
+from domainbed_align.checkpoints import load_algorithm
+from domainbed_align.data import TextureMNIST
+
+FAST = ["--steps", "3", "--fractions", "0.1,0.5", "--batch_size", "4"]
+
+
+def _save_run(folder, data_dir, seed=0, hparams_seed=0, dataset="TextureMNIST"):
+    """A model.pkl as upstream's train.py writes it, for an ALIGN on TextureMNIST tested on 'photos' (env 3)."""
+    torch.manual_seed(seed)
+    hparams = hparams_lib.default_hparams("ALIGN", "TextureMNIST", pretrained=False)
+    algorithm = ALIGN((3, 56, 56), 10, 3, hparams)
+    trained_looking_batchnorm(algorithm.classifier)
+    with torch.no_grad():  # confident predictions, so the metrics are not all ~0
+        algorithm.classifier.backbone.get_classifier().weight.mul_(30)
+    folder.mkdir(parents=True)
+    args = {"algorithm": "ALIGN", "dataset": dataset, "test_envs": [3], "data_dir": str(data_dir),
+            "hparams_seed": hparams_seed, "trial_seed": 0, "holdout_fraction": 0.2}
+    torch.save({"args": args, "model_input_shape": (3, 56, 56), "model_num_classes": 10, "model_num_domains": 3,
+                "model_hparams": hparams, "model_dict": algorithm.state_dict()}, folder / "model.pkl")
+    return folder / "model.pkl"
+
+
+def _records(capsys, argv):
+    assert evaluate.main(argv) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_a_record_is_the_metrics_of_the_seeded_subset_of_the_test_environment(tmp_path, data_dir, capsys):
+    model = _save_run(tmp_path / "run", data_dir)
+    (record,) = _records(capsys, ["--model", str(model), "--max_images", "6", *FAST])
+    assert (record["env"], record["env_name"], record["split"], record["n_images"]) == (3, "photos", "test", 6)
+    # The same numbers computed directly: the documented subset (randperm seeded 0), images without augmentation,
+    # true-class Grad-CAMs, random maps drawn from the same generator after it, batch by batch.
+    algorithm = load_algorithm(model)
+    environment = TextureMNIST(str(data_dir), [3], {"data_augmentation": False}).datasets[3]
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(environment), generator=generator)[:6].tolist()
+    sums = {}
+    for batch in (order[:4], order[4:]):
+        images = torch.stack([environment[i][0] for i in batch])
+        labels = torch.tensor([environment[i][1] for i in batch])
+        saliency = algorithm.explain(images, labels)
+        random_maps = torch.rand(saliency.shape, generator=generator)
+        for prefix, maps in (("", saliency), ("random_", random_maps)):
+            values = metrics.explanation_metrics(algorithm.predict, images, maps, labels, (0.1, 0.5), 3)
+            for key in ("sufficiency", "comprehensiveness", "insertion_auc"):
+                sums[prefix + key] = sums.get(prefix + key, 0.0) + float(values[key].sum())
+        with torch.no_grad():
+            correct = (algorithm.predict(images).argmax(1) == labels).float().sum()
+        sums["accuracy"] = sums.get("accuracy", 0.0) + float(correct)
+    for key, total in sums.items():
+        assert record[key] == pytest.approx(total / 6, abs=1e-6), key
+    assert record["comprehensiveness"] != pytest.approx(record["random_comprehensiveness"], abs=1e-4)
+
+
+def test_table_averages_runs_and_hparams_seed_selects_them(tmp_path, data_dir, capsys):
+    sweep = tmp_path / "sweep"
+    _save_run(sweep / "a", data_dir, seed=0)
+    _save_run(sweep / "b", data_dir, seed=1)
+    _save_run(sweep / "c", data_dir, seed=2, hparams_seed=1)
+    common = ["--input_dir", str(sweep), "--max_images", "4", *FAST]
+    records = _records(capsys, [*common, "--hparams_seed", "0"])
+    assert sorted(r["run"].rsplit("/", 1)[-1] for r in records) == ["a", "b"]
+    assert evaluate.main([*common, "--hparams_seed", "0", "--format", "table"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if "| ALIGN |" in line]
+    assert len(row) == 1
+    cells = [cell.strip() for cell in row[0].strip("|").split("|")]
+    assert cells[:5] == ["TextureMNIST", "ALIGN", "photos (test)", "2", "8"]
+    values = [r["insertion_auc"] for r in records]
+    mean, spread = sum(values) / 2, abs(values[0] - values[1]) / 2  # standard error of two values
+    assert cells[8] == f"{mean:.3f} ± {spread:.3f}"
+
+
+def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch):
+    def error_of(argv):
+        assert evaluate.main(argv) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        return line
+
+    assert "is not a folder" in error_of(["--input_dir", str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    assert "no */model.pkl in" in error_of(["--input_dir", str(tmp_path / "empty")])
+    good = _save_run(tmp_path / "good", data_dir)
+    damaged = tmp_path / "damaged.pkl"
+    damaged.write_bytes(good.read_bytes()[:4000])
+    assert "damaged.pkl cannot be read as a DomainBed checkpoint" in error_of(["--model", str(damaged)])
+    assert "--fractions must be shares" in error_of(["--model", str(good), "--fractions", "0.1,2"])
+    assert "no run has hparams_seed 7" in error_of(["--model", str(good), "--hparams_seed", "7"])
+    monkeypatch.delenv("DOMAINBED_ROOT", raising=False)
+    if importlib.util.find_spec("domainbed") is None:  # the messages for runs that need DomainBed
+        assert "needs DomainBed" in error_of(["--model", str(good), "--envs", "all"])
+        vlcs = _save_run(tmp_path / "vlcs", data_dir, dataset="VLCS")
+        assert "dataset 'VLCS' (one of DomainBed's) needs DomainBed" in error_of(["--model", str(vlcs)])
+    with pytest.raises(SystemExit):  # argparse's own message and exit status 2
+        evaluate.main(["--model", str(good), "--max_images", "0"])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT)
+@pytest.mark.skipif(not hook_active(), reason="pip install -e . first (the .pth hook is inactive)")
+def test_accuracies_equal_domainbeds_own_for_the_same_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    trained = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", "TextureMNIST",
+                          "--data_dir", str(data_dir), "--test_envs", "3", "--steps", "3", "--checkpoint_freq", "5",
+                          "--hparams", json.dumps({"batch_size": 8, "warmup_steps": 1}), "--output_dir", str(out)],
+                         upstream_root(), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    result = run_python(["-m", "domainbed_align.evaluate", "--model", str(out / "model.pkl"), "--envs", "all",
+                         "--max_images", "1000", "--steps", "1", "--fractions", "0.5"], upstream_root(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {r["env"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert [(records[e]["split"], records[e]["n_images"]) for e in range(4)] == [("out", 200)] * 3 + [("test", 1000)]
+    # DomainBed evaluated the same model on the same held-out images; another batch size may flip one argmax.
+    for env in range(3):
+        assert math.isclose(records[env]["accuracy"], last[f"env{env}_out_acc"], abs_tol=1 / 200 + 1e-9)
+    whole_test_env = (800 * last["env3_in_acc"] + 200 * last["env3_out_acc"]) / 1000
+    assert math.isclose(records[3]["accuracy"], whole_test_env, abs_tol=1 / 1000 + 1e-9)
+    assert all(0 <= records[e][k] <= 1 for e in range(4) for k in ("insertion_auc", "random_insertion_auc"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands.
 #   bash run.sh demo [--full] [demo options]  set up .venv, prepare the offline data, run the TextureMNIST
-#                                             sweep (TimmERM vs ALIGN) through upstream DomainBed, print the table
+#                                             sweep (TimmERM vs ALIGN) through upstream DomainBed, print both tables
 #   bash run.sh test [pytest options]         set up .venv and run the test suite (no DomainBed needed;
 #                                             set DOMAINBED_ROOT to include the real-upstream integration tests)
 set -euo pipefail

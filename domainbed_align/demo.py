@@ -1,7 +1,8 @@
 """The README's main job: a real DomainBed sweep of ALIGN against TimmERM on TextureMNIST, then its OOD table.
 
 ``python -m domainbed_align.demo --domainbed_root DIR [--full]`` prepares the offline data, runs upstream's
-``sweep launch`` (local launcher) with our algorithms, shows progress, and prints ``collect_results``' table.
+``sweep launch`` (local launcher) with our algorithms, shows progress, and prints ``collect_results``' table, then
+the explanation metrics of each run (``python -m domainbed_align.evaluate``).
 The default is a CPU-sized demo (short runs: its numbers show the pipeline works, not what ALIGN achieves);
 ``--full`` runs DomainBed's usual run length and several hparam draws and trials, for a GPU.
 """
@@ -21,8 +22,8 @@ from domainbed_align import ALGORITHM_NAMES as ALGORITHMS
 from domainbed_align.errors import DomainbedAlignError
 from domainbed_align.records import readable_records
 
-DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60})
-FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={})
+DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60}, explained_images=100)
+FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={}, explained_images=500)
 
 
 def _environment(domainbed_root: Path) -> dict[str, str]:
@@ -164,6 +165,27 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     (output_dir.parent / f"{output_dir.name}.table.txt").write_text(table.stdout)
     if table.returncode != 0:
         print(table.stderr, file=sys.stderr)
+        return table.returncode
+    return explanation_table(output_dir, env, config["explained_images"])
+
+
+def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) -> int:
+    """What collect_results lacks: the explanation metrics of every run on its test environment
+    (``python -m domainbed_align.evaluate``), saved next to the sweep's table and printed."""
+    records = output_dir.parent / f"{output_dir.name}.explanations.jsonl"
+    print(f"== explanation metrics of each run's true-class Grad-CAM on its test environment ({max_images} images "
+          f"each; random_*: random maps), written to {records}", flush=True)
+    with open(records, "w") as handle:
+        evaluated = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--input_dir", str(output_dir),
+                                    "--max_images", str(max_images)], env=env, stdout=handle,
+                                   stderr=subprocess.PIPE, text=True)
+    if evaluated.returncode != 0:
+        print(evaluated.stderr, file=sys.stderr)
+        return evaluated.returncode
+    table = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--records", str(records)], env=env,
+                           capture_output=True, text=True)
+    print(table.stdout, end="", file=sys.stdout if table.returncode == 0 else sys.stderr)
+    print(table.stderr, end="", file=sys.stderr)
     return table.returncode
 
 

@@ -15,9 +15,9 @@ images would be one class).
 
 Output: one JSON line per (run, environment) on stdout (``split`` "test": a whole test environment; "out": a
 training environment's held-out split; ``zero_maps``: the share of images whose Grad-CAM is zero everywhere, which
-ranks no pixel above another, so their pixels go in row-major order), or with ``--format table`` a markdown table averaged over
-the runs of each algorithm and environment (it pools every run it is given: pass the runs you want compared, e.g.
-``--hparams_seed 0`` for DomainBed's default hparams).
+ranks no pixel above another, so their pixels go in row-major order), or with ``--format table`` a markdown table
+averaged over the runs of each algorithm and environment (it pools every run it is given: pass the runs you want
+compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams). ``--records FILE`` tabulates saved JSON lines.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from domainbed_align import metrics
-from domainbed_align.errors import CheckpointError, DomainbedAlignError, MetricInputError
+from domainbed_align.errors import CheckpointError, DomainbedAlignError, MetricInputError, ResultsFileError
 
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
@@ -122,6 +122,27 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
                "fractions": list(options.fractions), **figures}
 
 
+def read_records(path: Path) -> list[dict]:
+    """The records of a .jsonl file this command wrote; one clear error for a missing or damaged one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ResultsFileError(f"--records {path} cannot be read ({error.strerror}).") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or any(key not in record for key in ("algorithm", "env_name", *REPORTED)):
+                raise ValueError("not one of this command's records")
+        except ValueError as error:
+            raise ResultsFileError(f"--records {path} line {number} is not a record of domainbed_align.evaluate "
+                                  f"({str(error)[:80]}); give the file its jsonl output was written to.") from None
+        records.append(record)
+    if not records:
+        raise ResultsFileError(f"--records {path} is empty.")
+    return records
+
+
 def markdown_table(records: list[dict]) -> str:
     """Mean (± standard error over runs, when several) per algorithm and environment."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -181,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", nargs="+", type=Path, help="model.pkl file(s) of DomainBed runs")
     source.add_argument("--input_dir", type=Path, help="a sweep's output folder (every */model.pkl in it)")
+    source.add_argument("--records", type=Path, help="tabulate records an earlier run printed (a .jsonl file); "
+                                                     "implies --format table")
     p.add_argument("--data_dir", help="where the datasets are (default: each run's own --data_dir)")
     p.add_argument("--envs", choices=("test", "all"), default="test",
                    help="test: the run's test environments (default); all: also the training environments' "
@@ -208,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not all(0 < k <= 1 for k in options.fractions):
             raise MetricInputError(f"--fractions must be shares of the pixels in (0, 1]; got "
                                            f"{','.join(map(str, options.fractions))}.")
+        if options.records:
+            print(markdown_table(read_records(options.records)))
+            return 0
         models = list(options.model) if options.model else find_models(options.input_dir)
         if options.hparams_seed is not None:
             from domainbed_align.checkpoints import read_checkpoint

@@ -96,3 +96,25 @@ def trained_looking_batchnorm(model):
             torch.nn.init.uniform_(module.weight, 0.5, 1.5)
             torch.nn.init.uniform_(module.bias, -0.2, 0.2)
     return model
+
+
+def save_align_run(folder: Path, data_dir: Path, seed: int = 0, hparams_seed: int = 0,
+                   dataset: str = "TextureMNIST") -> Path:
+    """A model.pkl as upstream's train.py writes it, for an ALIGN on TextureMNIST tested on 'photos' (env 3)."""
+    import torch
+
+    from domainbed_align import hparams as hparams_lib
+    from domainbed_align.algorithms import ALIGN
+
+    torch.manual_seed(seed)
+    hparams = hparams_lib.default_hparams("ALIGN", "TextureMNIST", pretrained=False)
+    algorithm = ALIGN((3, 56, 56), 10, 3, hparams)
+    trained_looking_batchnorm(algorithm.classifier)
+    with torch.no_grad():  # confident predictions, so the metrics are not all ~0
+        algorithm.classifier.backbone.get_classifier().weight.mul_(30)
+    folder.mkdir(parents=True)
+    args = {"algorithm": "ALIGN", "dataset": dataset, "test_envs": [3], "data_dir": str(data_dir),
+            "hparams_seed": hparams_seed, "trial_seed": 0, "holdout_fraction": 0.2}
+    torch.save({"args": args, "model_input_shape": (3, 56, 56), "model_num_classes": 10, "model_num_domains": 3,
+                "model_hparams": hparams, "model_dict": algorithm.state_dict()}, folder / "model.pkl")
+    return folder / "model.pkl"

@@ -4,10 +4,12 @@ argument checks. (The job itself runs against real upstream in results/demo/.)""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from conftest import save_align_run
 from domainbed_align import demo
 
 SETTINGS = {"dataset": "TextureMNIST", "steps": 200, "hparams": {"batch_size": 12, "warmup_steps": 60},
@@ -74,3 +76,19 @@ def test_counts_must_be_positive(flag, capsys):
     with pytest.raises(SystemExit) as raised:
         demo.main(["--domainbed_root", "/nowhere", flag, "0"])
     assert raised.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
+    sweep = tmp_path / "out" / "sweep"
+    for seed, name in enumerate(("run_a", "run_b")):
+        save_align_run(sweep / name, data_dir, seed=seed)
+    assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "sweep.explanations.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["run"]).name for r in records) == ["run_a", "run_b"]
+    assert all(r["n_images"] == 4 and r["env_name"] == "photos" for r in records)
+    printed = capsys.readouterr().out
+    # The printed table is the one --records makes from the saved lines: both runs averaged in one row.
+    row = next(line for line in printed.splitlines() if "| ALIGN |" in line)
+    assert "| photos (test) | 2 | 8 |" in row
+    mean = sum(r["insertion_auc"] for r in records) / 2
+    assert f"{mean:.3f} ± " in row

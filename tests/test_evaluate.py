@@ -8,30 +8,12 @@ import math
 import pytest
 import torch
 
-from conftest import ENABLE_HINT, hook_active, run_python, trained_looking_batchnorm, upstream_root
+from conftest import ENABLE_HINT, hook_active, run_python, save_align_run, upstream_root
 from domainbed_align import evaluate, metrics
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN
 from domainbed_align.checkpoints import load_algorithm
 from domainbed_align.data import TextureMNIST
 
 FAST = ["--steps", "3", "--fractions", "0.1,0.5", "--batch_size", "4"]
-
-
-def _save_run(folder, data_dir, seed=0, hparams_seed=0, dataset="TextureMNIST"):
-    """A model.pkl as upstream's train.py writes it, for an ALIGN on TextureMNIST tested on 'photos' (env 3)."""
-    torch.manual_seed(seed)
-    hparams = hparams_lib.default_hparams("ALIGN", "TextureMNIST", pretrained=False)
-    algorithm = ALIGN((3, 56, 56), 10, 3, hparams)
-    trained_looking_batchnorm(algorithm.classifier)
-    with torch.no_grad():  # confident predictions, so the metrics are not all ~0
-        algorithm.classifier.backbone.get_classifier().weight.mul_(30)
-    folder.mkdir(parents=True)
-    args = {"algorithm": "ALIGN", "dataset": dataset, "test_envs": [3], "data_dir": str(data_dir),
-            "hparams_seed": hparams_seed, "trial_seed": 0, "holdout_fraction": 0.2}
-    torch.save({"args": args, "model_input_shape": (3, 56, 56), "model_num_classes": 10, "model_num_domains": 3,
-                "model_hparams": hparams, "model_dict": algorithm.state_dict()}, folder / "model.pkl")
-    return folder / "model.pkl"
 
 
 def _records(capsys, argv):
@@ -40,7 +22,7 @@ def _records(capsys, argv):
 
 
 def test_a_record_is_the_metrics_of_the_seeded_subset_of_the_test_environment(tmp_path, data_dir, capsys):
-    model = _save_run(tmp_path / "run", data_dir)
+    model = save_align_run(tmp_path / "run", data_dir)
     (record,) = _records(capsys, ["--model", str(model), "--max_images", "6", *FAST])
     assert (record["env"], record["env_name"], record["split"], record["n_images"]) == (3, "photos", "test", 6)
     # The same numbers computed directly: the documented subset (randperm seeded 0), images without augmentation,
@@ -69,9 +51,9 @@ def test_a_record_is_the_metrics_of_the_seeded_subset_of_the_test_environment(tm
 
 def test_table_averages_runs_and_hparams_seed_selects_them(tmp_path, data_dir, capsys):
     sweep = tmp_path / "sweep"
-    _save_run(sweep / "a", data_dir, seed=0)
-    _save_run(sweep / "b", data_dir, seed=1)
-    _save_run(sweep / "c", data_dir, seed=2, hparams_seed=1)
+    save_align_run(sweep / "a", data_dir, seed=0)
+    save_align_run(sweep / "b", data_dir, seed=1)
+    save_align_run(sweep / "c", data_dir, seed=2, hparams_seed=1)
     common = ["--input_dir", str(sweep), "--max_images", "4", *FAST]
     records = _records(capsys, [*common, "--hparams_seed", "0"])
     assert sorted(r["run"].rsplit("/", 1)[-1] for r in records) == ["a", "b"]
@@ -83,6 +65,11 @@ def test_table_averages_runs_and_hparams_seed_selects_them(tmp_path, data_dir, c
     values = [r["insertion_auc"] for r in records]
     mean, spread = sum(values) / 2, abs(values[0] - values[1]) / 2  # standard error of two values
     assert cells[8] == f"{mean:.3f} ± {spread:.3f}"
+    # The same table from the saved JSON lines, without evaluating again.
+    saved = tmp_path / "records.jsonl"
+    saved.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert evaluate.main(["--records", str(saved)]) == 0
+    assert row[0] in capsys.readouterr().out.splitlines()
 
 
 def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch):
@@ -94,16 +81,20 @@ def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch
     assert "is not a folder" in error_of(["--input_dir", str(tmp_path / "nowhere")])
     (tmp_path / "empty").mkdir()
     assert "no */model.pkl in" in error_of(["--input_dir", str(tmp_path / "empty")])
-    good = _save_run(tmp_path / "good", data_dir)
+    good = save_align_run(tmp_path / "good", data_dir)
     damaged = tmp_path / "damaged.pkl"
     damaged.write_bytes(good.read_bytes()[:4000])
     assert "damaged.pkl cannot be read as a DomainBed checkpoint" in error_of(["--model", str(damaged)])
     assert "--fractions must be shares" in error_of(["--model", str(good), "--fractions", "0.1,2"])
     assert "no run has hparams_seed 7" in error_of(["--model", str(good), "--hparams_seed", "7"])
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"algorithm": "ALIGN"}\n')
+    assert "records.jsonl line 1 is not a record of domainbed_align.evaluate" in error_of(["--records", str(records)])
+    assert "cannot be read" in error_of(["--records", str(tmp_path / "missing.jsonl")])
     monkeypatch.delenv("DOMAINBED_ROOT", raising=False)
     if importlib.util.find_spec("domainbed") is None:  # the messages for runs that need DomainBed
         assert "needs DomainBed" in error_of(["--model", str(good), "--envs", "all"])
-        vlcs = _save_run(tmp_path / "vlcs", data_dir, dataset="VLCS")
+        vlcs = save_align_run(tmp_path / "vlcs", data_dir, dataset="VLCS")
         assert "dataset 'VLCS' (one of DomainBed's) needs DomainBed" in error_of(["--model", str(vlcs)])
     with pytest.raises(SystemExit):  # argparse's own message and exit status 2
         evaluate.main(["--model", str(good), "--max_images", "0"])

@@ -14,8 +14,11 @@ Choices, the same for all three so they measure one thing:
 - "Removed" pixels take the value of a blurred copy of the image (:func:`blurred`: Gaussian, 11 px, sigma 5, as
   DRE's insertion game), on all channels of a pixel at once. Pass ``substrate`` to use another (e.g. zeros: the
   dataset's mean colour for ImageNet-normalised inputs).
-- Saliency maps of any resolution are upsampled bilinearly to the image size before pixels are ranked; equal
-  saliency is broken by pixel index (row-major), so an all-zero map ranks pixels top-left first.
+- Saliency maps of any resolution are upsampled bilinearly to the image size before pixels are ranked. Equal
+  saliency says nothing about order: ties are broken in one fixed pseudo-random pixel order (:func:`tie_order`), so
+  an all-zero map (Grad-CAM's ReLU can zero a whole map) or a map's flat zero region is inserted in scattered order
+  and scores like a random map, instead of favouring the image's top rows (index order) or bottom rows (DRE's
+  reversed argsort).
 - The probability is the softmax probability of ``classes`` (one class per image). DRE's script explains the true
   class but tracks the predicted one; here one class is both explained and tracked (the caller chooses which).
 - ``DEFAULT_FRACTIONS`` are ERASER's bins (1, 5, 10, 20, 50 %); ``INSERTION_STEPS`` = 28 is DRE's (224·8 pixels
@@ -56,14 +59,22 @@ def blurred(images: torch.Tensor, kernel_size: int = BLUR_KERNEL_SIZE, sigma: fl
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, kernel_size, 1), groups=channels)
 
 
+def tie_order(pixels: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The fixed pseudo-random order (a permutation of ``range(pixels)``, seed 0) in which equally salient pixels
+    are ranked; the same for every image and call."""
+    return torch.randperm(pixels, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def saliency_ranks(saliency: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``[N, H*W]`` rank of each pixel of an ``H x W`` image (0 = most salient) after upsampling ``saliency``
-    ``[N, h, w]`` bilinearly to ``size``; ties go to the lower pixel index (row-major)."""
+    ``[N, h, w]`` bilinearly to ``size``; ties are ranked in :func:`tie_order`."""
     height, width = size
     maps = saliency.float().unsqueeze(1)
     if tuple(maps.shape[-2:]) != (height, width):
         maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
-    order = torch.argsort(maps.flatten(1), dim=1, descending=True, stable=True)
+    scrambled = tie_order(height * width, maps.device)
+    # A stable sort of the pixels taken in tie order keeps that order among equal values.
+    order = scrambled[torch.argsort(maps.flatten(1)[:, scrambled], dim=1, descending=True, stable=True)]
     ranks = torch.empty_like(order)
     positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, positions)

@@ -32,12 +32,22 @@ ZEROS = torch.zeros_like(IMAGE)
 CLASS0 = torch.tensor([0])
 
 
-def test_ranks_follow_saliency_and_break_ties_by_pixel_index():
-    ranks = metrics.saliency_ranks(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]), (2, 2))
-    assert ranks.tolist() == [[3, 0, 1, 2]]
-    # A 1x2 map upsampled to 2x4: columns 1, 0.75, 0.25, 0 (bilinear, align_corners=False); rows tie.
-    ranks = metrics.saliency_ranks(torch.tensor([[[1.0, 0.0]]]), (2, 4))
-    assert ranks.view(2, 4).tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+def test_ranks_follow_saliency_and_break_ties_in_the_fixed_scrambled_order():
+    ranks = metrics.saliency_ranks(torch.tensor([[[0.1, 0.9], [0.5, 0.5]]]), (2, 2))[0].tolist()
+    first_of_tie = 2 if metrics.tie_order(4).tolist().index(2) < metrics.tie_order(4).tolist().index(3) else 3
+    assert ranks[1] == 0 and ranks[0] == 3 and ranks[first_of_tie] == 1 and ranks[5 - first_of_tie] == 2
+    # A 1x2 map upsampled to 2x4: columns 1, 0.75, 0.25, 0 (bilinear, align_corners=False); the two rows tie.
+    ranks = metrics.saliency_ranks(torch.tensor([[[1.0, 0.0]]]), (2, 4)).view(2, 4)
+    assert [sorted(column) for column in ranks.T.tolist()] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_a_blank_map_ranks_pixels_in_no_spatial_order():
+    ranks = metrics.saliency_ranks(torch.zeros(2, 7, 7), (32, 32)).float()
+    assert torch.equal(ranks[0], ranks[1])  # one fixed order, the same for every image
+    rows = torch.arange(32).repeat_interleave(32).float()
+    correlation = torch.corrcoef(torch.stack([ranks[0], rows]))[0, 1]
+    assert abs(correlation) < 0.1  # row-major order would give 1.0
+    assert sorted(ranks[0].long().tolist()) == list(range(32 * 32))
 
 
 def test_sufficiency_and_comprehensiveness_by_hand():
@@ -80,8 +90,11 @@ def _loop_reference(model, images, saliency, classes, substrate, fractions, step
     upsampled = torch.nn.functional.interpolate(saliency.unsqueeze(1), size=(height, width), mode="bilinear",
                                                 align_corners=False)[:, 0].numpy()
     results = {"sufficiency": [], "comprehensiveness": [], "insertion_auc": []}
+    ties = metrics.tie_order(height * width).numpy()  # the documented tie-break, applied independently here
+    tie_rank = np.empty_like(ties)
+    tie_rank[ties] = np.arange(len(ties))
     for i in range(n):
-        order = np.argsort(-upsampled[i].reshape(-1), kind="stable")
+        order = np.lexsort((tie_rank, -upsampled[i].reshape(-1)))  # by saliency, then by tie order
         image, base = images[i].numpy().reshape(channels, -1), substrate[i].numpy().reshape(channels, -1)
 
         def prob(pixels_from_image, image=image, base=base, i=i):

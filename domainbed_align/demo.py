@@ -175,12 +175,10 @@ def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) ->
     records = output_dir.parent / f"{output_dir.name}.explanations.jsonl"
     print(f"== explanation metrics of each run's true-class Grad-CAM on its test environment ({max_images} images "
           f"each; random_*: random maps), written to {records}", flush=True)
-    with open(records, "w") as handle:
+    with open(records, "w") as handle:  # its progress lines (stderr) and any error message reach the console
         evaluated = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--input_dir", str(output_dir),
-                                    "--max_images", str(max_images)], env=env, stdout=handle,
-                                   stderr=subprocess.PIPE, text=True)
+                                    "--max_images", str(max_images)], env=env, stdout=handle)
     if evaluated.returncode != 0:
-        print(evaluated.stderr, file=sys.stderr)
         return evaluated.returncode
     table = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--records", str(records)], env=env,
                            capture_output=True, text=True)

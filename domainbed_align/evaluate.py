@@ -16,8 +16,9 @@ images would be one class).
 Output: one JSON line per (run, environment) on stdout (``split`` "test": a whole test environment; "out": a
 training environment's held-out split; ``zero_maps``: the share of images whose Grad-CAM is zero everywhere, which
 ranks no pixel above another: the metrics then take the pixels in a fixed scrambled order, like a random map), or
-with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every run it is given: pass the runs you want
-compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams). ``--records FILE`` tabulates saved JSON lines.
+with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every
+run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
+``--records FILE`` tabulates saved JSON lines.
 """
 
 from __future__ import annotations

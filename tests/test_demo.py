@@ -92,3 +92,10 @@ def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
     assert "| photos (test) | 2 | 8 |" in row
     mean = sum(r["insertion_auc"] for r in records) / 2
     assert f"{mean:.3f} ± " in row
+
+
+def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()  # no run finished: no model.pkl
+    assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 1
+    assert "domainbed-align: error: no */model.pkl in" in capfd.readouterr().err

@@ -176,7 +176,12 @@ def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
     from domainbed_align import _hook
 
     _require_domainbed(f"the run's dataset {name!r} (one of DomainBed's)")
-    return _hook.upstream_dataset(name, root, test_envs, hparams)
+    try:
+        return _hook.upstream_dataset(name, root, test_envs, hparams)
+    except (OSError, RuntimeError) as error:  # DomainBed's own datasets fail on a missing folder with these
+        reason = f"{type(error).__name__}: {str(error)[:200]}"
+        raise CheckpointError(f"DomainBed could not load the run's dataset {name!r} from {root!r} ({reason}); pass "
+                              f"--data_dir where DomainBed's download script put it.") from None
 
 
 def _require_domainbed(what: str) -> None:

@@ -122,3 +122,15 @@ def test_accuracies_equal_domainbeds_own_for_the_same_run(tmp_path, data_dir):
     whole_test_env = (800 * last["env3_in_acc"] + 200 * last["env3_out_acc"]) / 1000
     assert math.isclose(records[3]["accuracy"], whole_test_env, abs_tol=1 / 1000 + 1e-9)
     assert all(0 <= records[e][k] <= 1 for e in range(4) for k in ("insertion_auc", "random_insertion_auc"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT)
+@pytest.mark.skipif(not hook_active(), reason="pip install -e . first (the .pth hook is inactive)")
+def test_a_domainbed_dataset_missing_from_data_dir_gets_one_message(tmp_path, data_dir):
+    vlcs = save_align_run(tmp_path / "run", data_dir, dataset="VLCS")  # DomainBed's VLCS: not in our data_dir
+    result = run_python(["-m", "domainbed_align.evaluate", "--model", str(vlcs)], upstream_root(), cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert "DomainBed could not load the run's dataset 'VLCS'" in line and "pass --data_dir" in line
+    assert "Traceback" not in result.stderr

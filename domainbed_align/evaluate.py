@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from domainbed_align import metrics
-from domainbed_align.errors import CheckpointError, DomainbedAlignError, MetricInputError, ResultsFileError
+from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
 
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
@@ -234,9 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(options, flag) < 1:
             parser().error(f"--{flag} must be at least 1")
     try:
-        if not all(0 < k <= 1 for k in options.fractions):
-            raise MetricInputError(f"--fractions must be shares of the pixels in (0, 1]; got "
-                                           f"{','.join(map(str, options.fractions))}.")
+        metrics.check_settings(options.fractions, options.steps)  # before any model is loaded
         if options.records:
             print(markdown_table(read_records(options.records)))
             return 0

@@ -98,27 +98,26 @@ def comprehensiveness(predict: Predict, images: torch.Tensor, saliency: torch.Te
                       fractions: Sequence[float] = DEFAULT_FRACTIONS,
                       substrate: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]`` mean over ``fractions`` of p(x) - p(x without its top-k% pixels). Higher is better."""
-    return _fraction_drops(predict, images, saliency, classes, fractions, substrate)["comprehensiveness"]
+    check_settings(fractions=fractions)
+    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes,
+                           fractions)["comprehensiveness"]
 
 
 def sufficiency(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
                 fractions: Sequence[float] = DEFAULT_FRACTIONS,
                 substrate: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]`` mean over ``fractions`` of p(x) - p(only the top-k% pixels of x). Lower is better."""
-    return _fraction_drops(predict, images, saliency, classes, fractions, substrate)["sufficiency"]
+    check_settings(fractions=fractions)
+    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes,
+                           fractions)["sufficiency"]
 
 
 def insertion_curve(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
                     steps: int = INSERTION_STEPS, substrate: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, steps + 1]`` class probability after inserting ``round(i * H*W / steps)`` pixels, i = 0..steps, in
     order of decreasing saliency into the substrate (column 0: the substrate; the last: the image)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise MetricInputError(f"steps must be a positive integer (insertion steps); got {steps!r}.")
-    images, substrate, ranks = _prepare(images, saliency, classes, substrate)
-    pixels = images.shape[-2] * images.shape[-1]
-    counts = [round(i * pixels / steps) for i in range(steps + 1)]
-    return torch.stack([class_probability(predict, with_top_pixels(images, substrate, ranks, count), classes)
-                        for count in counts], dim=1)
+    check_settings(steps=steps)
+    return _insertion_curve(predict, *_prepare(images, saliency, classes, substrate), classes, steps)
 
 
 def area_under_curve(curve: torch.Tensor) -> torch.Tensor:
@@ -138,21 +137,26 @@ def explanation_metrics(predict: Predict, images: torch.Tensor, saliency: torch.
                         substrate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All three metrics per image (``[N]`` each), sharing the substrate and the pixel ranking, plus
     ``probability`` (p of the class on the unmodified image)."""
-    if substrate is None:
-        substrate = blurred(images)
-    drops = _fraction_drops(predict, images, saliency, classes, fractions, substrate)
-    curve = insertion_curve(predict, images, saliency, classes, steps, substrate)
+    check_settings(fractions, steps)
+    prepared = _prepare(images, saliency, classes, substrate)
+    drops = _fraction_drops(predict, *prepared, classes, fractions)
+    curve = _insertion_curve(predict, *prepared, classes, steps)
     return {**drops, "insertion_auc": area_under_curve(curve)}
 
 
-def _fraction_drops(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
-                    fractions: Sequence[float], substrate: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def check_settings(fractions: Sequence[float] = DEFAULT_FRACTIONS, steps: int = INSERTION_STEPS) -> None:
+    """One MetricInputError for fractions outside (0, 1] or a step count below 1 (callers check before any work)."""
     fractions = tuple(fractions)
     if not fractions or any(isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1
                             for k in fractions):
         raise MetricInputError(f"fractions must be numbers in (0, 1] (shares of the pixels, e.g. 0.1 for 10 %); "
                                f"got {fractions!r}.")
-    images, substrate, ranks = _prepare(images, saliency, classes, substrate)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise MetricInputError(f"steps must be a positive integer (insertion steps); got {steps!r}.")
+
+
+def _fraction_drops(predict: Predict, images: torch.Tensor, substrate: torch.Tensor, ranks: torch.Tensor,
+                    classes: torch.Tensor, fractions: Sequence[float]) -> dict[str, torch.Tensor]:
     pixels = images.shape[-2] * images.shape[-1]
     original = class_probability(predict, images, classes)
     kept, removed = [], []
@@ -166,9 +170,17 @@ def _fraction_drops(predict: Predict, images: torch.Tensor, saliency: torch.Tens
             "comprehensiveness": original - torch.stack(removed, dim=1).mean(dim=1)}
 
 
+def _insertion_curve(predict: Predict, images: torch.Tensor, substrate: torch.Tensor, ranks: torch.Tensor,
+                     classes: torch.Tensor, steps: int) -> torch.Tensor:
+    pixels = images.shape[-2] * images.shape[-1]
+    counts = [round(i * pixels / steps) for i in range(steps + 1)]
+    return torch.stack([class_probability(predict, with_top_pixels(images, substrate, ranks, count), classes)
+                        for count in counts], dim=1)
+
+
 def _prepare(images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
              substrate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Check the inputs (one clear error each) and rank the pixels."""
+    """Check the inputs (one clear error each); the images, the substrate and the pixel ranks."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise MetricInputError(f"images must be a tensor [N, C, H, W]; got {got}.")

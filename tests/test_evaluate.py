@@ -85,7 +85,7 @@ def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch
     damaged = tmp_path / "damaged.pkl"
     damaged.write_bytes(good.read_bytes()[:4000])
     assert "damaged.pkl cannot be read as a DomainBed checkpoint" in error_of(["--model", str(damaged)])
-    assert "--fractions must be shares" in error_of(["--model", str(good), "--fractions", "0.1,2"])
+    assert "fractions must be numbers in (0, 1]" in error_of(["--model", str(good), "--fractions", "0.1,2"])
     assert "no run has hparams_seed 7" in error_of(["--model", str(good), "--hparams_seed", "7"])
     records = tmp_path / "records.jsonl"
     records.write_text('{"algorithm": "ALIGN"}\n')

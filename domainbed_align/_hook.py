@@ -224,10 +224,10 @@ def upstream_dataset(name: str, data_dir: str, test_envs: list[int], hparams: di
     return getattr(domainbed.datasets, name)(data_dir, test_envs, hparams)
 
 
-def upstream_holdout_split(environment: Any, holdout_fraction: float, trial_seed: int, env_index: int) -> Any:
-    """The held-out ("out") part of one environment, split exactly as train.py splits it for that run."""
+def upstream_holdout_indices(environment: Any, holdout_fraction: float, trial_seed: int, env_index: int) -> list[int]:
+    """The indices of one environment's held-out ("out") part, split exactly as train.py splits it for that run."""
     from domainbed.lib import misc
 
     out, _ = misc.split_dataset(environment, int(len(environment) * holdout_fraction),
                                 misc.seed_hash(trial_seed, env_index))
-    return out
+    return list(out.keys)

@@ -18,7 +18,9 @@ training environment's held-out split; ``zero_maps``: the share of images whose 
 ranks no pixel above another: the metrics then take the pixels in a fixed scrambled order, like a random map), or
 with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every
 run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
-``--records FILE`` tabulates saved JSON lines.
+``--records FILE`` tabulates saved JSON lines. On datasets with ground-truth foreground masks (TextureMNIST,
+SpuriousTextureMNIST) it also reports ``foreground_mass``, the share of the Grad-CAM's mass on the object, next to
+``foreground_share``, the object's share of the image (what a uniform map scores).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from domainbed_align.errors import CheckpointError, DomainbedAlignError, Results
 
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
+FOREGROUND = ("foreground_mass", "foreground_share")  # None where the dataset has no ground-truth masks
 
 
 def find_models(input_dir: str | os.PathLike) -> list[Path]:
@@ -55,7 +58,8 @@ def find_models(input_dir: str | os.PathLike) -> list[Path]:
 
 
 def evaluation_images(checkpoint_args: dict, hparams: dict, envs: str, data_dir: str | None) -> list[dict]:
-    """``[{env, env_name, split, dataset}]``: the environments to evaluate and their images, as the run saw them."""
+    """``[{env, env_name, split, environment, indices}]``: the environments to evaluate and which of their images,
+    as the run saw them."""
     name = checkpoint_args["dataset"]
     test_envs = list(checkpoint_args["test_envs"])
     root = data_dir or checkpoint_args["data_dir"]
@@ -63,30 +67,35 @@ def evaluation_images(checkpoint_args: dict, hparams: dict, envs: str, data_dir:
     dataset = _dataset(name, root, test_envs, plain)
     chosen = []
     for index, environment in enumerate(dataset.datasets):
-        if index in test_envs:
-            chosen.append(dict(env=index, split="test", dataset=environment))  # all of it: never trained on
+        if index in test_envs:  # all of it: never trained on
+            everything = list(range(len(environment)))
+            chosen.append(dict(env=index, split="test", environment=environment, indices=everything))
         elif envs == "all":
             from domainbed_align import _hook
 
             _require_domainbed("--envs all (the training environments' held-out splits)")
-            out = _hook.upstream_holdout_split(environment, checkpoint_args["holdout_fraction"],
-                                               checkpoint_args["trial_seed"], index)
-            chosen.append(dict(env=index, split="out", dataset=out))
+            out = _hook.upstream_holdout_indices(environment, checkpoint_args["holdout_fraction"],
+                                                 checkpoint_args["trial_seed"], index)
+            chosen.append(dict(env=index, split="out", environment=environment, indices=out))
     for entry in chosen:
         entry["env_name"] = dataset.ENVIRONMENTS[entry["env"]]
     return chosen
 
 
-def evaluate_environment(algorithm: Any, environment: Any, max_images: int, batch_size: int, explain: str,
-                         steps: int, fractions: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Means over (a seeded random subset of) one environment's images: accuracy, the three metrics for the
-    model's Grad-CAMs and for random maps, and the share of all-zero Grad-CAMs."""
+def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int], max_images: int, batch_size: int,
+                         explain: str, steps: int, fractions: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """Means over a seeded random subset of ``environment[indices]``: accuracy, the three metrics for the model's
+    Grad-CAMs and for random maps, and the share of all-zero Grad-CAMs; where the dataset has ground-truth
+    foreground masks (``environment.mask(i)``, our TextureMNIST datasets), also the Grad-CAMs' mass on them and the
+    foreground's share of the image (what a uniform map scores)."""
     device = next(algorithm.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(environment), generator=generator)[:max_images].tolist()
+    order = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:max_images].tolist()]
+    has_masks = callable(getattr(environment, "mask", None))
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(order), batch_size):
-        samples = [environment[i] for i in order[start:start + batch_size]]
+        chunk = order[start:start + batch_size]
+        samples = [environment[i] for i in chunk]
         images = torch.stack([x for x, _ in samples]).to(device)
         labels = torch.tensor([int(y) for _, y in samples], device=device)
         with torch.no_grad():
@@ -99,9 +108,14 @@ def evaluate_environment(algorithm: Any, environment: Any, max_images: int, batc
         batch = {"accuracy": (predicted == labels).float(), "zero_maps": (saliency.flatten(1).amax(1) == 0).float(),
                  **{key: ours[key] for key in ("sufficiency", "comprehensiveness", "insertion_auc")},
                  **{f"random_{key}": chance[key] for key in ("sufficiency", "comprehensiveness", "insertion_auc")}}
+        if has_masks:
+            masks = torch.stack([environment.mask(i) for i in chunk]).flatten(0, 1).to(device)  # [N, H, W]
+            batch["foreground_mass"] = metrics.foreground_mass(saliency, masks)
+            batch["foreground_share"] = masks.flatten(1).mean(1)
         for key, values in batch.items():
             sums[key] += float(values.sum())
-    return {"n_images": len(order), **{key: sums[key] / max(len(order), 1) for key in REPORTED}}
+    means = {key: sums[key] / max(len(order), 1) for key in (*REPORTED, *FOREGROUND)}
+    return {"n_images": len(order), **{key: (means[key] if key in sums else None) for key in means}}
 
 
 def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dict]:
@@ -114,8 +128,9 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
     for entry in evaluation_images(args, algorithm.hparams, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
               f"({entry['split']})", file=sys.stderr, flush=True)
-        figures = evaluate_environment(algorithm, entry["dataset"], options.max_images, options.batch_size,
-                                       options.explain, options.steps, options.fractions, options.seed)
+        figures = evaluate_environment(algorithm, entry["environment"], entry["indices"], options.max_images,
+                                       options.batch_size, options.explain, options.steps, options.fractions,
+                                       options.seed)
         yield {"run": str(model_pkl.parent), "algorithm": args["algorithm"], "dataset": args["dataset"],
                "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
                "trial_seed": args["trial_seed"], "env": entry["env"], "env_name": entry["env_name"],
@@ -149,18 +164,21 @@ def markdown_table(records: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"])].append(record)
-    columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps")
+    columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps",
+               *FOREGROUND)
     lines = ["| dataset | algorithm | environment | runs | images | " + " | ".join(columns) + " |",
              "|" + "---|" * (5 + len(columns))]
     for (dataset, algorithm, env_name, split), group in sorted(groups.items()):
-        cells = [_mean_and_error([r[c] for r in group]) for c in columns]
+        cells = [_mean_and_error([r.get(c) for r in group]) for c in columns]
         images = sum(r["n_images"] for r in group)
         lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {len(group)} | {images} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _mean_and_error(values: list[float]) -> str:
+def _mean_and_error(values: list[float | None]) -> str:
+    if any(value is None for value in values):  # e.g. the foreground columns of a dataset without masks
+        return "-"
     mean = sum(values) / len(values)
     if len(values) < 2:
         return f"{mean:.3f}"

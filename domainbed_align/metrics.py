@@ -144,6 +144,22 @@ def explanation_metrics(predict: Predict, images: torch.Tensor, saliency: torch.
     return {**drops, "insertion_auc": area_under_curve(curve)}
 
 
+def foreground_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[N]`` share of each map's mass on the ground-truth foreground ``masks`` ``[N, H, W]`` (1 = foreground),
+    after upsampling the map bilinearly to the masks' size; a map that is zero everywhere puts none there (0).
+    An uninformative map scores the foreground's share of the image, ``masks.mean((1, 2))``."""
+    if not isinstance(saliency, torch.Tensor) or not isinstance(masks, torch.Tensor) or saliency.dim() != 3 \
+            or masks.dim() != 3 or saliency.shape[0] != masks.shape[0]:
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (saliency, masks)]
+        raise MetricInputError(f"saliency [N, h, w] and masks [N, H, W] need one map and one mask per image; got "
+                               f"{shapes[0]} and {shapes[1]}.")
+    maps = F.interpolate(saliency.float().unsqueeze(1), size=tuple(masks.shape[-2:]), mode="bilinear",
+                         align_corners=False).squeeze(1).clamp(min=0)
+    total = maps.flatten(1).sum(1)
+    on_foreground = (maps * masks.to(maps)).flatten(1).sum(1)
+    return torch.where(total > 0, on_foreground / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
+
+
 def check_settings(fractions: Sequence[float] = DEFAULT_FRACTIONS, steps: int = INSERTION_STEPS) -> None:
     """One MetricInputError for fractions outside (0, 1] or a step count below 1 (callers check before any work)."""
     fractions = tuple(fractions)

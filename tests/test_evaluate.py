@@ -44,9 +44,14 @@ def test_a_record_is_the_metrics_of_the_seeded_subset_of_the_test_environment(tm
         with torch.no_grad():
             correct = (algorithm.predict(images).argmax(1) == labels).float().sum()
         sums["accuracy"] = sums.get("accuracy", 0.0) + float(correct)
+        digits = torch.cat([environment.mask(i) for i in batch])  # TextureMNIST's ground-truth foreground
+        on_digits = metrics.foreground_mass(saliency, digits)
+        sums["foreground_mass"] = sums.get("foreground_mass", 0.0) + float(on_digits.sum())
+        sums["foreground_share"] = sums.get("foreground_share", 0.0) + float(digits.mean((1, 2)).sum())
     for key, total in sums.items():
         assert record[key] == pytest.approx(total / 6, abs=1e-6), key
     assert record["comprehensiveness"] != pytest.approx(record["random_comprehensiveness"], abs=1e-4)
+    assert 0.02 < record["foreground_share"] < 0.3  # digits cover a minority of the 56x56 image
 
 
 def test_table_averages_runs_and_hparams_seed_selects_them(tmp_path, data_dir, capsys):
@@ -134,3 +139,12 @@ def test_a_domainbed_dataset_missing_from_data_dir_gets_one_message(tmp_path, da
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert "DomainBed could not load the run's dataset 'VLCS'" in line and "pass --data_dir" in line
     assert "Traceback" not in result.stderr
+
+
+def test_table_shows_a_dash_where_a_dataset_has_no_foreground_masks():
+    record = {"dataset": "VLCSMini", "algorithm": "ALIGN", "env_name": "C", "split": "test", "n_images": 3,
+              **{key: 0.5 for key in evaluate.REPORTED}, "foreground_mass": None, "foreground_share": None}
+    older = {key: value for key, value in record.items() if key not in evaluate.FOREGROUND}  # saved before the columns
+    for records in ([record], [older]):
+        row = evaluate.markdown_table(records).splitlines()[-1]
+        assert row.endswith("| 0.500 | - | - |")

@@ -177,3 +177,16 @@ def test_bad_inputs_get_one_clear_error(change, message):
     arguments.update(change)
     with pytest.raises(MetricInputError, match=message):
         metrics.explanation_metrics(sum_model, **arguments)
+
+
+def test_foreground_mass_by_hand():
+    masks = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]).expand(3, 2, 2)
+    saliency = torch.tensor([[[3.0, 1.0], [0.0, 0.0]],  # 3 of 4 on the foreground pixel
+                             [[0.0, 0.0], [0.0, 0.0]],  # blank: no mass anywhere -> 0
+                             [[1.0, 1.0], [1.0, 1.0]]])  # uniform: the foreground's share of the image
+    assert metrics.foreground_mass(saliency, masks).tolist() == close([0.75, 0.0, 0.25])
+    # A 1x2 map upsampled to a 2x4 mask: columns 1, 0.75, 0.25, 0; the mask is the left column.
+    mass = metrics.foreground_mass(torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[1.0, 0, 0, 0], [1.0, 0, 0, 0]]]))
+    assert mass.item() == close(1 / 2)
+    with pytest.raises(MetricInputError, match="one map and one mask per image"):
+        metrics.foreground_mass(saliency, masks[:2])

@@ -57,14 +57,26 @@ def find_models(input_dir: str | os.PathLike) -> list[Path]:
     return models
 
 
-def evaluation_images(checkpoint_args: dict, hparams: dict, envs: str, data_dir: str | None) -> list[dict]:
+def dataset_of_run(checkpoint: dict, data_dir: str | None = None) -> Any:
+    """The run's dataset as its train.py built it (its hparams and test environments), but without data
+    augmentation: explain the images, not random crops of them. ``data_dir`` overrides the run's own."""
+    args = checkpoint["args"]
+    plain = {**checkpoint["model_hparams"], "data_augmentation": False}
+    return _dataset(args["dataset"], data_dir or args["data_dir"], list(args["test_envs"]), plain)
+
+
+def seeded_subset(indices: Sequence[int], count: int, generator: torch.Generator) -> list[int]:
+    """At most ``count`` of ``indices`` in a random order drawn from ``generator`` (image folders are sorted by
+    class, so the first images would be one class)."""
+    return [indices[i] for i in torch.randperm(len(indices), generator=generator)[:count].tolist()]
+
+
+def evaluation_images(checkpoint: dict, envs: str, data_dir: str | None) -> list[dict]:
     """``[{env, env_name, split, environment, indices}]``: the environments to evaluate and which of their images,
     as the run saw them."""
-    name = checkpoint_args["dataset"]
+    checkpoint_args = checkpoint["args"]
     test_envs = list(checkpoint_args["test_envs"])
-    root = data_dir or checkpoint_args["data_dir"]
-    plain = {**hparams, "data_augmentation": False}  # explain the images, not random crops of them
-    dataset = _dataset(name, root, test_envs, plain)
+    dataset = dataset_of_run(checkpoint, data_dir)
     chosen = []
     for index, environment in enumerate(dataset.datasets):
         if index in test_envs:  # all of it: never trained on
@@ -90,7 +102,7 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
     foreground's share of the image (what a uniform map scores)."""
     device = next(algorithm.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    order = [indices[i] for i in torch.randperm(len(indices), generator=generator)[:max_images].tolist()]
+    order = seeded_subset(indices, max_images, generator)
     has_masks = callable(getattr(environment, "mask", None))
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(order), batch_size):
@@ -125,7 +137,7 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
     checkpoint = read_checkpoint(model_pkl, options.device)
     args = checkpoint["args"]
     algorithm = algorithm_from_checkpoint(checkpoint, options.device)
-    for entry in evaluation_images(args, algorithm.hparams, options.envs, options.data_dir):
+    for entry in evaluation_images(checkpoint, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
               f"({entry['split']})", file=sys.stderr, flush=True)
         figures = evaluate_environment(algorithm, entry["environment"], entry["indices"], options.max_images,

@@ -99,8 +99,8 @@ def comprehensiveness(predict: Predict, images: torch.Tensor, saliency: torch.Te
                       substrate: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]`` mean over ``fractions`` of p(x) - p(x without its top-k% pixels). Higher is better."""
     check_settings(fractions=fractions)
-    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes,
-                           fractions)["comprehensiveness"]
+    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes, fractions,
+                           kinds=("comprehensiveness",))["comprehensiveness"]
 
 
 def sufficiency(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
@@ -108,8 +108,8 @@ def sufficiency(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, 
                 substrate: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]`` mean over ``fractions`` of p(x) - p(only the top-k% pixels of x). Lower is better."""
     check_settings(fractions=fractions)
-    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes,
-                           fractions)["sufficiency"]
+    return _fraction_drops(predict, *_prepare(images, saliency, classes, substrate), classes, fractions,
+                           kinds=("sufficiency",))["sufficiency"]
 
 
 def insertion_curve(predict: Predict, images: torch.Tensor, saliency: torch.Tensor, classes: torch.Tensor,
@@ -172,18 +172,19 @@ def check_settings(fractions: Sequence[float] = DEFAULT_FRACTIONS, steps: int = 
 
 
 def _fraction_drops(predict: Predict, images: torch.Tensor, substrate: torch.Tensor, ranks: torch.Tensor,
-                    classes: torch.Tensor, fractions: Sequence[float]) -> dict[str, torch.Tensor]:
+                    classes: torch.Tensor, fractions: Sequence[float],
+                    kinds: Sequence[str] = ("sufficiency", "comprehensiveness")) -> dict[str, torch.Tensor]:
     pixels = images.shape[-2] * images.shape[-1]
+    counts = [max(1, round(fraction * pixels)) for fraction in fractions]
+    # Sufficiency keeps the top pixels (substrate elsewhere); comprehensiveness removes them (substrate there).
+    kept_from = {"sufficiency": (images, substrate), "comprehensiveness": (substrate, images)}
     original = class_probability(predict, images, classes)
-    kept, removed = [], []
-    for fraction in fractions:
-        count = max(1, round(fraction * pixels))
-        kept.append(class_probability(predict, with_top_pixels(images, substrate, ranks, count), classes))
-        # Removing the top pixels = keeping the substrate there and the image elsewhere.
-        removed.append(class_probability(predict, with_top_pixels(substrate, images, ranks, count), classes))
-    return {"probability": original,
-            "sufficiency": original - torch.stack(kept, dim=1).mean(dim=1),
-            "comprehensiveness": original - torch.stack(removed, dim=1).mean(dim=1)}
+    drops = {"probability": original}
+    for kind in kinds:
+        top, rest = kept_from[kind]
+        modified = [class_probability(predict, with_top_pixels(top, rest, ranks, count), classes) for count in counts]
+        drops[kind] = original - torch.stack(modified, dim=1).mean(dim=1)
+    return drops
 
 
 def _insertion_curve(predict: Predict, images: torch.Tensor, substrate: torch.Tensor, ranks: torch.Tensor,

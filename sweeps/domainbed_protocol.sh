@@ -9,3 +9,8 @@ python -m domainbed.scripts.sweep launch --algorithms TimmERM ALIGN --datasets $
   --data_dir "$data_dir" --output_dir "$output_dir" --command_launcher local \
   --n_hparams 20 --n_trials 3 --single_test_envs --skip_confirmation
 python -m domainbed.scripts.collect_results --input_dir "$output_dir"
+# What collect_results lacks: the explanation metrics of the runs with DomainBed's default hparams (hparams_seed 0),
+# on their test environments, saved next to the sweep folder and tabulated.
+records="${output_dir%/}.explanations.jsonl"
+python -m domainbed_align.evaluate --input_dir "$output_dir" --hparams_seed 0 > "$records"
+python -m domainbed_align.evaluate --records "$records"

@@ -258,8 +258,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot be used here (one line), or None."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {device!r}: this torch sees no CUDA device; use --device cpu"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parser().parse_args(argv)
+    if device_problem(options.device):
+        parser().error(device_problem(options.device))
     for flag in ("max_images", "batch_size", "steps"):
         if getattr(options, flag) < 1:
             parser().error(f"--{flag} must be at least 1")

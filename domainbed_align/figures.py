@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = p.parse_args(argv)
     if options.images < 1:
         p.error("--images must be at least 1")
+    if evaluate.device_problem(options.device):
+        p.error(evaluate.device_problem(options.device))
     try:
         checkpoint = read_checkpoint(options.model[0], "cpu")
         args = checkpoint["args"]

@@ -103,6 +103,14 @@ def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch
         assert "dataset 'VLCS' (one of DomainBed's) needs DomainBed" in error_of(["--model", str(vlcs)])
     with pytest.raises(SystemExit):  # argparse's own message and exit status 2
         evaluate.main(["--model", str(good), "--max_images", "0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(good), "--device", "gpu0"])
+    assert "--device 'gpu0' is not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            evaluate.main(["--model", str(good), "--device", "cuda"])
+        assert "this torch sees no CUDA device; use --device cpu" in capsys.readouterr().err
 
 
 @pytest.mark.integration

@@ -136,6 +136,8 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
 
     checkpoint = read_checkpoint(model_pkl, options.device)
     args = checkpoint["args"]
+    if options.hparams_seed is not None and args["hparams_seed"] != options.hparams_seed:
+        return  # not selected (filtered here, so each file is read once)
     algorithm = algorithm_from_checkpoint(checkpoint, options.device)
     for entry in evaluation_images(checkpoint, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
@@ -282,18 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(markdown_table(read_records(options.records)))
             return 0
         models = list(options.model) if options.model else find_models(options.input_dir)
-        if options.hparams_seed is not None:
-            from domainbed_align.checkpoints import read_checkpoint
-
-            models = [m for m in models if read_checkpoint(m)["args"]["hparams_seed"] == options.hparams_seed]
-            if not models:
-                raise CheckpointError(f"no run has hparams_seed {options.hparams_seed}.")
         records = []
         for model_pkl in models:
             for record in evaluate_model(model_pkl, options):
                 records.append(record)
                 if options.format == "jsonl":
                     print(json.dumps(record), flush=True)
+        if not records and options.hparams_seed is not None:
+            raise CheckpointError(f"no run has hparams_seed {options.hparams_seed}.")
     except DomainbedAlignError as error:
         print(f"domainbed-align: error: {error}", file=sys.stderr)
         return 1

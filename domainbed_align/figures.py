@@ -52,16 +52,17 @@ def unnormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images * std_t + mean_t).clamp(0, 1)
 
 
-def figure_rows(models: Sequence[Path], images: torch.Tensor, labels: torch.Tensor,
+def figure_rows(runs: Sequence[tuple[Path, dict]], images: torch.Tensor, labels: torch.Tensor,
                 device: str) -> list[tuple[str, torch.Tensor]]:
-    """``[(row label, [N, 3, H, W] in [0, 1])]``: the images, then each run's Grad-CAM overlay (and ALIGN's mask)."""
-    from domainbed_align.checkpoints import load_algorithm
+    """``[(row label, [N, 3, H, W] in [0, 1])]``: the images, then each run's Grad-CAM overlay (and ALIGN's mask).
+    ``runs``: (model.pkl path, its checkpoint as ``checkpoints.read_checkpoint`` returns it)."""
+    from domainbed_align.checkpoints import algorithm_from_checkpoint
     from domainbed_align.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     pictures = unnormalize(images, IMAGENET_MEAN, IMAGENET_STD)
     rows = [("image", pictures)]
-    for model_pkl in models:
-        algorithm = load_algorithm(model_pkl, device)
+    for model_pkl, checkpoint in runs:
+        algorithm = algorithm_from_checkpoint(checkpoint, device)
         run = model_pkl.parent.name
         name = algorithm.name if run == algorithm.name else f"{algorithm.name} {run[:8]}"  # sweeps name runs by hash
         rows.append((f"{name}\nGrad-CAM", heat_overlay(pictures, algorithm.explain(images, labels))))
@@ -110,12 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if evaluate.device_problem(options.device):
         p.error(evaluate.device_problem(options.device))
     try:
-        checkpoint = read_checkpoint(options.model[0], "cpu")
+        runs = [(model_pkl, read_checkpoint(model_pkl, options.device)) for model_pkl in options.model]
+        checkpoint = runs[0][1]
         args = checkpoint["args"]
-        others = {str(m): read_checkpoint(m, "cpu")["args"]["dataset"] for m in options.model[1:]}
-        if any(dataset != args["dataset"] for dataset in others.values()):
+        others = {other["args"]["dataset"] for _, other in runs[1:]}
+        if others - {args["dataset"]}:
             raise CheckpointError(f"the runs must share one dataset to be shown on the same images; {options.model[0]} "
-                                  f"is {args['dataset']}, the others {sorted(set(others.values()))}.")
+                                  f"is {args['dataset']}, the others {sorted(others)}.")
         env = args["test_envs"][0] if options.env is None else options.env
         dataset = evaluate.dataset_of_run(checkpoint, options.data_dir)
         if not 0 <= env < len(dataset.datasets):
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = [environment[i] for i in chosen]
         images = torch.stack([x for x, _ in samples]).to(options.device)
         labels = torch.tensor([int(y) for _, y in samples], device=options.device)
-        rows = figure_rows(options.model, images, labels, options.device)
+        rows = figure_rows(runs, images, labels, options.device)
     except DomainbedAlignError as error:
         print(f"domainbed-align: error: {error}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ our entries the moment DomainBed imports them.
 __version__ = "0.1.0"
 
 # Names this package adds to DomainBed's registries (kept here, torch-free, for the hook and the doctor).
-ALGORITHM_NAMES = ("TimmERM", "ALIGN")
+ALGORITHM_NAMES = ("TimmERM", "DRE", "ALIGN")
 
 
 def register() -> None:

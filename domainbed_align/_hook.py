@@ -231,3 +231,17 @@ def upstream_holdout_indices(environment: Any, holdout_fraction: float, trial_se
     out, _ = misc.split_dataset(environment, int(len(environment) * holdout_fraction),
                                 misc.seed_hash(trial_seed, env_index))
     return list(out.keys)
+
+
+def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms: list[str],
+                        test_envs: list[list[int]], n_hparams: int, n_trials: int, steps: int | None,
+                        hparams: str | None) -> list[Any]:
+    """Upstream ``sweep``'s own jobs (``make_args_list`` + ``Job``: the same arguments, seeds and md5-named folders
+    as ``sweep launch --single_test_envs``), restricted to ``test_envs``. ``domainbed`` must be importable."""
+    from domainbed.scripts import sweep
+
+    args_list = sweep.make_args_list(n_trials=n_trials, dataset_names=[dataset], algorithms=algorithms,
+                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
+                                     task="domain_generalization", holdout_fraction=0.2, single_test_envs=True,
+                                     hparams=hparams)
+    return [sweep.Job(args, output_dir) for args in args_list if args["test_envs"] in test_envs]

@@ -1,7 +1,7 @@
-"""Our algorithms: TimmERM (the same-backbone reference) and ALIGN.
+"""Our algorithms: TimmERM (the same-backbone reference), DRE and ALIGN.
 
-Both are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract; the registration hook
-(:mod:`domainbed_align._hook`) derives ``domainbed.algorithms.ALIGN`` / ``TimmERM`` from them.
+All are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract; the registration hook
+(:mod:`domainbed_align._hook`) derives ``domainbed.algorithms.ALIGN`` etc. from them.
 """
 
 from __future__ import annotations
@@ -23,15 +23,28 @@ class TimmERM(ExplanationGuidedAlgorithm):
     name = "TimmERM"
 
 
+class DRE(ExplanationGuidedAlgorithm):
+    """DRE (Li et al., "Are Data-driven Explanations Robust against Out-of-distribution Data?", CVPR 2023;
+    ``tangli-udel/DRE``, ``dre/mixuploss.py`` and ``dre/train.py``): CE + lambda_reg * DRE's same-class mixup
+    explanation-consistency term, on DRE's training Grad-CAM. ALIGN without its masker and alignment is this.
+    """
+
+    name = "DRE"
+    uses_gradcam = True
+    uses_mixup = True
+
+
 # Reported by ALIGN at every step (zeros during warm-up) so results.jsonl has the same keys throughout.
 MASKER_REPORT = ("masker_loss", "masker_fidelity", "masker_sparsity", "masker_smooth", "masker_distance",
-                 "mask_mean", "mask_kept")
+                 "mask_mean", "mask_kept", "masker_grad_norm")
 
 
 class ALIGN(ExplanationGuidedAlgorithm):
     """ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation.
 
     Warm-up (``warmup_steps`` update() calls): the classifier alone, CE + lambda_reg * DRE's mixup term.
+    Masker warm-up (the next ``masker_warmup_steps`` calls): the same classifier step, then ``masker_steps``
+    masker steps, so the first alignment target is a trained mask, not a random CNN's ~0.5 everywhere.
     Afterwards each update() runs one classifier step (masker frozen: its current mask is a constant target)
     with CE + lambda_align * BCE(Grad-CAM_y, M) + lambda_reg * L_mixup, then ``masker_steps`` masker steps
     (classifier frozen: eval mode, so neither its weights nor its BatchNorm statistics change). ALIGN thus gets
@@ -52,11 +65,17 @@ class ALIGN(ExplanationGuidedAlgorithm):
 
     @property
     def in_warmup(self) -> bool:
+        """The classifier's warm-up: the masker is not touched."""
         return self.steps_done < self.hparams["warmup_steps"]
+
+    @property
+    def aligning(self) -> bool:
+        """Past both warm-ups: the classifier step includes the alignment term."""
+        return self.steps_done >= self.hparams["warmup_steps"] + self.hparams["masker_warmup_steps"]
 
     def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
                          cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        if self.in_warmup:
+        if not self.aligning:
             return 0.0, {"align_bce": 0.0}
         masks = self.masker(images)  # kept with its graph for the masker step that follows
         self._masks_of_this_step = masks
@@ -72,16 +91,19 @@ class ALIGN(ExplanationGuidedAlgorithm):
 
     def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         masks, self._masks_of_this_step = self._masks_of_this_step, None
+        phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
+                                                                                and not self.aligning)}
         if self.in_warmup:
-            return {**{key: 0.0 for key in MASKER_REPORT}, "in_warmup": 1.0}
+            return {**{key: 0.0 for key in MASKER_REPORT}, **phase}
         for _ in range(self.hparams["masker_steps"]):
             terms = self.masker_step(images, labels, masks)
             masks = None  # later steps need the updated masker's mask
-        return {**terms, "in_warmup": 0.0}
+        return {**terms, **phase}
 
     def masker_step(self, images: torch.Tensor, labels: torch.Tensor,
-                    masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One masker update through the frozen classifier; returns the masker's terms and mask statistics.
+                    masks: torch.Tensor | None = None) -> dict[str, float]:
+        """One masker update through the frozen classifier; returns the masker's terms and mask statistics,
+        checked for finiteness before the masker's optimizer step.
 
         ``masks``: the current masker's output on ``images`` with its graph, if already computed.
         """
@@ -99,9 +121,11 @@ class ALIGN(ExplanationGuidedAlgorithm):
             parameters = list(self.masker.parameters())
             for parameter, gradient in zip(parameters, torch.autograd.grad(terms["loss"], parameters)):
                 parameter.grad = gradient
+            masks = masks.detach()
+            report = {**{f"masker_{key}": value for key, value in terms.items()},
+                      "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
+            floats = self.checked_floats(report, parameters, "masker_grad_norm", "masker step")
             self.masker_optimizer.step()
         finally:
             self.classifier.train(was_training)  # CamClassifier.train keeps freeze_bn
-        masks = masks.detach()
-        return {**{f"masker_{key}": value for key, value in terms.items()},
-                "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
+        return floats

@@ -159,14 +159,15 @@ class CamClassifier(nn.Module):
             self._resize(images), indices=[self.stage_index])
         return self.backbone.forward_head(features), activations
 
-    def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor | None,
-                          differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_cams(self, images: torch.Tensor, labels: torch.Tensor | None, differentiable: bool = True,
+                          relu: bool = True, weight_gradient: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, K]`` and each sample's Grad-CAM for class ``labels[i]``, ``[N, h, w]`` (not normalised).
 
         ``labels`` None explains each sample's predicted class (the argmax of its logits). ``differentiable``: the
         maps (and logits) keep their graph, so a loss on them trains the network. Without it both come back
         detached (explanations, not a training signal), and the closed form runs the whole forward pass without
-        autograd.
+        autograd. ``relu`` / ``weight_gradient``: the reading of the map a loss trains on (see
+        :mod:`domainbed_align.gradcam`; DRE's is ``False, False``); explanations use the defaults.
         """
         # Dropout between pooling and the linear layer makes the gradient sample-specific: autograd then.
         dropout_active = self.training and bool(getattr(self.backbone, "drop_rate", 0.0))
@@ -175,11 +176,14 @@ class CamClassifier(nn.Module):
                 logits, activations = self.forward_with_activations(images)
                 targets = logits.argmax(dim=1) if labels is None else labels
                 weights = self.backbone.get_classifier().weight[targets]
-                return logits, linear_head_grad_cam(activations, weights)
+                if not weight_gradient:
+                    weights = weights.detach()  # the gradient dy/dA as a constant, as captum computes it
+                return logits, linear_head_grad_cam(activations, weights, relu=relu)
         with torch.enable_grad():  # the autograd form needs a graph even for explanations
             logits, activations = self.forward_with_activations(images)
             targets = logits.detach().argmax(dim=1) if labels is None else labels
-            cams = grad_cam(activations, true_class_scores(logits, targets), create_graph=differentiable)
+            cams = grad_cam(activations, true_class_scores(logits, targets), create_graph=differentiable,
+                            relu=relu, weight_gradient=weight_gradient)
         return (logits, cams) if differentiable else (logits.detach(), cams.detach())
 
 

@@ -1,10 +1,11 @@
-"""The README's main job: a real DomainBed sweep of ALIGN against TimmERM on TextureMNIST, then its OOD table.
+"""The README's main job: TimmERM, DRE and ALIGN on TextureMNIST through upstream DomainBed, then its tables.
 
-``python -m domainbed_align.demo --domainbed_root DIR [--full]`` prepares the offline data, runs upstream's
-``sweep launch`` (local launcher) with our algorithms, shows progress, and prints ``collect_results``' table, then
-the explanation metrics of each run (``python -m domainbed_align.evaluate``).
-The default is a CPU-sized demo (short runs: its numbers show the pipeline works, not what ALIGN achieves);
-``--full`` runs DomainBed's usual run length and several hparam draws and trials, for a GPU.
+``python -m domainbed_align.demo --domainbed_root DIR [--full]`` prepares the offline data, runs upstream's own
+sweep jobs (``sweep.make_args_list`` and ``sweep.Job``: the same arguments, seeds and folders as ``sweep launch``)
+with our algorithms, shows progress, and prints ``collect_results``' table, then the explanation metrics of each
+run (``python -m domainbed_align.evaluate``), the masker's IoU with the digits among them.
+The default is sized for a 2-core CPU (see :data:`DEMO_WHY`); ``--full`` is DomainBed's protocol (every held-out
+domain, DomainBed's run length, 5 hparam draws, 3 trials), for a GPU.
 """
 
 from __future__ import annotations
@@ -12,18 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from domainbed_align import ALGORITHM_NAMES as ALGORITHMS
 from domainbed_align.errors import DomainbedAlignError
 from domainbed_align.records import readable_records
 
-DEMO = dict(steps=200, n_hparams=1, n_trials=1, hparams={"batch_size": 12, "warmup_steps": 60}, explained_images=100)
-FULL = dict(steps=None, n_hparams=5, n_trials=3, hparams={}, explained_images=500)
+ALGORITHMS = ("TimmERM", "DRE", "ALIGN")  # a fixed list: the reference, ALIGN's codebase, ALIGN
+PHOTOS = 3  # TextureMNIST's environment 'photos'
+DEMO = dict(steps=1000, n_hparams=1, n_trials=1, test_envs=[[PHOTOS]], parallel=2, explained_images=100,
+            hparams={"batch_size": 12, "warmup_steps": 500, "masker_warmup_steps": 200})
+FULL = dict(steps=None, n_hparams=5, n_trials=3, test_envs=None, parallel=1, explained_images=500, hparams={})
+DEMO_WHY = (
+    "one held-out domain (photos) instead of four, and 1000 steps instead of DomainBed's 5000, so that ALIGN's "
+    "three phases all happen on a 2-core CPU in about 25 minutes: classifier warm-up (steps 0-499, "
+    "warmup_steps 500 instead of the default 1000, which suits 5000-step runs), masker warm-up (500-699, "
+    "masker_warmup_steps 200, the default) and alignment (700-999); batch 12 per training domain; two runs at a "
+    "time with one torch thread each. One trial: the numbers show ALIGN in its working regime, not a ranking "
+    "(results/texturemnist_1000steps/ has three trials of the same runs).")
 
 
 def _environment(domainbed_root: Path) -> dict[str, str]:
@@ -97,16 +108,40 @@ def default_output_dir(dataset: str, full: bool, steps: int | None, n_hparams: i
     return Path("sweeps") / "out" / f"{dataset.lower()}_{mode}_{steps or 'default'}steps_{n_hparams}x{n_trials}"
 
 
+def launch_in_parallel(commands: list[str], env: dict[str, str], parallel: int) -> list[int]:
+    """Run upstream's job commands (shell strings, as its ``local`` launcher does), ``parallel`` at a time; with
+    more than one at a time each gets one torch thread (two runs on two cores beat one run on two). Returns the
+    exit codes in order."""
+    if parallel > 1:
+        env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    running: dict[int, subprocess.Popen] = {}
+    codes: dict[int, int] = {}
+    pending = list(enumerate(commands))
+    while pending or running:
+        while pending and len(running) < parallel:
+            index, command = pending.pop(0)
+            running[index] = subprocess.Popen(command, shell=True, env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)  # train.py keeps out.txt / err.txt
+        time.sleep(1)
+        for index, process in list(running.items()):
+            if process.poll() is not None:
+                codes[index] = process.returncode
+                del running[index]
+    return [codes[i] for i in range(len(commands))]
+
+
 def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: bool, steps: int | None,
-        n_hparams: int | None, n_trials: int | None, dataset: str) -> int:
+        n_hparams: int | None, n_trials: int | None, dataset: str, parallel: int | None = None,
+        algorithms: tuple[str, ...] = ALGORITHMS, hparams: dict | None = None) -> int:
     if not (domainbed_root / "domainbed" / "scripts" / "sweep.py").is_file():
         raise DomainbedAlignError(f"{domainbed_root} is not a DomainBed checkout (no domainbed/scripts/sweep.py); "
                                   "set DOMAINBED_ROOT to a clone of facebookresearch/DomainBed at b93c22a")
     config = dict(FULL if full else DEMO)
-    config.update({k: v for k, v in dict(steps=steps, n_hparams=n_hparams, n_trials=n_trials).items()
-                   if v is not None})
-    output_dir = (output_dir or default_output_dir(dataset, full, config["steps"], config["n_hparams"],
-                                                   config["n_trials"])).resolve()
+    config.update({k: v for k, v in dict(steps=steps, n_hparams=n_hparams, n_trials=n_trials,
+                                         parallel=parallel).items() if v is not None})
+    config["hparams"] = {**config["hparams"], **(hparams or {})}
+    output_dir = output_dir or default_output_dir(dataset, full, config["steps"], config["n_hparams"],
+                                                  config["n_trials"])
     settings = {"dataset": dataset, "steps": config["steps"], "hparams": config["hparams"],
                 "n_hparams": config["n_hparams"], "n_trials": config["n_trials"]}
     foreign = foreign_runs(output_dir, settings)
@@ -120,53 +155,82 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
                                str(data_dir)], env=env)
     if prepared.returncode != 0:
         return prepared.returncode  # prepare has printed its one-line reason
-    from domainbed_align.data import DATASETS
+    sys.path.insert(0, str(domainbed_root))
+    from domainbed_align import _hook
 
-    n_envs = len(DATASETS[dataset].ENVIRONMENTS)
-    total = len(ALGORITHMS) * n_envs * config["n_hparams"] * config["n_trials"]
-    label = "FULL" if full else "DEMO (short CPU runs: numbers show the pipeline works, not ALIGN's accuracy)"
-    print(f"== sweep: {' vs '.join(ALGORITHMS)} on {dataset}, {total} runs, {label}", flush=True)
-    sweep_args = ["--datasets", dataset, "--algorithms", *ALGORITHMS, "--n_hparams", str(config["n_hparams"]),
-                  "--n_trials", str(config["n_trials"]), "--single_test_envs", "--data_dir", str(data_dir),
-                  "--output_dir", str(output_dir), "--skip_confirmation", "--command_launcher", "local"]
-    if config["steps"]:
-        sweep_args += ["--steps", str(config["steps"])]
-    if config["hparams"]:
-        sweep_args += ["--hparams", json.dumps(config["hparams"])]
-    sweep = [sys.executable, "-m", "domainbed.scripts.sweep"]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    log = output_dir.parent / f"{output_dir.name}.log"
-    with open(log, "w") as handle:
-        # Runs an interrupted demo left half-done cannot resume in DomainBed and block `launch`: redo them.
-        cleaned = subprocess.run([*sweep, "delete_incomplete", *sweep_args], env=env, stdout=handle,
-                                 stderr=subprocess.STDOUT).returncode
-    if cleaned != 0:
-        print(f"error: `sweep delete_incomplete` failed; see {log}", file=sys.stderr)
-        return 1
-    command = [*sweep, "launch", *sweep_args]
-    print("   " + " ".join(command[1:]), flush=True)
+    jobs = _hook.upstream_sweep_jobs(
+        str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
+        [[i] for i in range(_n_environments(dataset))], config["n_hparams"], config["n_trials"], config["steps"],
+        json.dumps(config["hparams"]) if config["hparams"] else None)
+    jobs.sort(key=lambda job: -ALGORITHMS.index(job.train_args["algorithm"]))  # the longest runs first
+    total = len(jobs)
+    label = "FULL (DomainBed's protocol)" if full else "DEMO"
+    print(f"== {label}: {', '.join(algorithms)} on {dataset}, {total} runs, {config['parallel']} at a time",
+          flush=True)
+    if not full:
+        print(f"   why: {DEMO_WHY}", flush=True)
+    print(f"   hparams: {json.dumps(config['hparams']) or 'defaults'}; steps: {config['steps'] or 'default'}; "
+          f"test envs: {config['test_envs'] or 'each in turn'}; output: {output_dir}", flush=True)
+    for job in jobs:  # a run an interrupted demo left half-done cannot resume in DomainBed: redo it
+        if os.path.isdir(job.output_dir) and not os.path.exists(os.path.join(job.output_dir, "done")):
+            shutil.rmtree(job.output_dir)
+    to_run = [job for job in jobs if not os.path.exists(os.path.join(job.output_dir, "done"))]
+    for job in to_run:
+        os.makedirs(job.output_dir, exist_ok=True)
+    if to_run:
+        print("   e.g. " + to_run[0].command_str, flush=True)
     stop = threading.Event()
     watcher = threading.Thread(target=_progress, args=(output_dir, total, stop), daemon=True)
     watcher.start()
     started = time.monotonic()
-    with open(log, "a") as handle:
-        code = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    codes = launch_in_parallel([job.command_str for job in to_run], env, config["parallel"])
     stop.set()
     watcher.join()
-    done = sum((p / "done").exists() for p in output_dir.iterdir() if p.is_dir())
-    print(f"== sweep finished in {time.monotonic() - started:.0f}s: {done}/{total} runs done (log: {log})")
-    if code != 0 or done != total:
-        print(f"error: {total - done} of {total} runs did not finish; see {log} and each run's err.txt under "
-              f"{output_dir}. Rerun the same command to redo them (finished runs are kept).", file=sys.stderr)
+    done = sum(os.path.exists(os.path.join(job.output_dir, "done")) for job in jobs)
+    print(f"== runs finished in {time.monotonic() - started:.0f}s: {done}/{total} runs done")
+    if done != total:
+        failed = [job.output_dir for job, code in zip(to_run, codes) if code != 0]
+        print(f"error: {total - done} of {total} runs did not finish (e.g. {failed[:1]}); see each run's err.txt "
+              f"under {output_dir}. Rerun the same command to redo them (finished runs are kept).", file=sys.stderr)
         return 1
     table = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir",
                             str(output_dir)], env=env, capture_output=True, text=True)
     print(table.stdout)
-    (output_dir.parent / f"{output_dir.name}.table.txt").write_text(table.stdout)
+    output_dir.parent.joinpath(f"{output_dir.name}.table.txt").write_text(table.stdout)
     if table.returncode != 0:
         print(table.stderr, file=sys.stderr)
         return table.returncode
+    print(training_summary(jobs), flush=True)
     return explanation_table(output_dir, env, config["explained_images"])
+
+
+def _n_environments(dataset: str) -> int:
+    from domainbed_align.data import DATASETS
+
+    return len(DATASETS[dataset].ENVIRONMENTS)
+
+
+def training_summary(jobs: list) -> str:
+    """Each run's last checkpoint: the phase it ended in and the quantities a collapse shows in."""
+    lines = ["== last checkpoint of each run (mask_mean / zero_cams: an empty or full mask, blank Grad-CAMs)",
+             "| algorithm | test env | trial | step | val acc | test acc | mask_mean | mask_kept | zero_cams |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for job in jobs:
+        record = _last_record(Path(job.output_dir))
+        if record is None:
+            continue
+        args = record["args"]
+        test_env = args["test_envs"][0]
+        train_envs = [k[3:-len("_out_acc")] for k in record if k.startswith("env") and k.endswith("_out_acc")
+                      and int(k[3:-len("_out_acc")]) not in args["test_envs"]]
+        validation = sum(record[f"env{e}_out_acc"] for e in train_envs) / max(len(train_envs), 1)
+
+        def cell(key: str) -> str:
+            return f"{record[key]:.3f}" if key in record else "-"
+        lines.append(f"| {args['algorithm']} | {test_env} | {args['trial_seed']} | {record['step']} | "
+                     f"{validation:.3f} | {record[f'env{test_env}_in_acc']:.3f} | {cell('mask_mean')} | "
+                     f"{cell('mask_kept')} | {cell('zero_cams')} |")
+    return "\n".join(lines)
 
 
 def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) -> int:
@@ -201,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=None,
                         help="default: sweeps/out/<dataset>_<demo|full>_<steps>steps_<n_hparams>x<n_trials>")
     parser.add_argument("--dataset", default="TextureMNIST", choices=["TextureMNIST", "SpuriousTextureMNIST"])
-    parser.add_argument("--full", action="store_true", help="DomainBed's run length, 5 hparam draws, 3 trials")
+    parser.add_argument("--full", action="store_true",
+                        help="DomainBed's protocol: every held-out domain, its run length, 5 hparam draws, 3 trials")
     parser.add_argument("--steps", type=_positive_int)
     parser.add_argument("--n_hparams", type=_positive_int)
     parser.add_argument("--n_trials", type=_positive_int)
+    parser.add_argument("--parallel", type=_positive_int, help="runs at a time (demo 2, one thread each; full 1)")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
+                        help="a subset of the fixed list")
+    parser.add_argument("--hparams", type=json.loads, help="JSON object merged into the mode's --hparams (e.g. "
+                                                           "'{\"masker_warmup_steps\": 0}' for an ablation)")
     args = parser.parse_args(argv)
     if not args.domainbed_root:
         print("error: no DomainBed: pass --domainbed_root or set DOMAINBED_ROOT to a clone of "
@@ -212,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         output_dir = Path(args.output_dir) if args.output_dir else None
-        return run(Path(args.domainbed_root).resolve(), Path(args.data_dir).resolve(), output_dir, args.full,
-                   args.steps, args.n_hparams, args.n_trials, args.dataset)
+        # data_dir and output_dir stay as given (relative by default): train.py records them in every result
+        return run(Path(args.domainbed_root).resolve(), Path(args.data_dir), output_dir, args.full,
+                   args.steps, args.n_hparams, args.n_trials, args.dataset, args.parallel, tuple(args.algorithms),
+                   args.hparams)
     except DomainbedAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,9 @@ with ``--format table`` a markdown table averaged over the runs of each algorith
 run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
 ``--records FILE`` tabulates saved JSON lines. On datasets with ground-truth foreground masks (TextureMNIST,
 SpuriousTextureMNIST) it also reports ``foreground_mass``, the share of the Grad-CAM's mass on the object, next to
-``foreground_share``, the object's share of the image (what a uniform map scores).
+``foreground_share``, the object's share of the image (what a uniform map scores), and for ALIGN its masker's own
+mask against the object: ``masker_iou`` (mask > 0.5), ``masker_soft_iou`` (sum(min) / sum(max)) and ``mask_mean``,
+beside ``all_ones_iou``, the IoU of a mask that keeps everything.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from domainbed_align.errors import CheckpointError, DomainbedAlignError, Results
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
 FOREGROUND = ("foreground_mass", "foreground_share")  # None where the dataset has no ground-truth masks
+MASKER = ("masker_iou", "masker_soft_iou", "all_ones_iou", "mask_mean")  # ALIGN on datasets with masks, else None
 
 
 def find_models(input_dir: str | os.PathLike) -> list[Path]:
@@ -124,10 +127,18 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
             masks = torch.stack([environment.mask(i) for i in chunk]).flatten(0, 1).to(device)  # [N, H, W]
             batch["foreground_mass"] = metrics.foreground_mass(saliency, masks)
             batch["foreground_share"] = masks.flatten(1).mean(1)
+            if hasattr(algorithm, "masker"):  # ALIGN: is its mask the object?
+                with torch.no_grad():
+                    kept = algorithm.masker(images).squeeze(1).float()
+                batch["masker_iou"] = metrics.mask_iou(kept, masks)
+                batch["masker_soft_iou"] = metrics.mask_iou(kept, masks, threshold=None)
+                batch["all_ones_iou"] = metrics.mask_iou(torch.ones_like(kept), masks)
+                batch["mask_mean"] = kept.flatten(1).mean(1)
         for key, values in batch.items():
             sums[key] += float(values.sum())
-    means = {key: sums[key] / max(len(order), 1) for key in (*REPORTED, *FOREGROUND)}
-    return {"n_images": len(order), **{key: (means[key] if key in sums else None) for key in means}}
+    measured = set(sums)  # before the lookups below, which would add the missing keys to the defaultdict
+    means = {key: sums[key] / max(len(order), 1) for key in (*REPORTED, *FOREGROUND, *MASKER)}
+    return {"n_images": len(order), **{key: (means[key] if key in measured else None) for key in means}}
 
 
 def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dict]:
@@ -179,7 +190,7 @@ def markdown_table(records: list[dict]) -> str:
     for record in records:
         groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"])].append(record)
     columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps",
-               *FOREGROUND)
+               *FOREGROUND, *MASKER)
     lines = ["| dataset | algorithm | environment | runs | images | " + " | ".join(columns) + " |",
              "|" + "---|" * (5 + len(columns))]
     for (dataset, algorithm, env_name, split), group in sorted(groups.items()):

@@ -50,42 +50,60 @@ def alignment_bce(cam: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> t
 
 def same_class_partners(labels: torch.Tensor, num_classes: int | None = None,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """For each sample, the index of a random other sample of the same class (itself if it is alone).
+    """For each sample, the index of a random sample of the same class: a uniform random permutation within each
+    class, as DRE's ``inp[torch.randperm(len(inp))]`` per class (so a sample can be its own partner).
 
-    Vectorised and free of host syncs when ``num_classes`` is given: shuffle on the labels' device, sort by
-    label, and pair each sample with the next one of its class group, cyclically.
+    Vectorised and free of host syncs: two independent shuffles, each stably sorted by label, list every class
+    group in two independent random orders; pairing them position by position is a uniform permutation per group.
+    ``num_classes`` is accepted for symmetry with :func:`class_group_weights` and unused.
     """
     n = labels.numel()
     device = labels.device if generator is None else generator.device
-    shuffle = torch.randperm(n, generator=generator, device=device).to(labels.device)
-    order = shuffle[torch.sort(labels[shuffle], stable=True).indices]
-    sorted_labels = labels[order]
-    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
-    counts.scatter_add_(0, sorted_labels, torch.ones_like(sorted_labels))
-    starts = torch.cumsum(counts, 0) - counts
-    group_start, group_size = starts[sorted_labels], counts[sorted_labels]
-    position = torch.arange(n, device=labels.device)
-    partner_position = group_start + (position - group_start + 1) % group_size
-    partners = torch.empty_like(order)
-    partners[order] = order[partner_position]
+
+    def grouped_random_order() -> torch.Tensor:
+        shuffle = torch.randperm(n, generator=generator, device=device).to(labels.device)
+        return shuffle[torch.sort(labels[shuffle], stable=True).indices]
+
+    first, second = grouped_random_order(), grouped_random_order()
+    partners = torch.empty_like(first)
+    partners[first] = second
     return partners
 
 
-def dre_mixup_loss(cam: torch.Tensor, cam_partner: torch.Tensor, cam_mixed: torch.Tensor,
-                   mix_weight: torch.Tensor, logits_mixed: torch.Tensor,
-                   labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """DRE's regulariser on a same-class mixup batch x_mix = lam*x + (1-lam)*x'.
+def class_group_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``1 / (n_c * num_classes)`` for each sample of class c: a per-sample quantity summed with these weights is
+    DRE's reduction, the mean within each class group, summed over the groups present, divided by the number of
+    classes of the dataset (not of the batch). Sync-free."""
+    counts = torch.zeros(num_classes, dtype=torch.float32, device=labels.device)
+    counts.scatter_add_(0, labels, torch.ones_like(labels, dtype=torch.float32))
+    return 1.0 / (counts[labels] * num_classes)
 
-    All maps ``[N, h, w]`` min-max normalised; ``mix_weight`` is lam, ``[N]``.
-    consistency = mean |cam_mixed - (lam*cam + (1-lam)*cam_partner)|;
-    sparsity = mean of the maps of originals and mixes (they are >= 0, so this is their mean L1 norm);
-    mixed CE = CE(f(x_mix), y). Total = 1.0*consistency + 0.5*sparsity + 0.1*mixed CE (DRE's weights).
+
+def dre_sparsity(maps: torch.Tensor) -> torch.Tensor:
+    """DRE's sparsity of each map ``[N, h, w]``, ``[N]``: its code's ``torch.linalg.norm(attr, dim=(1, 2), ord=1)``
+    on ``[N, 1, h, w]`` is a matrix 1-norm over (channel, height), i.e. the largest |value| of each column, then the
+    mean (over columns here; DRE's mean is over samples and columns at once, which the group weights complete)."""
+    return torch.linalg.matrix_norm(maps.unsqueeze(1), ord=1, dim=(1, 2)).mean(dim=1)
+
+
+def dre_mixup_loss(cam: torch.Tensor, cam_partner: torch.Tensor, cam_mixed: torch.Tensor,
+                   mix_weight: torch.Tensor, logits_mixed: torch.Tensor, labels: torch.Tensor,
+                   num_classes: int) -> dict[str, torch.Tensor]:
+    """DRE's regulariser (``dre/mixuploss.py``) on a same-class mixup batch x_mix = lam*x + (1-lam)*x'.
+
+    All maps ``[N, h, w]`` min-max normalised; ``mix_weight`` is lam, ``[N]``. Per sample:
+    consistency = mean |cam_mixed - (lam*cam + (1-lam)*cam_partner)| (DRE's L1Loss);
+    sparsity = (dre_sparsity(cam) + dre_sparsity(cam_mixed)) / 2; mixed CE = CE(f(x_mix), y).
+    Each is reduced as DRE reduces it (:func:`class_group_weights`). Total = 1.0*consistency + 0.5*sparsity +
+    0.1*mixed CE (DRE's weights).
     """
+    weights = class_group_weights(labels, num_classes)
     lam = mix_weight.view(-1, 1, 1).to(cam.dtype)
-    consistency = (cam_mixed - (lam * cam + (1 - lam) * cam_partner)).abs().mean()
-    sparsity = torch.cat([cam, cam_mixed]).abs().mean()
-    mixed_ce = F.cross_entropy(logits_mixed.float(), labels)
-    loss = (DRE_CONSISTENCY_WEIGHT * consistency + DRE_SPARSITY_WEIGHT * sparsity
-            + DRE_MIXED_CE_WEIGHT * mixed_ce)
-    return {"loss": loss, "consistency": consistency, "sparsity": sparsity, "mixed_ce": mixed_ce}
+    consistency = (cam_mixed - (lam * cam + (1 - lam) * cam_partner)).abs().flatten(1).mean(dim=1)
+    sparsity = (dre_sparsity(cam) + dre_sparsity(cam_mixed)) / 2
+    mixed_ce = F.cross_entropy(logits_mixed.float(), labels, reduction="none")
+    terms = {"consistency": (weights * consistency).sum(), "sparsity": (weights * sparsity).sum(),
+             "mixed_ce": (weights * mixed_ce).sum()}
+    loss = (DRE_CONSISTENCY_WEIGHT * terms["consistency"] + DRE_SPARSITY_WEIGHT * terms["sparsity"]
+            + DRE_MIXED_CE_WEIGHT * terms["mixed_ce"])
+    return {"loss": loss, **terms}

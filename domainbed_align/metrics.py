@@ -160,6 +160,24 @@ def foreground_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return torch.where(total > 0, on_foreground / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
 
 
+def mask_iou(masks: torch.Tensor, objects: torch.Tensor, threshold: float | None = 0.5) -> torch.Tensor:
+    """``[N]`` IoU of soft masks ``[N, H, W]`` in [0, 1] with ground-truth objects ``[N, H, W]`` (1 = object).
+
+    ``threshold`` t: the hard IoU of ``masks > t``; None: the soft IoU ``sum(min(m, o)) / sum(max(m, o))``. Both
+    are 1 for a perfect mask; an all-ones mask scores the object's share of the image; an empty prediction of an
+    empty object scores 1 (nothing to find, nothing claimed)."""
+    if not isinstance(masks, torch.Tensor) or not isinstance(objects, torch.Tensor) or masks.dim() != 3 \
+            or masks.shape != objects.shape:
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (masks, objects)]
+        raise MetricInputError(f"masks and objects must both be [N, H, W] of one shape; got {shapes[0]} and "
+                               f"{shapes[1]}.")
+    predicted = (masks > threshold).float() if threshold is not None else masks.float()
+    truth = objects.to(predicted)
+    intersection = torch.minimum(predicted, truth).flatten(1).sum(1)
+    union = torch.maximum(predicted, truth).flatten(1).sum(1)
+    return torch.where(union > 0, intersection / union.clamp(min=torch.finfo(union.dtype).tiny), 1.0)
+
+
 def check_settings(fractions: Sequence[float] = DEFAULT_FRACTIONS, steps: int = INSERTION_STEPS) -> None:
     """One MetricInputError for fractions outside (0, 1] or a step count below 1 (callers check before any work)."""
     fractions = tuple(fractions)

@@ -2,9 +2,10 @@
 
 :class:`ExplanationGuidedAlgorithm` owns the machinery: the timm classifier from the one factory, its
 optimizer, mixed precision, the batched differentiable Grad-CAM of the true class, DRE's same-class mixup
-term and the conversion of every loss term to Python floats. A method overrides one small hook,
-:meth:`explanation_loss` (and, for ALIGN, :meth:`after_classifier_step` for its masker). The class imports no
-DomainBed: the registration hook mixes ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
+term, the check that stops a diverged step before its optimizer step, the collapse warnings and the conversion
+of every loss term to Python floats. A method overrides one small hook, :meth:`explanation_loss` (and, for ALIGN,
+:meth:`after_classifier_step` for its masker). The class imports no DomainBed: the registration hook mixes
+``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.explain import check_explanation_inputs, grad_cam_explanations
-from domainbed_align.gradcam import normalize_per_sample
+from domainbed_align.gradcam import normalize_per_sample, zero_map_share
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
+from domainbed_align.monitor import CollapseMonitor
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -68,6 +70,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
+        self.monitor = CollapseMonitor(type(self).__name__)
 
     # --- the hooks a method overrides ---------------------------------------------------------------
     def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
@@ -80,7 +83,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
         return 0.0, {}
 
     def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Work done after each classifier step (ALIGN: its masker steps); returns terms to report."""
+        """Work done after each classifier step (ALIGN: its masker steps); returns terms to report (floats,
+        each optimizer step checked with :meth:`checked_floats` before it is taken)."""
         return {}
 
     # --- DomainBed contract -------------------------------------------------------------------------
@@ -92,10 +96,12 @@ class ExplanationGuidedAlgorithm(nn.Module):
             loss, terms = self.classifier_loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        floats = self.checked_floats({"loss": loss, **terms}, self.classifier.parameters(), "grad_norm",
+                                     "classifier step")  # raises before the weights change
         self.optimizer.step()
         with self.autocast(images):
-            reported = self.after_classifier_step(images, labels)
-        floats = self._to_python({"loss": loss, **terms, **reported})
+            floats.update(self.after_classifier_step(images, labels))
+        self.monitor.observe(self.steps_done, floats)
         self.steps_done += 1
         return floats
 
@@ -137,12 +143,16 @@ class ExplanationGuidedAlgorithm(nn.Module):
             mixed = lam * images + (1 - lam) * images[partners]
             # One forward over originals and mixes; mixes share their label (same-class pairs).
             batch, batch_labels = torch.cat([images, mixed]), torch.cat([labels, labels])
-        logits, raw_cams = self.classifier.forward_with_cams(batch, batch_labels)
+        logits, raw_cams = self.classifier.forward_with_cams(
+            batch, batch_labels, relu=self.hparams["train_cam_relu"],
+            weight_gradient=self.hparams["train_cam_weight_gradient"])
         cams = normalize_per_sample(raw_cams.float())
         cross_entropy = F.cross_entropy(logits[:n].float(), labels)
-        loss, terms = cross_entropy, {"ce": cross_entropy}
+        # zero_cams: the standard (ReLU) Grad-CAM of the originals is zero everywhere, whichever map is trained on
+        loss, terms = cross_entropy, {"ce": cross_entropy, "zero_cams": zero_map_share(raw_cams[:n])}
         if self.uses_mixup:
-            regulariser = dre_mixup_loss(cams[:n], cams[:n][partners], cams[n:], mix_weight, logits[n:], labels)
+            regulariser = dre_mixup_loss(cams[:n], cams[:n][partners], cams[n:], mix_weight, logits[n:], labels,
+                                         self.num_classes)
             loss = loss + self.hparams["lambda_reg"] * regulariser["loss"]
             terms.update({f"reg_{key}" if key != "loss" else "reg": value for key, value in regulariser.items()})
         explanation, explanation_terms = self.explanation_loss(images, labels, cams[:n])
@@ -174,19 +184,31 @@ class ExplanationGuidedAlgorithm(nn.Module):
             return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return contextlib.nullcontext()
 
-    def _to_python(self, terms: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
-        """All reported terms as floats with one host sync; a non-finite one stops the run, naming it."""
+    def checked_floats(self, terms: Mapping[str, torch.Tensor | float], parameters: Any, norm_name: str,
+                       where: str) -> dict[str, float]:
+        """The loss terms and the gradient norm of ``parameters`` (as ``norm_name``) as floats, read back in one
+        host sync; a non-finite one raises :class:`NonFiniteLossError` naming it, the step and ``where``.
+
+        Called after ``backward()`` and before ``optimizer.step()``, so a diverged step never reaches the weights.
+        """
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        if gradients:
+            terms = {**terms, norm_name: torch.nn.utils.get_total_norm(gradients)}
         tensor_names = [k for k, v in terms.items() if isinstance(v, torch.Tensor)]
         floats = {k: float(v) for k, v in terms.items() if not isinstance(v, torch.Tensor)}
         if tensor_names:
             stacked = torch.stack([terms[k].detach().float().reshape(()) for k in tensor_names])
             floats.update(zip(tensor_names, stacked.tolist()))
         floats = {k: floats[k] for k in terms}
-        bad = sorted(k for k, v in floats.items() if not math.isfinite(v))
+        bad = [k for k, v in floats.items() if not math.isfinite(v)]
         if bad:
+            losses = [k for k in bad if k != norm_name]
+            culprit = (f"non-finite {', '.join(f'{k}={floats[k]}' for k in losses)}" if losses else
+                       f"non-finite gradient ({norm_name}={floats[norm_name]}) of finite loss terms "
+                       f"({', '.join(f'{k}={v:.4g}' for k, v in floats.items() if k != norm_name)})")
             raise NonFiniteLossError(
-                f"{type(self).__name__}: non-finite {', '.join(f'{k}={floats[k]}' for k in bad)} at step "
-                f"{self.steps_done}; lower 'lr' or the lambda_* weights, or set "
+                f"{type(self).__name__}: {culprit} at step {self.steps_done} ({where}); the run stopped before "
+                f"the optimizer step, so no weight took it. Lower 'lr' or the lambda_* weights, or set "
                 f"--hparams '{{\"mixed_precision\": \"off\"}}'. Earlier checkpoints in results.jsonl are intact.")
         return floats
 

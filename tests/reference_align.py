@@ -7,9 +7,11 @@ loop. The classifier must be in eval mode (BatchNorm on running statistics), so 
 
 Choices the method file leaves open follow the project's documented defaults: the mask is area-downsampled to
 the Grad-CAM grid (``align_resolution='cam'``), sparsity is mean |M|, smoothness is anisotropic total
-variation (mean |vertical diff| + mean |horizontal diff|), DRE's per-class terms are summed over classes and
-divided by the number of samples (i.e. every sample weighs the same), and min-max normalisation adds 1e-7 to
-the range.
+variation (mean |vertical diff| + mean |horizontal diff|). DRE's term follows its code (``dre/mixuploss.py``):
+per class present, the group's mean L1 consistency, the mean of each map's matrix 1-norm over (channel, height)
+and the group's mixed CE, summed over classes and divided by the number of classes; the training Grad-CAM is
+captum's LayerGradCam with its defaults (no ReLU, channel weights without gradient) unless the hparams ask for
+the standard map differentiated fully. Min-max normalisation adds 1e-7 to the range.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ def resnet_forward(backbone: nn.Module, images: torch.Tensor, input_size: int,
     return backbone.fc(pooled), captured
 
 
-def normalized_gradcam(logits: torch.Tensor, feature_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Differentiable true-class Grad-CAM, min-max normalised per sample: ``[N, h, w]``."""
+def normalized_gradcam(logits: torch.Tensor, feature_map: torch.Tensor, labels: torch.Tensor,
+                       relu: bool = False, weight_gradient: bool = False) -> torch.Tensor:
+    """Differentiable true-class Grad-CAM, min-max normalised per sample: ``[N, h, w]``. Defaults: DRE's map."""
     score = logits[torch.arange(len(labels)), labels].sum()
-    (gradient,) = torch.autograd.grad(score, feature_map, create_graph=True)
+    (gradient,) = torch.autograd.grad(score, feature_map, create_graph=weight_gradient, retain_graph=True)
     weights = gradient.mean(dim=(2, 3))  # [N, C]: global-average-pooled gradients
     maps = []
     for i in range(len(labels)):
-        cam = F.relu((weights[i].view(-1, 1, 1) * feature_map[i]).sum(dim=0))
+        cam = (weights[i].view(-1, 1, 1) * feature_map[i]).sum(dim=0)
+        cam = F.relu(cam) if relu else cam
         maps.append((cam - cam.min()) / (cam.max() - cam.min() + NORM_EPS))
     return torch.stack(maps)
 
@@ -74,20 +78,22 @@ def mix_per_class(images: torch.Tensor, labels: torch.Tensor, partners: torch.Te
 
 
 def dre_mixup_term(cams: torch.Tensor, cams_mixed: torch.Tensor, logits_mixed: torch.Tensor,
-                   labels: torch.Tensor, partners: torch.Tensor, lam: torch.Tensor) -> dict[str, torch.Tensor]:
-    """DRE's regulariser with a per-class loop: 1.0 consistency + 0.5 sparsity + 0.1 mixed CE."""
-    n, pixels = len(labels), cams[0].numel()
-    consistency_sum = cams.new_zeros(())
-    mixed_ce_sum = cams.new_zeros(())
+                   labels: torch.Tensor, partners: torch.Tensor, lam: torch.Tensor,
+                   num_classes: int) -> dict[str, torch.Tensor]:
+    """DRE's regulariser with its per-class loop: 1.0 consistency + 0.5 sparsity + 0.1 mixed CE."""
+    consistency = cams.new_zeros(())
+    sparsity = cams.new_zeros(())
+    mixed_ce = cams.new_zeros(())
     for c in labels.unique().tolist():
-        for i in (labels == c).nonzero().flatten().tolist():
-            j = int(partners[i])
-            expected = lam[i] * cams[i] + (1 - lam[i]) * cams[j]
-            consistency_sum = consistency_sum + (cams_mixed[i] - expected).abs().sum()
-            mixed_ce_sum = mixed_ce_sum - F.log_softmax(logits_mixed[i], dim=0)[c]
-    consistency = consistency_sum / (n * pixels)
-    sparsity = (cams.abs().sum() + cams_mixed.abs().sum()) / (2 * n * pixels)  # mean L1 of the maps
-    mixed_ce = mixed_ce_sum / n
+        members = (labels == c).nonzero().flatten().tolist()
+        expected = torch.stack([lam[i] * cams[i] + (1 - lam[i]) * cams[int(partners[i])] for i in members])
+        consistency = consistency + (cams_mixed[members] - expected).abs().mean()
+        column_max = [torch.stack([cams[i][:, col].abs().max() for col in range(cams.shape[-1])]) for i in members]
+        column_max_mixed = [torch.stack([cams_mixed[i][:, col].abs().max() for col in range(cams.shape[-1])])
+                            for i in members]
+        sparsity = sparsity + (torch.stack(column_max).mean() + torch.stack(column_max_mixed).mean()) / 2
+        mixed_ce = mixed_ce + torch.stack([-F.log_softmax(logits_mixed[i], dim=0)[c] for i in members]).mean()
+    consistency, sparsity, mixed_ce = consistency / num_classes, sparsity / num_classes, mixed_ce / num_classes
     loss = (DRE_WEIGHTS["consistency"] * consistency + DRE_WEIGHTS["sparsity"] * sparsity
             + DRE_WEIGHTS["mixed_ce"] * mixed_ce)
     return {"loss": loss, "consistency": consistency, "sparsity": sparsity, "mixed_ce": mixed_ce}
@@ -97,14 +103,15 @@ def classifier_loss(backbone: nn.Module, masker: nn.Module, images: torch.Tensor
                     partners: torch.Tensor, lam: torch.Tensor, hparams: Mapping[str, Any], input_size: int,
                     stage_name: str) -> dict[str, torch.Tensor]:
     """L_clf = CE(f(x), y) + lambda_align * BCE(GradCAM_y(x), M(x)) + lambda_reg * L_reg (masker frozen)."""
+    cam_form = dict(relu=hparams["train_cam_relu"], weight_gradient=hparams["train_cam_weight_gradient"])
     logits, feature_map = resnet_forward(backbone, images, input_size, stage_name)
-    cams = normalized_gradcam(logits, feature_map, labels)
+    cams = normalized_gradcam(logits, feature_map, labels, **cam_form)
     mixed = mix_per_class(images, labels, partners, lam)
     logits_mixed, feature_map_mixed = resnet_forward(backbone, mixed, input_size, stage_name)
-    cams_mixed = normalized_gradcam(logits_mixed, feature_map_mixed, labels)  # mixes keep their class
+    cams_mixed = normalized_gradcam(logits_mixed, feature_map_mixed, labels, **cam_form)  # mixes keep their class
 
     cross_entropy = F.cross_entropy(logits, labels)
-    regulariser = dre_mixup_term(cams, cams_mixed, logits_mixed, labels, partners, lam)
+    regulariser = dre_mixup_term(cams, cams_mixed, logits_mixed, labels, partners, lam, backbone.fc.out_features)
     with torch.no_grad():
         target = F.adaptive_avg_pool2d(masker(images), cams.shape[-2:]).squeeze(1)  # area-downsampled mask
     prediction = cams.clamp(BCE_CLAMP, 1 - BCE_CLAMP)

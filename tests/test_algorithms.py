@@ -22,8 +22,10 @@ def _batches(n_envs=2, per_env=4, shape=SHAPE, classes=3, seed=0):
 
 
 def _align(**overrides) -> ALIGN:
+    """An ALIGN whose alignment starts right after ``warmup_steps`` unless ``masker_warmup_steps`` is given."""
     torch.manual_seed(0)
-    return ALIGN(SHAPE, 3, 2, hparams_lib.default_hparams("ALIGN", "Debug28", **overrides))
+    return ALIGN(SHAPE, 3, 2, hparams_lib.default_hparams("ALIGN", "Debug28", **{"masker_warmup_steps": 0,
+                                                                                   **overrides}))
 
 
 def _state(module: torch.nn.Module) -> dict:
@@ -115,7 +117,7 @@ def test_timm_erm_is_cross_entropy_only():
     torch.manual_seed(0)
     erm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
     out = erm.update(_batches())
-    assert set(out) == {"loss", "ce"} and out["loss"] == out["ce"]
+    assert set(out) == {"loss", "ce", "grad_norm"} and out["loss"] == out["ce"] and out["grad_norm"] > 0
     assert not hasattr(erm, "masker")
 
 
@@ -288,11 +290,16 @@ class _HostSyncRecorder(TorchDispatchMode):
     ({"warmup_steps": 0}, (3, 56, 56)),                            # Grad-CAM at layer2: the autograd form
     ({"warmup_steps": 0, "gradcam_layer": "layer4"}, (3, 112, 112)),  # layer4: the closed form
     ({"warmup_steps": 5}, (3, 56, 56)),                            # warm-up: classifier and mixup only
+    ({"warmup_steps": 0, "masker_warmup_steps": 5}, (3, 56, 56)),  # masker warm-up: no alignment term yet
     ({"warmup_steps": 0, "masker_steps": 2}, (3, 56, 56)),
-], ids=["autograd-cam", "closed-form-cam", "warmup", "two-masker-steps"])
+    ({"warmup_steps": 0, "train_cam_relu": True, "train_cam_weight_gradient": True}, (3, 56, 56)),
+], ids=["autograd-cam", "closed-form-cam", "warmup", "masker-warmup", "two-masker-steps", "full-gradient-cam"])
 def test_update_reads_nothing_back_from_the_device_before_its_report(overrides, shape):
-    """The one host sync of an update is the final report (_to_python's tolist, a copy invisible on CPU)."""
+    """The only host reads of an update are the checks right before each optimizer step (checked_floats' one
+    tolist each: the classifier's, then each masker step's; a copy invisible on CPU): nothing else waits for
+    the device."""
     torch.manual_seed(0)
+    overrides = {"masker_warmup_steps": 0, **overrides}
     algorithm = ALIGN(shape, 3, 2, hparams_lib.default_hparams("ALIGN", "Debug28", **overrides))
     assert algorithm.classifier.closed_form_cam == (overrides.get("gradcam_layer") == "layer4")
     batches = _batches(shape=shape)

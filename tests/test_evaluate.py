@@ -155,4 +155,4 @@ def test_table_shows_a_dash_where_a_dataset_has_no_foreground_masks():
     older = {key: value for key, value in record.items() if key not in evaluate.FOREGROUND}  # saved before the columns
     for records in ([record], [older]):
         row = evaluate.markdown_table(records).splitlines()[-1]
-        assert row.endswith("| 0.500 | - | - |")
+        assert row.endswith("| 0.500 | - | - | - | - | - | - |")  # foreground and masker columns

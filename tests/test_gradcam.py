@@ -103,7 +103,7 @@ def test_closed_form_is_used_only_where_it_is_exact(monkeypatch):
 
     assert not _classifier(56, "layer3").closed_form_cam  # layer4 follows: the gradient needs a backward pass
     calls = []
-    monkeypatch.setattr(backbones, "linear_head_grad_cam", lambda *a: calls.append(1) or linear_head_grad_cam(*a))
+    monkeypatch.setattr(backbones, "linear_head_grad_cam", lambda *a, **k: calls.append(1) or linear_head_grad_cam(*a, **k))
     model = _classifier(64, "layer4", drop_rate=0.5)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
     model.train().forward_with_cams(images, labels)  # dropout before fc: per-sample gradient, autograd

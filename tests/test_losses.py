@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from domainbed_align.losses import (alignment_bce, dre_mixup_loss, masker_loss, same_class_partners,
-                                    total_variation)
+from domainbed_align.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity, masker_loss,
+                                    same_class_partners, total_variation)
 
 
 def test_total_variation_by_hand():
@@ -54,32 +54,49 @@ def test_alignment_bce_runs_in_float32_under_autocast():
 
 
 def test_dre_mixup_loss_by_hand():
-    cam = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    cam_partner = torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]])
-    cam_mixed = torch.tensor([[[0.5, 0.5]], [[0.0, 0.0]]])
-    lam = torch.tensor([0.5, 0.25])
-    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
-    labels = torch.tensor([0, 0])
-    terms = dre_mixup_loss(cam, cam_partner, cam_mixed, lam, logits, labels)
-    # targets: s0 0.5*[1,0]+0.5*[0,1] = [.5,.5] -> |diff| 0,0 ; s1 .25*[0,1]+.75*[1,0] = [.75,.25] -> .75,.25
-    consistency = (0 + 0 + 0.75 + 0.25) / 4
-    sparsity = (1 + 1 + 1 + 0) / 8  # originals sum 2 over 4 pixels, mixes sum 1 over 4
-    mixed_ce = (math.log(2.0) + -math.log(0.75)) / 2
+    # Two samples of class 0, one of class 1, none of class 2: DRE divides by the dataset's 3 classes.
+    cam = torch.tensor([[[1.0, 0.0], [0.5, 0.0]], [[0.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.5]]])
+    partners = torch.tensor([1, 0, 2])  # sample 2 is its own partner
+    lam = torch.tensor([0.5, 0.25, 1.0])
+    cam_mixed = torch.tensor([[[0.5, 0.5], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]])
+    logits = torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0], [0.0, math.log(3.0), 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    terms = dre_mixup_loss(cam, cam[partners], cam_mixed, lam, logits, labels, num_classes=3)
+    # L1 per class group (DRE's L1Loss): group 0 targets [[.5,.5],[.25,0]] (|diff| 0) and [[.75,.25],[.375,0]]
+    # (|diff| sum 1.375) -> 1.375 / 8; group 1 target = cam 2, |diff| 0.5 on one pixel -> 0.5 / 4.
+    consistency = (1.375 / 8 + 0.5 / 4) / 3
+    # Matrix 1-norm over (channel, height): each column's largest value, then the mean. Originals: group 0
+    # columns [1, 0], [0, 1] -> 0.5, group 1 [1, 0.5] -> 0.75; mixes: group 0 [.5, .5], [0, 0] -> 0.25, group 1 -> 1.
+    sparsity = ((0.5 + 0.25) / 2 + (0.75 + 1.0) / 2) / 3
+    mixed_ce = ((math.log(3.0) + math.log(2.0)) / 2 - math.log(0.6)) / 3
     assert terms["consistency"].item() == pytest.approx(consistency)
     assert terms["sparsity"].item() == pytest.approx(sparsity)
     assert terms["mixed_ce"].item() == pytest.approx(mixed_ce, rel=1e-6)
     assert terms["loss"].item() == pytest.approx(consistency + 0.5 * sparsity + 0.1 * mixed_ce, rel=1e-6)
 
 
-def test_same_class_partners():
+def test_dre_sparsity_is_the_matrix_norm_of_dre_code():
+    maps = torch.rand(5, 7, 7)
+    dre_code = torch.linalg.norm(maps.unsqueeze(1), dim=(1, 2), ord=1)  # DRE's call on [N, 1, 7, 7]: [N, 7]
+    assert torch.allclose(dre_sparsity(maps), dre_code.mean(dim=1))
+    assert torch.allclose(dre_sparsity(maps), maps.amax(dim=1).mean(dim=1))  # the largest value of each column
+
+
+def test_class_group_weights_by_hand():
+    weights = class_group_weights(torch.tensor([0, 0, 1, 0]), num_classes=4)
+    assert weights.tolist() == pytest.approx([1 / 12, 1 / 12, 1 / 4, 1 / 12])
+
+
+def test_same_class_partners_are_a_uniform_permutation_within_each_class():
     labels = torch.tensor([0, 1, 0, 2, 1, 0, 1, 1])
-    seen_other = set()
-    for seed in range(20):
+    class_zero = [0, 2, 5]
+    seen = {}
+    for seed in range(600):
         partners = same_class_partners(labels, 3, torch.Generator().manual_seed(seed))
         assert torch.equal(labels[partners], labels)
-        alone = partners[3].item()
-        assert alone == 3  # the only sample of class 2 pairs with itself
-        others = [i for i in range(8) if i != 3]
-        assert all(partners[i].item() != i for i in others)
-        seen_other.add(tuple(partners.tolist()))
-    assert len(seen_other) > 1  # the pairing is random
+        assert sorted(partners.tolist()) == list(range(8))  # a permutation
+        assert partners[3].item() == 3  # the only sample of class 2 pairs with itself
+        key = tuple(partners[class_zero].tolist())
+        seen[key] = seen.get(key, 0) + 1
+    # DRE's torch.randperm per class: all 6 orders of a 3-sample class, itself-pairs included, about equally often
+    assert len(seen) == 6 and min(seen.values()) > 60 and max(seen.values()) < 140, seen

@@ -54,8 +54,8 @@ def _same_class_partners(labels: torch.Tensor, generator: torch.Generator) -> to
 def _setup(freeze_bn: bool = False, **overrides: Any) -> dict[str, Any]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    hparams = hparams_lib.default_hparams("ALIGN", "Debug28", warmup_steps=0, freeze_bn=freeze_bn,
-                                          lambda_align=1.0, lambda_reg=1.0, **overrides)
+    hparams = hparams_lib.default_hparams("ALIGN", "Debug28", warmup_steps=0, masker_warmup_steps=0,
+                                          freeze_bn=freeze_bn, lambda_align=1.0, lambda_reg=1.0, **overrides)
     algorithm = ALIGN(SHAPE, CLASSES, len(LABELS), hparams)
     _randomise_batchnorm(algorithm.classifier, generator)
     algorithm.to(DTYPE)
@@ -141,6 +141,14 @@ def test_fast_align_update_matches_the_reference_with_closed_form_grad_cam():
     # Grad-CAM at the last stage (4x4 at 112 px): the fast path takes the closed form, the reference autograd.
     setup = _setup(input_size=112, gradcam_layer="layer4")
     assert setup["algorithm"].classifier.closed_form_cam and setup["algorithm"].classifier.cam_side == 4
+    setup["algorithm"].eval()
+    _compare(setup)
+
+
+@pytest.mark.parametrize("layer, size", [("auto", 0), ("layer4", 112)], ids=["autograd-cam", "closed-form-cam"])
+def test_fast_align_update_matches_the_reference_with_the_standard_map_differentiated_fully(layer, size):
+    # The non-default reading: ReLU, and gradients through the channel weights (a double backward at layer2).
+    setup = _setup(train_cam_relu=True, train_cam_weight_gradient=True, gradcam_layer=layer, input_size=size)
     setup["algorithm"].eval()
     _compare(setup)
 

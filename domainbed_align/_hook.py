@@ -5,7 +5,7 @@ interpreter. That only puts a finder on ``sys.meta_path`` (cheap: no torch, no D
 DomainBed later imports ``domainbed.algorithms``, ``domainbed.hparams_registry`` or ``domainbed.datasets``,
 the finder wraps that module's loader and patches the module right after its body runs:
 
-- ``algorithms``: ``ALIGN`` and ``TimmERM`` become module attributes (``get_algorithm_class`` looks in
+- ``algorithms``: ``ALIGN``, ``DRE`` and ``TimmERM`` become module attributes (``get_algorithm_class`` looks in
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);

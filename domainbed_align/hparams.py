@@ -132,7 +132,7 @@ ALIGN_HPARAMS = (
     HParam("warmup_steps", int, 1000, _choice(500, 1000, 2000),
            "update() calls with the classifier alone (CE + lambda_reg * L_mixup) before the masker starts; "
            "counted in absolute steps because DomainBed never tells an algorithm the run length.", minimum=0),
-    HParam("masker_warmup_steps", int, 200, _choice(100, 200, 500),
+    HParam("masker_warmup_steps", int, 100, _choice(50, 100, 200),
            "update() calls after warmup_steps in which the masker trains against the classifier but the "
            "alignment term is still off, so the first alignment target is a trained mask (each call still makes "
            "one classifier step, CE + lambda_reg * L_mixup).", minimum=0),

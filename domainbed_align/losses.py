@@ -42,10 +42,14 @@ def alignment_bce(cam: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> t
     """BCE(Grad-CAM, mask), mean over pixels and samples, in float32.
 
     ``cam`` (the prediction) is min-max normalised and so holds exact 0 and 1, where BCE's gradient explodes:
-    it is clamped to [eps, 1-eps]. autocast refuses BCE, hence the explicit float32.
+    it is clamped to [eps, 1-eps]. A NaN in either (from a NaN image: a NaN masker is stopped by its own step's
+    check first) is made 0.5 only because torch's BCE raises on it instead of returning NaN; the cross-entropy of
+    that image is NaN too, and the trainer's check names it before any step. autocast refuses BCE, hence the
+    explicit float32.
     """
     with torch.autocast(device_type=cam.device.type, enabled=False):
-        return F.binary_cross_entropy(cam.float().clamp(eps, 1 - eps), mask.float())
+        prediction = torch.nan_to_num(cam.float().clamp(eps, 1 - eps), nan=0.5)
+        return F.binary_cross_entropy(prediction, torch.nan_to_num(mask.float(), nan=0.5))
 
 
 def same_class_partners(labels: torch.Tensor, num_classes: int | None = None,

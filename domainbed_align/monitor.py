@@ -28,17 +28,17 @@ class Rule:
 
 RULES = (
     Rule("zero_cams", lambda share: share > ZERO_MAP_LIMIT, lambda floats: True,
-         "more than half of the true-class Grad-CAMs (standard ReLU map) were zero everywhere at every step "
-         "{first}-{last}: explanations are blank and an alignment with them carries no signal. Look at "
+         "more than half of the true-class Grad-CAMs (standard ReLU map) were zero everywhere in each of "
+         "steps {first}-{last}: explanations are blank and an alignment with them carries no signal. Look at "
          "'train_cam_relu' (false is DRE's map, which keeps a gradient), 'lambda_reg', 'lambda_align', "
          "'gradcam_layer' and 'warmup_steps'."),
     Rule("mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
-         f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels at every step {{first}}-{{last}} (an empty "
+         f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an empty "
          f"mask: the alignment target is blank). Look at 'lambda_sparsity' (lower), and at 'warmup_steps' / "
          f"'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity signal), "
          f"'masker_lr'."),
     Rule("mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
-         f"the masker's mask kept over {FULL_MASK:.0%} of the pixels at every step {{first}}-{{last}} (an all-ones "
+         f"the masker's mask kept over {FULL_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an all-ones "
          f"mask selects nothing). Look at 'lambda_sparsity' (higher), 'masker_lr' and 'masker_warmup_steps'."),
 )
 

@@ -30,7 +30,7 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 class ExplanationGuidedAlgorithm(nn.Module):
-    """Base of TimmERM, ALIGN and the explanation-guided baselines.
+    """Base of TimmERM, DRE, ALIGN and the explanation-guided baselines.
 
     DomainBed contract: ``__init__(input_shape, num_classes, num_domains, hparams)``; ``update(minibatches,
     unlabeled=None)`` does one optimisation step on the concatenated training environments and returns Python

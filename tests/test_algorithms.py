@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN, MASKER_REPORT, TimmERM
+from domainbed_align.algorithms import ALIGN, DRE, MASKER_REPORT, TimmERM
 from domainbed_align.backbones import create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError, PretrainedWeightsError
 
@@ -309,3 +309,99 @@ def test_update_reads_nothing_back_from_the_device_before_its_report(overrides, 
     with _HostSyncRecorder(step_counters) as recorder:
         algorithm.update(batches)
     assert recorder.seen == []
+
+
+def _classifier_state_after(algorithm, updates: int, seed: int = 5) -> dict:
+    torch.manual_seed(seed)  # the mixup draws
+    for step in range(updates):
+        algorithm.update(_batches(seed=step))
+    return _state(algorithm.classifier)
+
+
+def _dre(**overrides) -> DRE:
+    torch.manual_seed(0)
+    return DRE(SHAPE, 3, 2, hparams_lib.default_hparams("DRE", "Debug28", **overrides))
+
+
+def test_align_without_alignment_makes_exactly_dres_classifier_update():
+    dre = _classifier_state_after(_dre(), 3)
+    silent = _classifier_state_after(_align(warmup_steps=0, lambda_align=0.0), 3)
+    assert all(torch.equal(dre[k], silent[k]) for k in dre)
+    aligned = _classifier_state_after(_align(warmup_steps=0, lambda_align=1.0), 3)
+    assert any(not torch.equal(dre[k], aligned[k]) for k in dre)  # the comparison can fail
+
+
+def test_masker_warmup_trains_the_masker_and_leaves_the_classifier_on_dres_path():
+    algorithm = _align(warmup_steps=1, masker_warmup_steps=2)
+    masker_before = _state(algorithm.masker)
+    torch.manual_seed(5)
+    phases = []
+    for step in range(4):
+        out = algorithm.update(_batches(seed=step))
+        phases.append((out["in_warmup"], out["in_masker_warmup"], out["align_bce"] > 0, out["mask_mean"] > 0))
+        if step == 0:
+            assert _changed(masker_before, algorithm.masker) == []
+    assert phases == [(1.0, 0.0, False, False), (0.0, 1.0, False, True), (0.0, 1.0, False, True),
+                      (0.0, 0.0, True, True)]
+    assert _changed(masker_before, algorithm.masker) != []
+    # up to the last masker warm-up step the classifier took exactly DRE's steps
+    dre = _classifier_state_after(_dre(), 3)
+    replay = _classifier_state_after(_align(warmup_steps=1, masker_warmup_steps=2), 3)
+    assert all(torch.equal(dre[k], replay[k]) for k in dre)
+
+
+def test_dre_reports_its_terms_and_has_no_masker():
+    out = _dre().update(_batches())
+    assert {"loss", "ce", "reg", "reg_consistency", "reg_sparsity", "reg_mixed_ce", "zero_cams", "grad_norm"} == set(out)
+    assert 0.0 <= out["zero_cams"] <= 1.0 and out["reg_consistency"] > 0
+    assert not hasattr(_dre(), "masker")
+
+
+def _weights(module: torch.nn.Module) -> dict:
+    """Parameters as bytes (BatchNorm's running statistics are buffers: a train-mode forward updates them)."""
+    return {name: p.detach().numpy().tobytes() for name, p in module.named_parameters()}
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step():
+    algorithm = _align(warmup_steps=0)
+    images, labels = _batches()[0]
+    images[0, 0, 0, 0] = float("nan")
+    before = _weights(algorithm.classifier)
+    with pytest.raises(NonFiniteLossError, match=r"at step 0 \(classifier step\); the run stopped before"):
+        algorithm.update([(images, labels)])
+    assert _weights(algorithm.classifier) == before  # no weight took the step
+
+
+def test_non_finite_gradient_of_a_finite_loss_stops_before_the_optimizer_step():
+    algorithm = _align(warmup_steps=0)
+    algorithm.classifier.backbone.conv1.weight.register_hook(lambda gradient: gradient * float("inf"))
+    before = _weights(algorithm.classifier)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient \(grad_norm=.*\) of finite loss terms "
+                                                 r"\(loss=.*ce=.*\) at step 0 \(classifier step\)"):
+        algorithm.update(_batches())
+    assert _weights(algorithm.classifier) == before
+
+
+def test_non_finite_masker_gradient_stops_before_the_masker_step():
+    algorithm = _align(warmup_steps=0)
+    algorithm.masker.layers[0].weight.register_hook(lambda gradient: gradient * float("nan"))
+    before = _state(algorithm.masker)
+    with pytest.raises(NonFiniteLossError, match=r"masker_grad_norm=nan.* at step 0 \(masker step\)"):
+        algorithm.update(_batches())
+    assert _changed(before, algorithm.masker) == []
+
+
+def test_an_empty_mask_is_reported_once_by_the_trainer():
+    import io
+
+    from domainbed_align.monitor import CollapseMonitor
+
+    algorithm = _align(warmup_steps=1)
+    stream = io.StringIO()
+    algorithm.monitor = CollapseMonitor("ALIGN", window=2, stream=stream)
+    with torch.no_grad():
+        algorithm.masker.layers[-1].bias.fill_(-30.0)  # sigmoid(-30): a mask that keeps nothing
+    for step in range(5):
+        algorithm.update(_batches(seed=step))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "ALIGN at step 2" in lines[0] and "'lambda_sparsity'" in lines[0], lines

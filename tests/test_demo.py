@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import save_align_run
+from conftest import requires_upstream, run_python, save_align_run, upstream_root
 from domainbed_align import demo
 
 SETTINGS = {"dataset": "TextureMNIST", "steps": 200, "hparams": {"batch_size": 12, "warmup_steps": 60},
@@ -99,3 +100,49 @@ def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
     sweep.mkdir()  # no run finished: no model.pkl
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 1
     assert "domainbed-align: error: no */model.pkl in" in capfd.readouterr().err
+
+
+def test_launcher_runs_n_at_a_time_with_one_thread_each_and_returns_exit_codes(tmp_path):
+    log = tmp_path / "log"
+    script = tmp_path / "job.py"
+    script.write_text("import os, sys, time\n"
+                      "with open(sys.argv[1], 'a') as f:\n"
+                      "    f.write(f\"start {time.time()} {os.environ.get('OMP_NUM_THREADS')}\\n\")\n"
+                      "time.sleep(1.5)\n"
+                      "with open(sys.argv[1], 'a') as f:\n"
+                      "    f.write(f'end {time.time()} -\\n')\n")
+    commands = [f"{sys.executable} {script} {log}; exit {code}" for code in (0, 3, 0, 0)]
+    assert demo.launch_in_parallel(commands, dict(os.environ), 2) == [0, 3, 0, 0]
+    events = sorted((float(time), kind, threads) for kind, time, threads in
+                    (line.split() for line in log.read_text().splitlines()))
+    assert [threads for _, kind, threads in events if kind == "start"] == ["1"] * 4  # OMP_NUM_THREADS=1 each
+    running, most = 0, 0
+    for _, kind, _ in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2  # two at a time, never three
+
+
+@requires_upstream
+def test_demo_jobs_are_upstream_sweeps_own_for_the_chosen_test_environment(tmp_path):
+    """The demo's runs land in exactly the folders `sweep launch --single_test_envs` makes for them (upstream
+    hashes the train arguments), so its folder is a DomainBed sweep like any other."""
+    common = ["--datasets", "TextureMNIST", "--algorithms", *demo.ALGORITHMS, "--n_hparams", "1", "--n_trials", "2",
+              "--single_test_envs", "--data_dir", "data", "--steps", "1000", "--hparams",
+              json.dumps(demo.DEMO["hparams"]), "--skip_confirmation"]
+    upstream = run_python(["-m", "domainbed.scripts.sweep", "launch", *common, "--output_dir", "sweep",
+                           "--command_launcher", "dummy"], upstream_root(), cwd=tmp_path)
+    assert upstream.returncode == 0, upstream.stderr[-2000:]
+    made = {}
+    for line in upstream.stdout.splitlines():
+        if line.startswith("Dummy launcher: "):
+            folder = line.split("--output_dir ")[1].split(" ")[0]
+            made[folder] = "--test_envs 3 " in line + " "
+    code = ("import json, sys; from domainbed_align import _hook, demo; jobs = _hook.upstream_sweep_jobs('sweep', "
+            "'data', 'TextureMNIST', list(demo.ALGORITHMS), [[3]], 1, 2, 1000, json.dumps(demo.DEMO['hparams'])); "
+            "print(json.dumps([job.output_dir for job in jobs]))")
+    ours = run_python(code, upstream_root(), cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    folders = json.loads(ours.stdout.splitlines()[-1])
+    assert len(made) == 2 * 3 * 4 and len(folders) == 2 * 3
+    assert set(folders) == {folder for folder, photos in made.items() if photos}

@@ -48,6 +48,15 @@ def test_a_record_is_the_metrics_of_the_seeded_subset_of_the_test_environment(tm
         on_digits = metrics.foreground_mass(saliency, digits)
         sums["foreground_mass"] = sums.get("foreground_mass", 0.0) + float(on_digits.sum())
         sums["foreground_share"] = sums.get("foreground_share", 0.0) + float(digits.mean((1, 2)).sum())
+        with torch.no_grad():
+            kept = algorithm.masker(images).squeeze(1)  # ALIGN's own mask, against the digit, image by image
+        for mask, digit in zip(kept, digits):
+            hard, truth = mask > 0.5, digit > 0.5
+            per_image = {"masker_iou": (hard & truth).sum() / (hard | truth).sum(),
+                         "masker_soft_iou": torch.minimum(mask, digit).sum() / torch.maximum(mask, digit).sum(),
+                         "all_ones_iou": truth.float().mean(), "mask_mean": mask.mean()}
+            for key, value in per_image.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
     for key, total in sums.items():
         assert record[key] == pytest.approx(total / 6, abs=1e-6), key
     assert record["comprehensiveness"] != pytest.approx(record["random_comprehensiveness"], abs=1e-4)

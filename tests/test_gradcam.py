@@ -163,3 +163,54 @@ def test_alignment_loss_reaches_every_part_of_the_classifier():
     for name in ["conv1.weight", "layer3.1.conv2.weight", "layer4.1.conv2.weight", "fc.weight"]:
         gradient = dict(model.backbone.named_parameters())[name].grad
         assert gradient is not None and gradient.abs().sum() > 0, name
+
+
+def test_grad_cam_without_relu_and_with_constant_weights_by_hand():
+    activations = torch.tensor([[[[1.0, 2.0], [0.0, 1.0]], [[0.0, 1.0], [3.0, 0.0]]]], requires_grad=True)
+    score = (torch.tensor([2.0, -1.0]) * activations.mean(dim=(2, 3))).sum(1)
+    # the signed map: W/4 . A at each position, negative values kept
+    expected = torch.tensor([[2.0 - 0.0, 4.0 - 1.0], [0.0 - 3.0, 2.0 - 0.0]]) / 4
+    cam = grad_cam(activations, score, relu=False, weight_gradient=False)
+    assert torch.allclose(cam[0], expected)
+    (gradient,) = torch.autograd.grad(cam.sum(), activations)  # the forward graph was kept for the loss
+    assert torch.allclose(gradient[0], torch.tensor([2.0, -1.0]).view(2, 1, 1).expand(2, 2, 2) / 4)
+    assert torch.allclose(linear_head_grad_cam(activations, torch.tensor([[2.0, -1.0]]), relu=False), cam)
+
+
+@pytest.mark.parametrize("size, layer", [(56, "layer2"), (64, "layer4")], ids=["autograd-form", "closed-form"])
+def test_training_map_is_captums_layer_grad_cam_in_value_and_parameter_gradients(size, layer):
+    """DRE trains on captum's LayerGradCam with its defaults; ours (relu=False, weight_gradient=False) is that map,
+    and a loss on it sends the same gradient to every parameter (none to what follows the stage but through the
+    activations: captum's channel weights are constants)."""
+    captum = pytest.importorskip("captum.attr", reason="captum is the oracle: pip install captum")
+    model = _classifier(size, layer)
+    assert model.closed_form_cam == (layer == "layer4")
+    torch.manual_seed(1)
+    images, labels = torch.randn(3, 3, size, size), torch.tensor([0, 2, 3])
+    _, ours = model.forward_with_cams(images, labels, relu=False, weight_gradient=False)
+    oracle = captum.LayerGradCam(model, getattr(model.backbone, layer)).attribute(images, target=labels).squeeze(1)
+    assert (ours < 0).any() and (ours > 0).any()  # signed: no ReLU
+    torch.testing.assert_close(ours, oracle, rtol=1e-5, atol=1e-6)
+    weights = torch.rand_like(ours)
+    parameters = list(model.parameters())
+
+    def gradients(maps):
+        return torch.autograd.grad((normalize_per_sample(maps) * weights).sum(), parameters, allow_unused=True)
+
+    for name, a, b in zip([n for n, _ in model.named_parameters()], gradients(ours), gradients(oracle)):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()), msg=name)
+    # the other reading is really different: differentiating through the weights reaches the head
+    _, full = model.forward_with_cams(images, labels, relu=False, weight_gradient=True)
+    fc_gradient = torch.autograd.grad((normalize_per_sample(full) * weights).sum(),
+                                      model.backbone.get_classifier().weight)[0]
+    assert fc_gradient.abs().sum() > 0
+
+
+def test_zero_map_share_reads_the_relu_map_before_normalisation():
+    from domainbed_align.gradcam import zero_map_share
+
+    raw = torch.tensor([[[-1.0, -0.5]], [[-1.0, 0.0]], [[-1.0, 0.1]], [[0.0, 0.0]]])  # signed maps (DRE's)
+    assert zero_map_share(raw).item() == 0.75  # max <= 0: the ReLU map is zero everywhere
+    assert zero_map_share(torch.relu(raw)).item() == 0.75  # the same reading after a ReLU

@@ -23,8 +23,8 @@ cls = a.get_algorithm_class('ALIGN')
 hp_default = h.default_hparams('ALIGN', __DATASET__)
 hp_random = h.random_hparams('ALIGN', __DATASET__, 3)
 print(json.dumps({
-    'algorithms': [n for n in a.ALGORITHMS if n in ('ALIGN', 'TimmERM')],
-    'is_algorithm': issubclass(cls, a.Algorithm) and issubclass(a.get_algorithm_class('TimmERM'), a.Algorithm),
+    'algorithms': [n for n in a.ALGORITHMS if n in ('ALIGN', 'DRE', 'TimmERM')],
+    'is_algorithm': all(issubclass(a.get_algorithm_class(n), a.Algorithm) for n in ('TimmERM', 'DRE', 'ALIGN')),
     'default': hp_default, 'random': hp_random,
     # ours only: upstream's own random lr etc. are numpy floats (JSON-safe float subclasses)
     'random_types': sorted({type(hp_random[s.name]).__name__ for s in specs_for('ALIGN')}),
@@ -44,7 +44,7 @@ def test_fresh_process_sees_align(source, tmp_path):
     result = run_python(CHECK_REGISTERED.replace("__DATASET__", repr(_dataset(source))), source, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["algorithms"] == ["TimmERM", "ALIGN"]
+    assert report["algorithms"] == ["TimmERM", "DRE", "ALIGN"]
     assert report["is_algorithm"] and report["deterministic"] and report["erm_untouched"]
     assert report["default"]["lambda_align"] == 1.0 and report["default"]["pretrained"] is False
     assert set(report["random_types"]) <= {"bool", "int", "float", "str"}

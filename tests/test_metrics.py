@@ -190,3 +190,17 @@ def test_foreground_mass_by_hand():
     assert mass.item() == close(1 / 2)
     with pytest.raises(MetricInputError, match="one map and one mask per image"):
         metrics.foreground_mass(saliency, masks[:2])
+
+
+def test_mask_iou_by_hand():
+    objects = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]]).expand(3, 2, 2)
+    masks = torch.tensor([[[0.9, 0.2], [0.6, 0.0]],   # hard: {0, 2} vs {0, 1}: 1 / 3
+                          [[1.0, 1.0], [1.0, 1.0]],   # all ones: the object's share, 2 / 4
+                          [[0.5, 0.5], [0.0, 0.0]]])  # 0.5 is not > 0.5: an empty prediction, IoU 0
+    assert metrics.mask_iou(masks, objects).tolist() == close([1 / 3, 0.5, 0.0])
+    # soft: sum(min) / sum(max); sample 0: (0.9 + 0.2) / (1 + 1 + 0.6) ; sample 2: 1 / 2
+    assert metrics.mask_iou(masks, objects, threshold=None).tolist() == close([1.1 / 2.6, 0.5, 0.5])
+    nothing = torch.zeros(1, 2, 2)
+    assert metrics.mask_iou(nothing, nothing).item() == 1.0  # nothing to find, nothing claimed
+    with pytest.raises(MetricInputError, match="masks and objects must both be"):
+        metrics.mask_iou(masks, objects[:2])

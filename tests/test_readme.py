@@ -9,9 +9,24 @@ from domainbed_align import hparams as hparams_lib
 README = (REPO / "README.md").read_text()
 
 
+def _table_rows() -> dict:
+    """{hparam: (algorithms named in its row, default shown)} from the README's hparam table."""
+    table = README.split("| hparam | algorithms |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([\w, ]+) \| ([^|]+) \|", table, flags=re.M)
+    every = set(hparams_lib.SPECS)
+    return {name: (every if names.strip() == "all" else {n.strip() for n in names.split(",")}, default.strip())
+            for name, names, default in rows}
+
+
 def _table_defaults() -> dict:
-    rows = re.findall(r"^\| `(\w+)` \| (?:both|ALIGN) \| ([^|]+) \|", README, flags=re.M)
-    return {name: default.strip() for name, default in rows}
+    return {name: default for name, (_, default) in _table_rows().items()}
+
+
+def test_every_hparam_row_names_exactly_the_algorithms_that_have_it():
+    rows = _table_rows()
+    for name, (algorithms, _) in rows.items():
+        having = {a for a in hparams_lib.SPECS if any(spec.name == name for spec in hparams_lib.specs_for(a))}
+        assert algorithms == having, name
 
 
 def test_every_hparam_is_documented_with_its_default():

@@ -89,7 +89,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
         bce = alignment_bce(maps, targets)
         return self.hparams["lambda_align"] * bce, {"align_bce": bce}
 
-    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         masks, self._masks_of_this_step = self._masks_of_this_step, None
         phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
                                                                                 and not self.aligning)}

@@ -116,6 +116,9 @@ def make_batches(envs: int, per_env: int, size: int, classes: int, device: torch
     return batches
 
 
+ALIGNING = dict(warmup_steps=0, masker_warmup_steps=0)  # ALIGN's dearest phase, from the first update on
+
+
 def build(algorithm_class: type, config: dict[str, Any], device: torch.device, **overrides: Any):
     hparams = hparams_lib.default_hparams(algorithm_class.name, None, backbone=config["backbone"],
                                           pretrained=False, **overrides)
@@ -241,12 +244,12 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     if device.type == "cuda":  # each algorithm alone on the device, so neither peak holds the other's weights
         log("peak memory of one update: TimmERM, then ALIGN")
         erm_peak = peak_memory_alone(lambda: build(TimmERM, config, device), batches, device)
-        align_peak = peak_memory_alone(lambda: build(ALIGN, config, device, warmup_steps=0), batches, device)
+        align_peak = peak_memory_alone(lambda: build(ALIGN, config, device, **ALIGNING), batches, device)
 
-    log(f"TimmERM vs ALIGN (warmup_steps=0: one classifier step + masker step(s) per update): "
+    log(f"TimmERM vs ALIGN in its alignment phase (one classifier step with the alignment term + masker step(s)): "
         f"{config['envs']}x{config['batch_per_env']} at {config['size']} px on {device}, interleaved")
     erm = build(TimmERM, config, device)
-    align = build(ALIGN, config, device, warmup_steps=0)
+    align = build(ALIGN, config, device, **ALIGNING)
     precision = "bf16" if isinstance(erm.autocast(batches[0][0]), torch.autocast) else "fp32"
     steps = time_interleaved({"erm": lambda: erm.update(batches), "align": lambda: align.update(batches)},
                              device, warmup, repeats)

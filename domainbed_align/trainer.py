@@ -82,7 +82,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
         """
         return 0.0, {}
 
-    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Work done after each classifier step (ALIGN: its masker steps); returns terms to report (floats,
         each optimizer step checked with :meth:`checked_floats` before it is taken)."""
         return {}

@@ -376,6 +376,7 @@ COMPONENTS = ("MNIST", "align_textures", "VLCSMini")
 def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
             log: Callable[[str], None] = print) -> list[str]:
     """Prepare every missing component under ``data_dir``; returns the names of those it built."""
+    shown = Path(data_dir)  # messages name the folder as given (a relative path stays relative in logs)
     data_dir = Path(data_dir).expanduser().absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     for parent in (data_dir, data_dir / "MNIST"):
@@ -385,24 +386,24 @@ def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
         t0 = time.perf_counter()
         if comp == "MNIST":
             if mnist_done(data_dir):
-                log(f"MNIST: already prepared in {data_dir / 'MNIST' / 'raw'} (md5s ok), nothing to do")
+                log(f"MNIST: already prepared in {shown / 'MNIST' / 'raw'} (md5s ok), nothing to do")
                 continue
             files = _mnist_idx_files()  # read and checked before any folder is touched
             atomic_build(data_dir / "MNIST" / "raw", lambda tmp: build_mnist(tmp, files))
         elif comp == "align_textures":
             if textures_done(data_dir):
-                log(f"textures: already prepared in {data_dir / 'align_textures'}, nothing to do")
+                log(f"textures: already prepared in {shown / 'align_textures'}, nothing to do")
                 continue
             atomic_build(data_dir / "align_textures", build_textures)
         elif comp == "VLCSMini":
             if vlcs_done(data_dir):
-                log(f"VLCSMini: already prepared in {data_dir / 'VLCSMini'}, nothing to do")
+                log(f"VLCSMini: already prepared in {shown / 'VLCSMini'}, nothing to do")
                 continue
             atomic_build(data_dir / "VLCSMini", build_vlcs)
         else:
             raise ValueError(f"unknown component {comp!r}; choose from {COMPONENTS}")
         built.append(comp)
         log(f"{comp}: prepared in {time.perf_counter() - t0:.1f}s")
-    log(f"done: {', '.join(built)} written to {data_dir}" if built
-        else f"nothing to do: {data_dir} is already fully prepared")
+    log(f"done: {', '.join(built)} written to {shown}" if built
+        else f"nothing to do: {shown} is already fully prepared")
     return built

@@ -22,9 +22,10 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 def _train(tmp_path, dataset, algorithm="ALIGN", steps=4, extra=None):
     out = tmp_path / f"{algorithm}-{dataset}"
-    hparams = {"batch_size": 8, "pretrained": False, "warmup_steps": 2, **(extra or {})}
+    hparams = {"batch_size": 8, "pretrained": False, "warmup_steps": 2, "masker_warmup_steps": 0, **(extra or {})}
     if algorithm != "ALIGN":
         hparams.pop("warmup_steps")
+        hparams.pop("masker_warmup_steps")
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", dataset,
                          "--data_dir", str(tmp_path), "--steps", str(steps), "--checkpoint_freq", "2",
                          "--hparams", json.dumps(hparams), "--output_dir", str(out)],

@@ -1,8 +1,11 @@
 """Scratch diagnostic (not part of the package): does ALIGN's masker learn selective masks on TextureMNIST
-(or, with a fourth argument, SpuriousTextureMNIST)?"""
+(or, with a fourth argument, SpuriousTextureMNIST)?
+
+Needs the package installed (``pip install -e .``); ``DATA_DIR`` (default ``data``) is the prepared data folder and
+``DIAG_DIR`` (default ``diag_states``) where warm-up states are kept; both relative to where it is run."""
 import sys, json, time, torch, torch.nn.functional as F
 torch.set_num_threads(1)
-sys.path.insert(0, "/work/main")
+import os
 from domainbed_align import hparams as H
 from domainbed_align.algorithms import ALIGN
 from domainbed_align.data import datasets
@@ -11,11 +14,13 @@ mode = sys.argv[1]            # "warmup" or a JSON of overrides for the alignmen
 steps = int(sys.argv[2])
 seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # seed 0 = the first runs' seeds, unchanged
 dataset = sys.argv[4] if len(sys.argv) > 4 else "TextureMNIST"  # the test env is the last one
-warm_path = "/tmp/diag/warm.pt" if seed == 0 else f"/tmp/diag/warm_seed{seed}.pt"
+state_dir = os.environ.get("DIAG_DIR", "diag_states")
+os.makedirs(state_dir, exist_ok=True)
+warm_path = os.path.join(state_dir, "warm.pt" if seed == 0 else f"warm_seed{seed}.pt")
 if dataset != "TextureMNIST":
     warm_path = warm_path.replace(".pt", f"_{dataset}.pt")
 n_envs = len(getattr(datasets, dataset).ENVIRONMENTS)
-ds = getattr(datasets, dataset)("/work/main/data", [n_envs - 1], {})
+ds = getattr(datasets, dataset)(os.environ.get("DATA_DIR", "data"), [n_envs - 1], {})
 train_envs, test_env = list(range(n_envs - 1)), n_envs - 1
 def stack(env, idx):
     xs, ys = zip(*(env[i] for i in idx)); return torch.stack(xs), torch.tensor(ys)

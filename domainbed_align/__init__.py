@@ -7,8 +7,14 @@ our entries the moment DomainBed imports them.
 
 __version__ = "0.1.0"
 
-# Names this package adds to DomainBed's registries (kept here, torch-free, for the hook and the doctor).
-ALGORITHM_NAMES = ("TimmERM", "DRE", "ALIGN")
+
+
+def __getattr__(name: str):  # ALGORITHM_NAMES reads the registry, which imports torch: only on first use
+    if name == "ALGORITHM_NAMES":
+        from domainbed_align.registry import algorithm_names
+
+        return algorithm_names()
+    raise AttributeError(f"module 'domainbed_align' has no attribute {name!r}")
 
 
 def register() -> None:

@@ -5,7 +5,7 @@ interpreter. That only puts a finder on ``sys.meta_path`` (cheap: no torch, no D
 DomainBed later imports ``domainbed.algorithms``, ``domainbed.hparams_registry`` or ``domainbed.datasets``,
 the finder wraps that module's loader and patches the module right after its body runs:
 
-- ``algorithms``: ``ALIGN``, ``DRE`` and ``TimmERM`` become module attributes (``get_algorithm_class`` looks in
+- ``algorithms``: every algorithm in our registry (:mod:`domainbed_align.registry`) becomes a module attribute (``get_algorithm_class`` looks in
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
@@ -97,11 +97,10 @@ def patch_module(module: types.ModuleType) -> None:
 
 
 def _patch_algorithms(module: types.ModuleType) -> None:
-    from domainbed_align import ALGORITHM_NAMES
-    from domainbed_align import algorithms as ours
+    from domainbed_align import registry
 
-    for name in ALGORITHM_NAMES:
-        core = getattr(ours, name)
+    for entry in registry.entries():
+        name, core = entry.name, entry.cls
         # Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
         cls = type(name, (core, module.Algorithm), {"__module__": module.__name__, "__qualname__": name,
                                                      "__doc__": core.__doc__,
@@ -130,8 +129,10 @@ def _upstream_hparam_names() -> frozenset:
 
 
 def _patch_hparams(module: types.ModuleType) -> None:
-    from domainbed_align import ALGORITHM_NAMES
     from domainbed_align import hparams as ours
+    from domainbed_align import registry
+
+    names = registry.algorithm_names()
 
     original = module._hparams
 
@@ -140,7 +141,7 @@ def _patch_hparams(module: types.ModuleType) -> None:
 
         entries = original(algorithm, dataset, random_seed)
         entries.update(ours.dataset_entries(dataset, random_seed, misc.seed_hash))
-        if algorithm in ALGORITHM_NAMES:
+        if algorithm in names:
             entries.update(ours.registry_entries(algorithm, dataset, random_seed, misc.seed_hash))
         return entries
 

@@ -1,7 +1,9 @@
-"""Our algorithms: TimmERM (the same-backbone reference), DRE and ALIGN.
+"""Our algorithms: TimmERM (the same-backbone reference), DRE and ALIGN; the baselines in
+:mod:`domainbed_align.baselines` (imported at the end, so the registry's order is this file's, then theirs).
 
-All are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract; the registration hook
-(:mod:`domainbed_align._hook`) derives ``domainbed.algorithms.ALIGN`` etc. from them.
+All are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract, registered with
+:func:`~domainbed_align.registry.register_algorithm`; the registration hook (:mod:`domainbed_align._hook`) derives
+``domainbed.algorithms.ALIGN`` etc. from the registry.
 """
 
 from __future__ import annotations
@@ -12,24 +14,31 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_align.gradcam import true_class_scores
+from domainbed_align.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIXUP_HPARAMS
 from domainbed_align.losses import alignment_bce, masker_loss
 from domainbed_align.masker import Masker
+from domainbed_align.registry import register_algorithm
+from domainbed_align.step import StepContext
 from domainbed_align.trainer import ExplanationGuidedAlgorithm
 
 
+@register_algorithm(hparams=BACKBONE_HPARAMS, explanation="trains on no explanation; evaluate scores Grad-CAM.")
 class TimmERM(ExplanationGuidedAlgorithm):
     """Plain cross-entropy on the same backbone, input size and trainer as ALIGN: the fair reference."""
 
-    name = "TimmERM"
 
 
+@register_algorithm(
+    hparams=BACKBONE_HPARAMS + MIXUP_HPARAMS,
+    paper="Li et al., Are Data-driven Explanations Robust against Out-of-distribution Data?, CVPR 2023",
+    reference="tangli-udel/DRE: dre/mixuploss.py, dre/train.py",
+    explanation="trains on DRE's Grad-CAM (no ReLU, constant channel weights); evaluate scores Grad-CAM.")
 class DRE(ExplanationGuidedAlgorithm):
     """DRE (Li et al., "Are Data-driven Explanations Robust against Out-of-distribution Data?", CVPR 2023;
     ``tangli-udel/DRE``, ``dre/mixuploss.py`` and ``dre/train.py``): CE + lambda_reg * DRE's same-class mixup
     explanation-consistency term, on DRE's training Grad-CAM. ALIGN without its masker and alignment is this.
     """
 
-    name = "DRE"
     uses_gradcam = True
     uses_mixup = True
 
@@ -39,6 +48,11 @@ MASKER_REPORT = ("masker_loss", "masker_fidelity", "masker_sparsity", "masker_sm
                  "mask_mean", "mask_kept", "masker_grad_norm")
 
 
+@register_algorithm(
+    hparams=BACKBONE_HPARAMS + MIXUP_HPARAMS + ALIGN_HPARAMS,
+    paper="Hong et al., ALIGN, AAAI 2026 (arXiv 2511.06944)",
+    reference="none public; built on tangli-udel/DRE (the paper's ablation reproduces DRE's numbers)",
+    explanation="trains on DRE's Grad-CAM against its masker's mask; evaluate scores Grad-CAM and the mask.")
 class ALIGN(ExplanationGuidedAlgorithm):
     """ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation.
 
@@ -52,14 +66,13 @@ class ALIGN(ExplanationGuidedAlgorithm):
     computed (the masker has not changed in between), which saves one masker forward pass.
     """
 
-    name = "ALIGN"
     uses_gradcam = True
     uses_mixup = True
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
                  hparams: Mapping[str, Any]) -> None:
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.masker = Masker(input_shape[0], self.hparams["masker_width"], self.hparams["masker_downsample"])
+        self.masker = Masker(self.in_channels, self.hparams["masker_width"], self.hparams["masker_downsample"])
         self.masker_optimizer = torch.optim.Adam(self.masker.parameters(), lr=self.hparams["masker_lr"])
         self._masks_of_this_step: torch.Tensor | None = None
 
@@ -73,11 +86,11 @@ class ALIGN(ExplanationGuidedAlgorithm):
         """Past both warm-ups: the classifier step includes the alignment term."""
         return self.steps_done >= self.hparams["warmup_steps"] + self.hparams["masker_warmup_steps"]
 
-    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+    def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
         if not self.aligning:
             return 0.0, {"align_bce": 0.0}
-        masks = self.masker(images)  # kept with its graph for the masker step that follows
+        cams = step.cams
+        masks = self.masker(step.images)  # kept with its graph for the masker step that follows
         self._masks_of_this_step = masks
         targets = masks.detach()  # the frozen masker's mask: a constant target for the classifier
         if self.hparams["align_resolution"] == "cam":
@@ -89,8 +102,9 @@ class ALIGN(ExplanationGuidedAlgorithm):
         bce = alignment_bce(maps, targets)
         return self.hparams["lambda_align"] * bce, {"align_bce": bce}
 
-    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def after_classifier_step(self, step: StepContext) -> dict[str, float]:
         masks, self._masks_of_this_step = self._masks_of_this_step, None
+        images, labels = step.images, step.labels
         phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
                                                                                 and not self.aligning)}
         if self.in_warmup:
@@ -129,3 +143,6 @@ class ALIGN(ExplanationGuidedAlgorithm):
         finally:
             self.classifier.train(was_training)  # CamClassifier.train keeps freeze_bn
         return floats
+
+
+from domainbed_align import baselines  # noqa: E402,F401  (registers the baselines after ALIGN)

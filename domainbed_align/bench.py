@@ -1,9 +1,10 @@
-"""Speed and memory of one ALIGN step against TimmERM and of our Grad-CAM against pytorch-grad-cam.
+"""Speed and memory of one update() of every registered method against TimmERM, and of our Grad-CAM against
+pytorch-grad-cam.
 
 ``python -m domainbed_align.bench [--device cpu|cuda] [--quick] [--batch-per-env N] [--size S] [--repeats R]``
 prints ONE JSON line on stdout (progress goes to stderr). Every timing is the median of ``repeats`` timed
 calls after ``warmup`` untimed ones, on one fixed random batch, with the compared functions taking turns
-(ERM/ALIGN; our Grad-CAM variants/pytorch-grad-cam) so that a changing load on a shared CPU hits both sides of
+(every method; our Grad-CAM variants/pytorch-grad-cam) so that a changing load on a shared CPU hits both sides of
 a ratio alike. Weights are random (``pretrained=False``: no download), which does not change the cost of a step. cuDNN is set as DomainBed's ``train.py`` sets it
 (deterministic, no benchmark) unless ``--cudnn-benchmark``, so the numbers are those of a real run.
 """
@@ -25,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN, TimmERM
+from domainbed_align import registry
+from domainbed_align.algorithms import ALIGN
 from domainbed_align.explain import CudaGraphExplainer
 from domainbed_align.gradcam import normalize_per_sample
 
@@ -117,13 +119,30 @@ def make_batches(envs: int, per_env: int, size: int, classes: int, device: torch
 
 
 ALIGNING = dict(warmup_steps=0, masker_warmup_steps=0)  # ALIGN's dearest phase, from the first update on
+PHASE = {"ALIGN": ALIGNING}  # per method: the settings that time its dearest phase
+
+
+def with_masks(batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches with a mask channel (a random square per image), as our datasets give annotation methods."""
+    generator = torch.Generator().manual_seed(seed)
+    masked = []
+    for images, labels in batches:
+        n, _, height, width = images.shape
+        masks = torch.zeros(n, 1, height, width)
+        for i in range(n):
+            top, left = (int(v) for v in torch.randint(0, height // 2, (2,), generator=generator))
+            masks[i, :, top:top + height // 2, left:left + width // 2] = 1.0
+        masked.append((torch.cat([images, masks.to(images.device)], 1), labels))
+    return masked
 
 
 def build(algorithm_class: type, config: dict[str, Any], device: torch.device, **overrides: Any):
-    hparams = hparams_lib.default_hparams(algorithm_class.name, None, backbone=config["backbone"],
-                                          pretrained=False, **overrides)
+    name = algorithm_class.name
+    annotated = registry.entry(name).annotations
+    hparams = hparams_lib.default_hparams(name, None, backbone=config["backbone"], pretrained=False,
+                                          **({"gt_masks": True} if annotated else {}), **overrides)
     torch.manual_seed(0)
-    shape = (3, config["size"], config["size"])
+    shape = (3 + int(annotated), config["size"], config["size"])
     return algorithm_class(shape, config["classes"], config["envs"], hparams).to(device)
 
 
@@ -240,22 +259,35 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     batches = make_batches(config["envs"], config["batch_per_env"], config["size"], config["classes"], device)
     warmup, repeats = config["warmup"], config["repeats"]
 
-    erm_peak = align_peak = None
-    if device.type == "cuda":  # each algorithm alone on the device, so neither peak holds the other's weights
-        log("peak memory of one update: TimmERM, then ALIGN")
-        erm_peak = peak_memory_alone(lambda: build(TimmERM, config, device), batches, device)
-        align_peak = peak_memory_alone(lambda: build(ALIGN, config, device, **ALIGNING), batches, device)
+    names = registry.algorithm_names()
+    masked_batches = with_masks(batches)
 
-    log(f"TimmERM vs ALIGN in its alignment phase (one classifier step with the alignment term + masker step(s)): "
-        f"{config['envs']}x{config['batch_per_env']} at {config['size']} px on {device}, interleaved")
-    erm = build(TimmERM, config, device)
-    align = build(ALIGN, config, device, **ALIGNING)
-    precision = "bf16" if isinstance(erm.autocast(batches[0][0]), torch.autocast) else "fp32"
-    steps = time_interleaved({"erm": lambda: erm.update(batches), "align": lambda: align.update(batches)},
-                             device, warmup, repeats)
-    erm_ms, align_ms = steps["erm"], steps["align"]
-    input_size = erm.classifier.input_size
-    del erm
+    def inputs_of(name: str) -> list:
+        return masked_batches if registry.entry(name).annotations else batches
+
+    peaks: dict[str, float | None] = {name: None for name in names}
+    if device.type == "cuda":  # each algorithm alone on the device, so no peak holds another's weights
+        for name in names:
+            log(f"peak memory of one update: {name}")
+            peaks[name] = peak_memory_alone(
+                lambda: build(registry.algorithm_class(name), config, device, **PHASE.get(name, {})),
+                inputs_of(name), device)
+
+    log(f"one update() of each of {', '.join(names)} (ALIGN in its alignment phase: one classifier step with the "
+        f"alignment term + masker step(s)): {config['envs']}x{config['batch_per_env']} at {config['size']} px on "
+        f"{device}, interleaved")
+    built = {name: build(registry.algorithm_class(name), config, device, **PHASE.get(name, {})) for name in names}
+    precision = "bf16" if isinstance(built["TimmERM"].autocast(batches[0][0]), torch.autocast) else "fp32"
+    steps = time_interleaved({name: (lambda a=algorithm, b=inputs_of(name): a.update(b))
+                              for name, algorithm in built.items()}, device, warmup, repeats)
+    erm_ms, align_ms = steps["TimmERM"], steps["ALIGN"]
+    erm_peak, align_peak = peaks["TimmERM"], peaks["ALIGN"]
+    methods = {name: {"ms": round(steps[name], 3), "over_erm": ratio(steps[name], erm_ms),
+                      "peak_mb": None if peaks[name] is None else round(peaks[name], 1),
+                      "memory_over_erm": ratio(peaks[name], erm_peak)} for name in names}
+    input_size = built["TimmERM"].classifier.input_size
+    align = built.pop("ALIGN")
+    del built
     release()
     if profile:
         profile_call("one ALIGN update", lambda: align.update(batches), device)
@@ -280,6 +312,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     rounded = {key: round(value, 3) if key.endswith("_ms") else value for key, value in cams.items()}
     return {
         "erm_ms": round(erm_ms, 3), "align_ms": round(align_ms, 3), "align_over_erm": align_over_erm,
+        "methods": methods,
         **rounded, "gradcam_speedup": speedup,
         "gradcam_speedup_fp32": ratio(cams["gradcam_reference_ms"], cams["gradcam_fp32_ms"]),
         "gradcam_speedup_autograd": ratio(cams["gradcam_reference_ms"], cams["gradcam_autograd_ms"]),

@@ -10,18 +10,17 @@ from pathlib import Path
 
 import torch
 
-from domainbed_align import ALGORITHM_NAMES, algorithms
+from domainbed_align import registry
 from domainbed_align.errors import CheckpointError
 from domainbed_align.trainer import ExplanationGuidedAlgorithm
 
-ALGORITHMS = {name: getattr(algorithms, name) for name in ALGORITHM_NAMES}
 # What upstream's save_checkpoint writes (b93c22a).
 CHECKPOINT_KEYS = ("args", "model_input_shape", "model_num_classes", "model_num_domains", "model_hparams",
                    "model_dict")
 
 
 def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "cpu") -> ExplanationGuidedAlgorithm:
-    """The ALIGN or TimmERM saved in a DomainBed ``model.pkl``, with its hparams and warm-up progress, in eval mode.
+    """The algorithm of ours saved in a DomainBed ``model.pkl``, with its hparams and warm-up progress, in eval mode.
 
     Loaded with ``weights_only`` (no code in the file runs); numpy scalars, which DomainBed's random hparam
     draws produce, are the only other types allowed.
@@ -47,8 +46,9 @@ def read_checkpoint(model_pkl: str | os.PathLike, device: str | torch.device = "
     if missing:
         raise CheckpointError(f"{path} is not a DomainBed model.pkl: it lacks {missing}.")
     name = checkpoint["args"].get("algorithm")
-    if name not in ALGORITHMS:
-        raise CheckpointError(f"{path} holds a {name!r} model; load_algorithm loads {sorted(ALGORITHMS)}. Load "
+    ours = registry.algorithm_names()
+    if name not in ours:
+        raise CheckpointError(f"{path} holds a {name!r} model; load_algorithm loads {list(ours)}. Load "
                               f"DomainBed's own algorithms with domainbed.algorithms.get_algorithm_class({name!r}).")
     return checkpoint
 
@@ -58,7 +58,7 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     # The file has the trained weights; building the backbone must not fetch ImageNet ones.
     saved = checkpoint["model_hparams"]
     hparams = {**saved, "pretrained": False, "pretrained_file": ""}
-    algorithm = ALGORITHMS[checkpoint["args"]["algorithm"]](
+    algorithm = registry.algorithm_class(checkpoint["args"]["algorithm"])(
         checkpoint["model_input_shape"], checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
     algorithm.load_state_dict(checkpoint["model_dict"])
     # ... but the hparams report how the run was trained.

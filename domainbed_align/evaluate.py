@@ -62,9 +62,10 @@ def find_models(input_dir: str | os.PathLike) -> list[Path]:
 
 def dataset_of_run(checkpoint: dict, data_dir: str | None = None) -> Any:
     """The run's dataset as its train.py built it (its hparams and test environments), but without data
-    augmentation: explain the images, not random crops of them. ``data_dir`` overrides the run's own."""
+    augmentation (explain the images, not random crops of them) and without the mask channel of annotation methods
+    (masks come from ``environment.mask(i)``). ``data_dir`` overrides the run's own."""
     args = checkpoint["args"]
-    plain = {**checkpoint["model_hparams"], "data_augmentation": False}
+    plain = {**checkpoint["model_hparams"], "data_augmentation": False, "gt_masks": False}
     return _dataset(args["dataset"], data_dir or args["data_dir"], list(args["test_envs"]), plain)
 
 

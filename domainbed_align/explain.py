@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from domainbed_align.errors import ExplanationInputError
-from domainbed_align.gradcam import normalize_per_sample
+from domainbed_align.gradcam import normalize_per_sample, true_class_scores
 
 
 def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_classes: int,
@@ -62,6 +62,23 @@ def grad_cam_explanations(classifier: nn.Module, images: torch.Tensor,
     finally:
         classifier.train(was_training)
     return normalize_per_sample(maps.float())
+
+
+def input_gradient_saliency(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SGT's saliency ``[N, H, W]`` (float32, no graph): d logit_{labels[i]} / dx, signed, averaged over channels,
+    in eval mode (restored afterwards), as its code's ``Saliency(model).attribute(x, y, abs=False).mean(1)``.
+
+    Samples are independent in eval mode, so the gradient of the summed true-class logits is each sample's own.
+    """
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        with torch.enable_grad():
+            inputs = images.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(true_class_scores(classifier(inputs), labels.long()).sum(), inputs)
+    finally:
+        classifier.train(was_training)
+    return gradient.float().mean(dim=1)
 
 
 @dataclass

@@ -71,11 +71,11 @@ class HParam:
         return value
 
 
-def _log_uniform(low: float, high: float) -> Callable[[np.random.RandomState], float]:
+def log_uniform(low: float, high: float) -> Callable[[np.random.RandomState], float]:
     return lambda r: float(10 ** r.uniform(low, high))
 
 
-def _choice(*values: Any) -> Callable[[np.random.RandomState], Any]:
+def choice(*values: Any) -> Callable[[np.random.RandomState], Any]:
     return lambda r: values[int(r.randint(len(values)))]
 
 
@@ -101,47 +101,70 @@ BACKBONE_HPARAMS = (
            "use channels_last memory format on CUDA (no effect on CPU)."),
 )
 
-# --- DRE's mixup explanation-consistency term (ALIGN's L_reg) and the Grad-CAM it trains on -------------
-MIXUP_HPARAMS = (
-    # DRE's code trains on captum's LayerGradCam with its defaults (no ReLU, channel weights without gradient);
-    # the standard ReLU map, differentiated fully, left 42-58% of ALIGN's maps all-zero in the demo (issue 11).
-    HParam("train_cam_relu", bool, False, None,
-           "apply Grad-CAM's ReLU to the map the losses train on (DRE: no; explanations always use it)."),
-    HParam("train_cam_weight_gradient", bool, False, None,
-           "let the training losses differentiate through Grad-CAM's channel weights, a double backward where "
-           "the closed form does not apply (DRE: no, the weights are constants; the loss acts through the "
-           "activations only)."),
-    HParam("lambda_reg", float, 1.0, _log_uniform(-1.0, 0.5),
+
+# --- the Grad-CAM a training loss reads (DRE, ALIGN, GRADIA, HAICS, ...) --------------------------------
+def train_cam_hparams(relu: bool = False, weight_gradient: bool = False,
+                      whose: str = "DRE") -> tuple[HParam, HParam]:
+    """How the map a training loss reads is computed; defaults are the method's own code's (``whose``).
+
+    DRE's code trains on captum's LayerGradCam with its defaults (no ReLU, channel weights without gradient);
+    the standard ReLU map, differentiated fully, left 42-58% of ALIGN's maps all-zero in the demo (issue 11).
+    """
+    weights = "yes" if weight_gradient else "no, the weights are constants; the loss acts through the activations"
+    return (
+        HParam("train_cam_relu", bool, relu, None,
+               f"apply Grad-CAM's ReLU to the map the losses train on ({whose}: {'yes' if relu else 'no'}; "
+               f"explanations always use it)."),
+        HParam("train_cam_weight_gradient", bool, weight_gradient, None,
+               f"let the training losses differentiate through Grad-CAM's channel weights, a double backward "
+               f"where the closed form does not apply ({whose}: {weights})."),
+    )
+
+
+TRAIN_CAM_HPARAMS = train_cam_hparams()
+
+# --- DRE's mixup explanation-consistency term (ALIGN's L_reg) -----------------------------------------
+MIXUP_HPARAMS = TRAIN_CAM_HPARAMS + (
+    HParam("lambda_reg", float, 1.0, log_uniform(-1.0, 0.5),
            "weight of DRE's same-class mixup explanation-consistency term (inside it DRE's own weights "
            "1.0 consistency + 0.5 sparsity + 0.1 mixed CE).", minimum=0.0),
     HParam("mixup_alpha", float, 0.2, None, "Beta(alpha, alpha) of the mixup coefficient (DRE: 0.2).",
            minimum=1e-6),
 )
 
+# --- annotation methods: the mask channel ---------------------------------------------------------------
+# Our datasets with ground-truth foreground masks (the mask channel, see domainbed_align.data.datasets).
+MASK_DATASETS = frozenset({"TextureMNIST", "SpuriousTextureMNIST"})
+GT_MASKS_HPARAM = HParam(
+    "gt_masks", bool, lambda dataset: dataset in MASK_DATASETS, None,
+    "train on ground-truth masks: the dataset appends them as a last input channel, which the trainer splits off "
+    "before any network sees the input (default: on where the dataset has masks, i.e. TextureMNIST and "
+    "SpuriousTextureMNIST; off elsewhere, where the method is then plain ERM).")
+
 # --- ALIGN's masker and alignment -------------------------------------------------------------------
 ALIGN_HPARAMS = (
     # Keeping every pixel costs lambda_sparsity while the fidelity term is at most 4, and keeping everything
     # already minimises p_y(x*(1-M)): at 0.05 the masker kept ~97% of TextureMNIST (digit IoU 0.06), at 2.0 it
     # kept 15% (IoU 0.52). See results/masker_sparsity/.
-    HParam("lambda_sparsity", float, 2.0, _log_uniform(-0.5, 0.5),
+    HParam("lambda_sparsity", float, 2.0, log_uniform(-0.5, 0.5),
            "masker: weight of mean |M(x)| (sparsity).", minimum=0.0),
-    HParam("lambda_smooth", float, 0.05, _log_uniform(-2.5, -0.5),
+    HParam("lambda_smooth", float, 0.05, log_uniform(-2.5, -0.5),
            "masker: weight of the total variation of M(x) (smoothness).", minimum=0.0),
-    HParam("lambda_align", float, 1.0, _log_uniform(-1.0, 1.0),
+    HParam("lambda_align", float, 1.0, log_uniform(-1.0, 1.0),
            "classifier: weight of BCE(Grad-CAM_y(x), M(x)).", minimum=0.0),
-    HParam("warmup_steps", int, 1000, _choice(500, 1000, 2000),
+    HParam("warmup_steps", int, 1000, choice(500, 1000, 2000),
            "update() calls with the classifier alone (CE + lambda_reg * L_mixup) before the masker starts; "
            "counted in absolute steps because DomainBed never tells an algorithm the run length.", minimum=0),
-    HParam("masker_warmup_steps", int, 100, _choice(50, 100, 200),
+    HParam("masker_warmup_steps", int, 100, choice(50, 100, 200),
            "update() calls after warmup_steps in which the masker trains against the classifier but the "
            "alignment term is still off, so the first alignment target is a trained mask (each call still makes "
            "one classifier step, CE + lambda_reg * L_mixup).", minimum=0),
-    HParam("masker_steps", int, 1, _choice(1, 2),
+    HParam("masker_steps", int, 1, choice(1, 2),
            "masker steps per update() after warm-up (each update() is always one classifier step).",
            minimum=1),
-    HParam("masker_lr", float, 1e-3, _log_uniform(-4.0, -2.5), "Adam learning rate of the masker.",
+    HParam("masker_lr", float, 1e-3, log_uniform(-4.0, -2.5), "Adam learning rate of the masker.",
            minimum=0.0),
-    HParam("masker_width", int, 16, _choice(16, 32),
+    HParam("masker_width", int, 16, choice(16, 32),
            "channels of the masker's two hidden 3x3 conv layers.", minimum=1),
     HParam("masker_downsample", int, 2, None,
            "the masker runs on a d-times area-downsampled image and its output is upsampled back to the "
@@ -151,18 +174,11 @@ ALIGN_HPARAMS = (
            "'input' = bilinearly upsample Grad-CAM to the mask.", choices=("cam", "input")),
 )
 
-SPECS: dict[str, tuple[HParam, ...]] = {
-    "TimmERM": BACKBONE_HPARAMS,
-    "DRE": BACKBONE_HPARAMS + MIXUP_HPARAMS,
-    "ALIGN": BACKBONE_HPARAMS + MIXUP_HPARAMS + ALIGN_HPARAMS,
-}
-
-
 # Our offline datasets train from scratch (no weights offline): DomainBed's small-image learning rate suits
 # them, not the 5e-5 it gives photo datasets for fine-tuning. Applies to every algorithm on these datasets.
 OFFLINE_DATASETS = ("TextureMNIST", "SpuriousTextureMNIST", "VLCSMini")
 DATASET_HPARAMS = (
-    HParam("lr", float, 1e-3, _log_uniform(-4.5, -2.5), "learning rate (DomainBed's small-image range)."),
+    HParam("lr", float, 1e-3, log_uniform(-4.5, -2.5), "learning rate (DomainBed's small-image range)."),
     HParam("weight_decay", float, 0.0, None, "weight decay (none, as for DomainBed's small images)."),
 )
 
@@ -177,7 +193,10 @@ def dataset_entries(dataset: str, random_seed: int, seed_hash: Callable[..., int
 
 
 def specs_for(algorithm: str) -> tuple[HParam, ...]:
-    return SPECS[algorithm]
+    """Our hparams of a registered algorithm (its registry entry's)."""
+    from domainbed_align import registry
+
+    return registry.entry(algorithm).hparams
 
 
 def registry_entries(algorithm: str, dataset: str, random_seed: int,

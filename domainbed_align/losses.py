@@ -5,8 +5,11 @@ Formulas follow ``shared/align-method.md``; each function documents the reductio
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 # DRE's published weights inside its regulariser (Li et al., CVPR 2023).
 DRE_CONSISTENCY_WEIGHT = 1.0
@@ -111,3 +114,78 @@ def dre_mixup_loss(cam: torch.Tensor, cam_partner: torch.Tensor, cam_mixed: torc
     loss = (DRE_CONSISTENCY_WEIGHT * terms["consistency"] + DRE_SPARSITY_WEIGHT * terms["sparsity"]
             + DRE_MIXED_CE_WEIGHT * terms["mixed_ce"])
     return {"loss": loss, **terms}
+
+
+# --- SGT (Ismail et al., NeurIPS 2021; ayaabdelsalam91/saliency_guided_training, Scripts/interpretable.py) ------
+def saliency_guided_masking(images: torch.Tensor, saliency: torch.Tensor, fraction: float,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """SGT's masked input: per sample, the ``max(1, int(H * W * fraction))`` positions of lowest ``saliency``
+    ``[N, H, W]`` (signed: most negative first, as its ``topk(largest=False)``) are replaced, in every channel, by
+    values drawn uniformly in that sample's channel range [min_c, max_c] (its ``Helper.fill_SingleMask``).
+
+    Batched (one top-k and one ``where``) where the reference loops over samples; no host sync. Detached: the
+    masked input is a constant, as in the reference.
+    """
+    n, channels, height, width = images.shape
+    count = max(1, int(height * width * fraction))
+    lowest = saliency.reshape(n, -1).topk(count, dim=1, largest=False).indices
+    drop = torch.zeros(n, height * width, dtype=torch.bool, device=images.device)
+    drop = drop.scatter(1, lowest, True).view(n, 1, height, width)
+    images = images.detach()
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    uniform = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return torch.where(drop, low + (high - low) * uniform, images)
+
+
+def sgt_kl(logits: torch.Tensor, logits_masked: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x_masked)), summed over classes and averaged over samples (``KLDivLoss(reduction='batchmean')``
+    on ``log_softmax(masked), softmax(x)``); neither side detached, as in SGT's code."""
+    return F.kl_div(F.log_softmax(logits_masked.float(), dim=1), F.log_softmax(logits.float(), dim=1),
+                    reduction="batchmean", log_target=True)
+
+
+# --- annotation losses (GRADIA, HAICS, RRR): a mean over the annotated samples only ---------------------------
+def annotated_mean(per_sample: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_sample`` ``[N]`` over the samples with ``annotated`` 1 (0 if none: the method is then ERM);
+    the denominator is the annotated count, as GRADIA's mean over its valid samples. Sync-free."""
+    return (per_sample * annotated).sum() / annotated.sum().clamp(min=1.0)
+
+
+# The sigma whose 3-tap Gaussian is OpenCV's fixed [1/4, 1/2, 1/4], what GRADIA's cv2.GaussianBlur(m, (3, 3), 0) uses.
+OPENCV_3X3_SIGMA = 1.0 / math.sqrt(2.0 * math.log(2.0))
+
+
+def gradia_target(masks: torch.Tensor) -> torch.Tensor:
+    """GRADIA's attention target from masks already area-resized to the Grad-CAM grid ``[N, h, w]``
+    (``GRADIA.py`` resize_attention_label): a 3x3 Gaussian blur (OpenCV's kernel, reflect-101 border: torchvision's
+    ``gaussian_blur`` with :data:`OPENCV_3X3_SIGMA`), divided by its maximum (an empty mask stays zero instead of
+    GRADIA's 0/0). Not rounded to 8 bits as GRADIA's uint8 images are."""
+    blurred = gaussian_blur(masks.float().unsqueeze(1), kernel_size=[3, 3], sigma=[OPENCV_3X3_SIGMA] * 2).squeeze(1)
+    peak = blurred.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
+    return blurred / peak
+
+
+def gradia_l1(cams: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """GRADIA's attention loss: mean over the grid of |cam - target| per sample ``[N, h, w]`` (``nn.L1Loss``),
+    averaged over the annotated samples (its reasonability weights are all 1 here: DomainBed has no such labels)."""
+    return annotated_mean((cams.float() - targets.float()).abs().flatten(1).mean(dim=1), annotated)
+
+
+def haics_bce(cams: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """HAICS (RES's ``--transforms HAICS``): BCE(cam, mask) per sample, the min-max Grad-CAM taken as the
+    probability (no sigmoid; torch's log clamp at -100, no epsilon, as ``nn.BCELoss``), mean over the grid, averaged
+    over the annotated samples. Float32: autocast refuses BCE."""
+    with torch.autocast(device_type=cams.device.type, enabled=False):
+        per_cell = F.binary_cross_entropy(cams.float(), targets.float(), reduction="none")
+    return annotated_mean(per_cell.flatten(1).mean(dim=1), annotated)
+
+
+def rrr_penalty(input_gradient: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """RRR's right-reasons term (``dtak/rrr``, ``rrr/multilayer_perceptron.py``: ``l2_norm(grads[A])``): per sample
+    the plain sum of squares (no 1/2, unlike ``tf.nn.l2_loss``) of the input gradient ``[N, C, H, W]`` on the
+    irrelevant pixels, A = 1 - mask (``masks`` ``[N, 1, H, W]`` in [0, 1], broadcast over channels), averaged over
+    the annotated samples (dtak sums both CE and this over the batch; we average both, so its lambda is unchanged by
+    the batch size)."""
+    gradient = input_gradient.to(torch.promote_types(input_gradient.dtype, torch.float32))  # float64 stays
+    return annotated_mean(((1.0 - masks.to(gradient.dtype)) * gradient).pow(2).flatten(1).sum(dim=1), annotated)

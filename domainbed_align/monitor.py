@@ -20,6 +20,7 @@ FULL_MASK = 0.98
 
 @dataclass(frozen=True)
 class Rule:
+    name: str  # a rule fires once per run; CollapseMonitor.warn_once with this name counts as firing
     key: str  # the reported float the rule reads
     holds: Callable[[float], bool]
     active: Callable[[Mapping[str, float]], bool]  # whether this step counts (e.g. the masker is training)
@@ -27,19 +28,22 @@ class Rule:
 
 
 RULES = (
-    Rule("zero_cams", lambda share: share > ZERO_MAP_LIMIT, lambda floats: True,
+    Rule("blank_cams", "zero_cams", lambda share: share > ZERO_MAP_LIMIT, lambda floats: True,
          "more than half of the true-class Grad-CAMs (standard ReLU map) were zero everywhere in each of "
          "steps {first}-{last}: explanations are blank and an alignment with them carries no signal. Look at "
          "'train_cam_relu' (false is DRE's map, which keeps a gradient), 'lambda_reg', 'lambda_align', "
          "'gradcam_layer' and 'warmup_steps'."),
-    Rule("mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
+    Rule("empty_mask", "mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an empty "
          f"mask: the alignment target is blank). Look at 'lambda_sparsity' (lower), and at 'warmup_steps' / "
          f"'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity signal), "
          f"'masker_lr'."),
-    Rule("mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
+    Rule("full_mask", "mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept over {FULL_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an all-ones "
          f"mask selects nothing). Look at 'lambda_sparsity' (higher), 'masker_lr' and 'masker_warmup_steps'."),
+    Rule("no_annotations", "annotated", lambda share: share == 0.0, lambda floats: True,
+         "no sample of steps {first}-{last} had an annotation mask: the explanation loss was zero and the method "
+         "trained as plain ERM. Check the run's masks (a mask file or folder that does not match the dataset)."),
 )
 
 
@@ -52,7 +56,7 @@ class CollapseMonitor:
         self.stream = stream
         self.fired: list[str] = []  # the messages printed, in order
         self._runs = [deque(maxlen=window) for _ in RULES]  # steps at which each rule held, consecutively
-        self._done: set[int] = set()
+        self._done: set[str] = set()  # names of the rules (and warn_once names) that fired
 
     def observe(self, step: int, floats: Mapping[str, float]) -> None:
         for index, rule in enumerate(RULES):
@@ -61,9 +65,14 @@ class CollapseMonitor:
                 run.clear()
                 continue
             run.append(step)
-            if len(run) == self.window and index not in self._done:
-                self._done.add(index)
-                text = (f"domainbed_align warning: {self.algorithm} at step {step}: "
-                        f"{rule.message.format(first=run[0], last=run[-1])}")
-                self.fired.append(text)
-                print(text, file=self.stream or sys.stderr, flush=True)
+            if len(run) == self.window:
+                self.warn_once(rule.name, step, rule.message.format(first=run[0], last=run[-1]))
+
+    def warn_once(self, name: str, step: int, message: str) -> None:
+        """Print ``message`` unless a warning called ``name`` was printed already in this run."""
+        if name in self._done:
+            return
+        self._done.add(name)
+        text = f"domainbed_align warning: {self.algorithm} at step {step}: {message}"
+        self.fired.append(text)
+        print(text, file=self.stream or sys.stderr, flush=True)

@@ -4,8 +4,13 @@
 optimizer, mixed precision, the batched differentiable Grad-CAM of the true class, DRE's same-class mixup
 term, the check that stops a diverged step before its optimizer step, the collapse warnings and the conversion
 of every loss term to Python floats. A method overrides one small hook, :meth:`explanation_loss` (and, for ALIGN,
-:meth:`after_classifier_step` for its masker). The class imports no DomainBed: the registration hook mixes
+:meth:`after_classifier_step` for its masker), reading what it needs from the step's
+:class:`~domainbed_align.step.StepContext`. The class imports no DomainBed: the registration hook mixes
 ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
+
+Annotations cannot leak: with ``gt_masks`` our datasets append the mask as a last input channel; the trainer
+splits it off in ``update``, ``predict`` and ``explain`` before any network sees an input, and only methods that
+set ``uses_gt_masks`` may have it at all (the others refuse ``gt_masks``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from domainbed_align import hparams as hparams_lib
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.explain import check_explanation_inputs, grad_cam_explanations
-from domainbed_align.gradcam import normalize_per_sample, zero_map_share
 from domainbed_align.losses import dre_mixup_loss, same_class_partners
 from domainbed_align.monitor import CollapseMonitor
+from domainbed_align.step import StepContext
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+NO_ANNOTATIONS = ("{name} trains on annotation masks, but this run has none (hparam 'gt_masks' is false, or the "
+                  "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Use a dataset "
+                  "with masks (TextureMNIST, SpuriousTextureMNIST) and gt_masks true.")
 
 
 class ExplanationGuidedAlgorithm(nn.Module):
@@ -37,10 +46,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
     floats; ``predict(x)`` returns logits. Domain-adaptation ``unlabeled`` batches are ignored.
     """
 
-    name = ""  # key of this algorithm's hparams in hparams.SPECS
-    uses_gradcam = False
-    uses_mixup = False
+    name = ""  # its registry name (set by registry.register_algorithm)
+    uses_gradcam = False  # the step's forward also computes the training Grad-CAM of the true class
+    uses_mixup = False  # DRE's same-class mixup term (needs uses_gradcam)
     uses_gt_masks = False  # annotation-based methods set this; the others must never see the mask channel
+    needs_input_gradient = False  # the step's images require grad, for step.input_gradient
 
     @staticmethod
     def known_hparam_names() -> frozenset | None:
@@ -59,9 +69,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.hparams = hparams_lib.validate(self.name, hparams, self.known_hparam_names())
         self.num_classes = num_classes
         self.num_domains = num_domains
-        self.in_channels = input_shape[0]
+        # With gt_masks the dataset's last channel is the mask: no network is built to see it.
+        self.mask_channel = self.uses_gt_masks and self.hparams["gt_masks"]
+        self.in_channels = input_shape[0] - int(self.mask_channel)  # image channels, what every network gets
         h = self.hparams
-        backbone = create_backbone(h["backbone"], num_classes, in_chans=input_shape[0],
+        backbone = create_backbone(h["backbone"], num_classes, in_chans=self.in_channels,
                                    pretrained=h["pretrained"], pretrained_file=h["pretrained_file"],
                                    drop_rate=h["resnet_dropout"])
         self.classifier = CamClassifier(backbone, native_size=input_shape[-1], input_size=h["input_size"],
@@ -73,40 +85,42 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.monitor = CollapseMonitor(type(self).__name__)
 
     # --- the hooks a method overrides ---------------------------------------------------------------
-    def explanation_loss(self, images: torch.Tensor, labels: torch.Tensor,
-                         cams: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """The method's weighted explanation loss on normalised true-class Grad-CAMs ``[N, h, w]``.
+    def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
+        """The method's weighted loss beyond CE (and DRE's term, which ``uses_mixup`` adds), from what ``step``
+        computes on demand (logits, training Grad-CAMs, input gradients, annotations).
 
-        Returns (weighted total added to the classifier loss, terms to report). Only called when
-        ``uses_gradcam``.
+        Returns (weighted total added to the classifier loss, terms to report under the same keys every step).
         """
         return 0.0, {}
 
-    def after_classifier_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def after_classifier_step(self, step: StepContext) -> dict[str, float]:
         """Work done after each classifier step (ALIGN: its masker steps); returns terms to report (floats,
         each optimizer step checked with :meth:`checked_floats` before it is taken)."""
         return {}
 
     # --- DomainBed contract -------------------------------------------------------------------------
     def update(self, minibatches: Minibatches, unlabeled: Any = None) -> dict[str, float]:
-        images = torch.cat([x for x, _ in minibatches])
+        images, annotations = self.split_annotations(torch.cat([x for x, _ in minibatches]))
         labels = torch.cat([y for _, y in minibatches])
-        images = self.prepare_images(images)
+        if self.uses_gt_masks and annotations is None:
+            self.monitor.warn_once("no_annotations", self.steps_done, NO_ANNOTATIONS.format(name=type(self).__name__))
+        step = StepContext(self, self.prepare_images(images), labels, annotations)
+        images = step.images
         with self.autocast(images):
-            loss, terms = self.classifier_loss(images, labels)
+            loss, terms = self.classifier_loss(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         floats = self.checked_floats({"loss": loss, **terms}, self.classifier.parameters(), "grad_norm",
                                      "classifier step")  # raises before the weights change
         self.optimizer.step()
         with self.autocast(images):
-            floats.update(self.after_classifier_step(images, labels))
+            floats.update(self.after_classifier_step(step))
         self.monitor.observe(self.steps_done, floats)
         self.steps_done += 1
         return floats
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        images = self.prepare_images(images)
+        images = self.prepare_images(self.split_annotations(images)[0])
         with self.autocast(images):
             return self.classifier(images).float()
 
@@ -119,43 +133,41 @@ class ExplanationGuidedAlgorithm(nn.Module):
         :class:`domainbed_align.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
         """
         self.check_explanation_inputs(images, labels)
-        images = self.prepare_images(images)
+        images = self.prepare_images(self.split_annotations(images)[0])
         with self.autocast(images):
             return grad_cam_explanations(self.classifier, images, labels)
 
     def check_explanation_inputs(self, images: Any, labels: Any) -> None:
         """Raise one ExplanationInputError naming what is wrong with ``images`` or ``labels``."""
         model_device = next(self.classifier.parameters()).device
-        check_explanation_inputs(images, labels, self.in_channels, self.num_classes, model_device)
+        channels = self.in_channels  # or with the run's mask channel, which explain() splits off
+        if self.mask_channel and isinstance(images, torch.Tensor) and images.dim() == 4:
+            channels += int(images.shape[1] == self.in_channels + 1)
+        check_explanation_inputs(images, labels, channels, self.num_classes, model_device)
 
     # --- machinery ----------------------------------------------------------------------------------
-    def classifier_loss(self, images: torch.Tensor,
-                        labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """CE, plus (for Grad-CAM methods) DRE's mixup term and the method's explanation loss."""
-        if not self.uses_gradcam:
-            cross_entropy = F.cross_entropy(self.classifier(images).float(), labels)
-            return cross_entropy, {"ce": cross_entropy}
-        n = labels.numel()
-        batch, batch_labels = images, labels
+    def split_annotations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images, annotations ``[N, 1, H, W]`` or None): the run's mask channel split off, if it has one and
+        ``inputs`` carries it (DomainBed's evaluation loaders do; explanations may pass plain images)."""
+        if self.mask_channel and inputs.dim() == 4 and inputs.shape[1] == self.in_channels + 1:
+            return inputs[:, :-1], inputs[:, -1:]
+        return inputs, None
+
+    def classifier_loss(self, step: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """CE, plus (``uses_mixup``) DRE's mixup term and the method's :meth:`explanation_loss`."""
+        cross_entropy = F.cross_entropy(step.logits.float(), step.labels)
+        loss, terms = cross_entropy, {"ce": cross_entropy}
+        if self.uses_gradcam:  # the standard (ReLU) map's blank share, whichever map is trained on
+            terms["zero_cams"] = step.zero_cams
+        if self.uses_gt_masks:
+            terms["annotated"] = step.annotated_fraction
         if self.uses_mixup:
-            partners, mix_weight = self.sample_mixup(labels)
-            lam = mix_weight.view(-1, 1, 1, 1).to(images.dtype)
-            mixed = lam * images + (1 - lam) * images[partners]
-            # One forward over originals and mixes; mixes share their label (same-class pairs).
-            batch, batch_labels = torch.cat([images, mixed]), torch.cat([labels, labels])
-        logits, raw_cams = self.classifier.forward_with_cams(
-            batch, batch_labels, relu=self.hparams["train_cam_relu"],
-            weight_gradient=self.hparams["train_cam_weight_gradient"])
-        cams = normalize_per_sample(raw_cams.float())
-        cross_entropy = F.cross_entropy(logits[:n].float(), labels)
-        # zero_cams: the standard (ReLU) Grad-CAM of the originals is zero everywhere, whichever map is trained on
-        loss, terms = cross_entropy, {"ce": cross_entropy, "zero_cams": zero_map_share(raw_cams[:n])}
-        if self.uses_mixup:
-            regulariser = dre_mixup_loss(cams[:n], cams[:n][partners], cams[n:], mix_weight, logits[n:], labels,
-                                         self.num_classes)
+            mixup = step.mixup
+            regulariser = dre_mixup_loss(step.cams, step.cams[mixup.partners], mixup.cams, mixup.weights,
+                                         mixup.logits, step.labels, self.num_classes)
             loss = loss + self.hparams["lambda_reg"] * regulariser["loss"]
             terms.update({f"reg_{key}" if key != "loss" else "reg": value for key, value in regulariser.items()})
-        explanation, explanation_terms = self.explanation_loss(images, labels, cams[:n])
+        explanation, explanation_terms = self.explanation_loss(step)
         return loss + explanation, {**terms, **explanation_terms}
 
     def sample_mixup(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

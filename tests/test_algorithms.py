@@ -11,6 +11,7 @@ from domainbed_align import hparams as hparams_lib
 from domainbed_align.algorithms import ALIGN, DRE, MASKER_REPORT, TimmERM
 from domainbed_align.backbones import create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError, PretrainedWeightsError
+from domainbed_align.step import StepContext
 
 SHAPE = (3, 28, 28)
 
@@ -80,7 +81,7 @@ def test_classifier_step_leaves_the_masker_untouched():
     images, labels = (torch.cat(t) for t in zip(*_batches()))
     before = _state(algorithm.masker)
     classifier_before = _state(algorithm.classifier)
-    loss, terms = algorithm.classifier_loss(images, labels)
+    loss, terms = algorithm.classifier_loss(StepContext(algorithm, images, labels, None))
     loss.backward()
     algorithm.optimizer.step()
     assert terms["align_bce"].item() > 0
@@ -92,16 +93,10 @@ def test_classifier_step_leaves_the_masker_untouched():
 def test_alignment_loss_gradient_reaches_the_backbone():
     algorithm = _align(warmup_steps=0, lambda_reg=0.0)
     images, labels = (torch.cat(t) for t in zip(*_batches()))
-    cams_loss, _ = algorithm.explanation_loss(images, labels, _cams(algorithm, images, labels))
+    cams_loss, _ = algorithm.explanation_loss(StepContext(algorithm, images, labels, None))
     cams_loss.backward()
     stem = algorithm.classifier.backbone.conv1.weight.grad
     assert stem is not None and stem.abs().sum() > 0
-
-
-def _cams(algorithm, images, labels):
-    from domainbed_align.gradcam import normalize_per_sample
-
-    return normalize_per_sample(algorithm.classifier.forward_with_cams(images, labels)[1])
 
 
 def test_masker_steps_ratio_and_same_classifier_steps_as_erm():

@@ -21,7 +21,7 @@ RATIOS = {"align_over_erm": ("align_ms", "erm_ms"), "gradcam_speedup": ("gradcam
           "gradcam_speedup_autograd": ("gradcam_reference_ms", "gradcam_autograd_ms"),
           "gradcam_speedup_explain": ("gradcam_reference_ms", "gradcam_nograph_ms"),
           "gradcam_over_forward": ("gradcam_ms", "forward_ms")}
-KEYS = set(TIMINGS) | set(RATIOS) | {
+KEYS = set(TIMINGS) | set(RATIOS) | {"methods",
     "erm_peak_mb", "align_peak_mb", "align_over_erm_memory", "targets", "meets_align_over_erm",
     "meets_gradcam_speedup", "meets_align_over_erm_memory", "device", "torch", "timm", "grad_cam", "backbone",
     "pretrained", "resolution", "classifier_input", "gradcam_layer", "gradcam_closed_form", "cam_side", "batch", "classes", "precision",
@@ -42,6 +42,15 @@ def test_bench_prints_one_consistent_json_line():
     for key, (numerator, denominator) in RATIOS.items():
         assert result[key] > 0
         assert math.isclose(result[key], result[numerator] / result[denominator], rel_tol=1e-3), key
+    # every registered method, timed against TimmERM in the same interleaved rounds
+    from domainbed_align import registry
+
+    methods = result["methods"]
+    assert list(methods) == list(registry.algorithm_names())
+    assert methods["TimmERM"]["ms"] == result["erm_ms"] and methods["ALIGN"]["ms"] == result["align_ms"]
+    for name, row in methods.items():
+        assert row["ms"] > 0 and math.isclose(row["over_erm"], row["ms"] / result["erm_ms"], rel_tol=1e-3), name
+        assert row["peak_mb"] is None and row["memory_over_erm"] is None  # no CUDA
     # CPU: no peak-memory measurement, so no memory ratio and no verdict on it.
     assert result["erm_peak_mb"] is None and result["align_peak_mb"] is None
     assert result["align_over_erm_memory"] is None and result["meets_align_over_erm_memory"] is None

@@ -19,12 +19,14 @@ if upstream_root() is not None:
 CHECK_REGISTERED = """
 import json, domainbed.algorithms as a, domainbed.hparams_registry as h
 from domainbed_align.hparams import specs_for
+from domainbed_align.registry import algorithm_names
 cls = a.get_algorithm_class('ALIGN')
 hp_default = h.default_hparams('ALIGN', __DATASET__)
 hp_random = h.random_hparams('ALIGN', __DATASET__, 3)
 print(json.dumps({
-    'algorithms': [n for n in a.ALGORITHMS if n in ('ALIGN', 'DRE', 'TimmERM')],
-    'is_algorithm': all(issubclass(a.get_algorithm_class(n), a.Algorithm) for n in ('TimmERM', 'DRE', 'ALIGN')),
+    'ours': list(algorithm_names()),
+    'algorithms': [n for n in a.ALGORITHMS if n in algorithm_names()],
+    'is_algorithm': all(issubclass(a.get_algorithm_class(n), a.Algorithm) for n in algorithm_names()),
     'default': hp_default, 'random': hp_random,
     # ours only: upstream's own random lr etc. are numpy floats (JSON-safe float subclasses)
     'random_types': sorted({type(hp_random[s.name]).__name__ for s in specs_for('ALIGN')}),
@@ -44,7 +46,8 @@ def test_fresh_process_sees_align(source, tmp_path):
     result = run_python(CHECK_REGISTERED.replace("__DATASET__", repr(_dataset(source))), source, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["algorithms"] == ["TimmERM", "DRE", "ALIGN"]
+    # every registered method, in registration order, after upstream's own
+    assert report["algorithms"] == report["ours"] == ["TimmERM", "DRE", "ALIGN", "SGT", "GRADIA", "HAICS", "RRR"]
     assert report["is_algorithm"] and report["deterministic"] and report["erm_untouched"]
     assert report["default"]["lambda_align"] == 1.0 and report["default"]["pretrained"] is False
     assert set(report["random_types"]) <= {"bool", "int", "float", "str"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ENABLE_HINT, hook_active, run_python, upstream_root
+from domainbed_align import registry
 from domainbed_align.checkpoints import load_algorithm
 
 pytestmark = [pytest.mark.integration,
@@ -66,23 +67,24 @@ def test_typo_in_hparams_stops_train_py_with_one_message(tmp_path):
     assert "lambda_algin" in (tmp_path / "o" / "err.txt").read_text()
 
 
-def test_sweep_launch_then_collect_results_shows_align(tmp_path):
+def test_sweep_launch_then_collect_results_shows_every_method(tmp_path):
     sweep = tmp_path / "sweep"
+    names = list(registry.algorithm_names())
     launch = run_python(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28",
-                         "--algorithms", "ALIGN", "TimmERM", "--n_hparams", "1", "--n_trials", "1",
+                         "--algorithms", *names, "--n_hparams", "1", "--n_trials", "1",
                          "--single_test_envs", "--steps", "3", "--hparams",
                          '{"batch_size": 8, "warmup_steps": 1}', "--command_launcher", "local",
                          "--data_dir", str(tmp_path), "--output_dir", str(sweep), "--skip_confirmation"],
                         upstream_root(), cwd=tmp_path, timeout=1200)
     assert launch.returncode == 0, launch.stderr[-3000:]
     runs = [p for p in sweep.iterdir() if p.is_dir()]
-    assert len(runs) == 6 and all((p / "done").exists() for p in runs)
+    assert len(runs) == 3 * len(names) and all((p / "done").exists() for p in runs)
     collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)],
                          upstream_root(), cwd=tmp_path)
     assert collect.returncode == 0, collect.stderr[-3000:]
-    rows = [line for line in collect.stdout.splitlines() if line.startswith(("ALIGN", "TimmERM"))]
     print(collect.stdout)
-    assert any(r.startswith("ALIGN") for r in rows) and any(r.startswith("TimmERM") for r in rows)
+    shown = {line.split()[0] for line in collect.stdout.splitlines() if line.split()}
+    assert set(names) <= shown, sorted(set(names) - shown)
     assert "Debug28" in collect.stdout
 
     # A run killed while writing leaves a partial line: collect_results names that file, with no traceback.
@@ -117,7 +119,7 @@ def _upstream_pytest(tmp_path, test_file, *selection):
             os.environ["PYTHONPATH"] = old
 
 
-def test_upstream_hparams_registry_tests_include_align(tmp_path):
+def test_upstream_hparams_registry_tests_include_every_method(tmp_path):
     result = _upstream_pytest(tmp_path, "test_hparams_registry.py")
     assert result.returncode == 0, result.stdout[-3000:]
     # upstream parametrises over ALGORITHMS x DATASETS: ours are in both lists now
@@ -126,12 +128,15 @@ def test_upstream_hparams_registry_tests_include_align(tmp_path):
     assert f"{int(count.stdout)} passed" in result.stdout
 
 
-def test_upstream_model_tests_on_cpu_with_align(tmp_path):
-    names = run_python("import domainbed.algorithms as a; print(a.ALGORITHMS.index('TimmERM'), "
-                       "a.ALGORITHMS.index('ALIGN'))", upstream_root(), cwd=tmp_path)
+def test_upstream_model_tests_on_cpu_with_every_method(tmp_path):
+    """Upstream's test_models on Debug28 (no masks: the annotation methods train as plain ERM there, saying so)."""
+    ours = list(registry.algorithm_names())
+    names = run_python(f"import domainbed.algorithms as a; print(*[a.ALGORITHMS.index(n) for n in {ours!r}])",
+                       upstream_root(), cwd=tmp_path)
     indices = names.stdout.split()
+    assert len(indices) == len(ours), names.stderr[-2000:]
     # parameterized names are test_init_update_predict_<index>_<dataset>; Debug28 comes first
     selection = " or ".join(f"test_init_update_predict_{i}_Debug28" for i in indices)
     result = _upstream_pytest(tmp_path, "test_models.py", "-k", selection)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "2 passed" in result.stdout
+    assert f"{len(ours)} passed" in result.stdout

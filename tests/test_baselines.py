@@ -1,0 +1,206 @@
+"""The baselines' pure losses against hand-computed values, finite differences and captum; their classes on the
+shared trainer (each learns what its loss asks)."""
+
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from domainbed_align import hparams as hparams_lib
+from domainbed_align import losses, registry
+from domainbed_align.baselines import GRADIA, HAICS, RRR, SGT
+from domainbed_align.explain import input_gradient_saliency
+from domainbed_align.step import MISSING_ANNOTATION, StepContext
+
+
+# --- SGT ----------------------------------------------------------------------------------------------------
+def test_sgt_masking_replaces_the_lowest_signed_saliency_in_every_channel_within_its_range():
+    images = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]], [[10.0, 20.0], [30.0, 40.0]]]])  # [1, 2, 2, 2]
+    saliency = torch.tensor([[[0.5, -2.0], [-0.1, 3.0]]])  # lowest two (signed): (0, 1) and (1, 0)
+    generator = torch.Generator().manual_seed(0)
+    masked = losses.saliency_guided_masking(images, saliency, 0.5, generator)
+    uniform = torch.rand(images.shape, generator=torch.Generator().manual_seed(0))
+    expected = images.clone()
+    for c, (low, high) in enumerate([(0.0, 3.0), (10.0, 40.0)]):
+        for i, j in [(0, 1), (1, 0)]:
+            expected[0, c, i, j] = low + (high - low) * uniform[0, c, i, j]
+    assert torch.allclose(masked, expected)
+    assert torch.equal(masked[0, :, 0, 0], images[0, :, 0, 0]) and torch.equal(masked[0, :, 1, 1], images[0, :, 1, 1])
+
+
+def test_sgt_masking_drops_at_least_one_pixel_and_is_per_sample():
+    images = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
+    saliency = torch.stack([torch.arange(9.0).view(3, 3), -torch.arange(9.0).view(3, 3)])
+    masked = losses.saliency_guided_masking(images, saliency, 0.01)  # int(9 * 0.01) = 0 -> at least 1
+    changed = (masked != images).flatten(1)
+    assert changed[0].tolist() == [True] + [False] * 8  # sample 0: lowest saliency at the first pixel
+    assert changed[1].tolist() == [False] * 8 + [True]  # sample 1: at the last
+
+
+def test_sgt_kl_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
+    masked = torch.tensor([[0.0, 0.0]])  # q = (1/2, 1/2)
+    expected = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert losses.sgt_kl(logits, masked).item() == pytest.approx(expected, rel=1e-6)
+    # KLDivLoss(batchmean) of log_softmax(masked), softmax(original), as SGT's code writes it
+    reference = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(masked, 1), F.softmax(logits, 1))
+    assert losses.sgt_kl(logits, masked).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_sgt_saliency_equals_captum_saliency_signed_mean_over_channels():
+    from captum.attr import Saliency
+
+    torch.manual_seed(0)
+    algorithm = SGT((3, 56, 56), 4, 2, hparams_lib.default_hparams("SGT", "TextureMNIST"))
+    images, labels = torch.randn(3, 3, 56, 56), torch.tensor([0, 3, 1])
+    ours = input_gradient_saliency(algorithm.classifier, images, labels)
+    algorithm.classifier.eval()
+    oracle = Saliency(algorithm.classifier).attribute(images, target=labels, abs=False).mean(1)
+    assert algorithm.classifier.training is False  # (captum leaves the mode alone; ours restores it, below)
+    algorithm.classifier.train()
+    input_gradient_saliency(algorithm.classifier, images, labels)
+    assert algorithm.classifier.training
+    assert torch.allclose(ours, oracle, atol=1e-6) and (ours < 0).any()  # signed
+
+
+# --- GRADIA, HAICS --------------------------------------------------------------------------------------------
+def test_gradia_target_is_opencv_blur_divided_by_max():
+    centre = torch.zeros(1, 5, 5)
+    centre[0, 2, 2] = 1.0
+    assert torch.allclose(losses.gradia_target(centre)[0, 1:4, 1:4],  # kernel [1/4, 1/2, 1/4]^2, over its max
+                          torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]), atol=1e-6)
+    assert losses.gradia_target(centre)[0, 0].abs().max() == 0
+    corner = torch.zeros(1, 3, 3)
+    corner[0, 0, 0] = 1.0  # reflect-101 border: the blurred corner keeps 1/2 * 1/2 (OpenCV: 255 -> 64)
+    expected = torch.tensor([[0.25, 0.125, 0.0], [0.125, 0.0625, 0.0], [0.0, 0.0, 0.0]]) / 0.25
+    assert torch.allclose(losses.gradia_target(corner)[0], expected, atol=1e-6)
+    assert torch.equal(losses.gradia_target(torch.zeros(1, 3, 3)), torch.zeros(1, 3, 3))  # empty stays empty
+
+
+def test_gradia_l1_and_haics_bce_average_over_annotated_samples_only():
+    cams = torch.tensor([[[0.5, 0.25]], [[1.0, 0.0]], [[0.9, 0.9]]])  # [3, 1, 2]
+    targets = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 0.0]]])
+    annotated = torch.tensor([1.0, 1.0, 0.0])  # the third sample has no mask: no loss, whatever its map
+    l1 = ((0.5 + 0.25) / 2 + 0.0) / 2
+    assert losses.gradia_l1(cams, targets, annotated).item() == pytest.approx(l1)
+    bce_first = (-math.log(0.5) - math.log(0.75)) / 2
+    assert losses.haics_bce(cams, targets, annotated).item() == pytest.approx(bce_first / 2, rel=1e-6)
+    assert losses.gradia_l1(cams, targets, torch.zeros(3)).item() == 0.0  # nobody annotated: plain ERM
+
+
+# --- RRR ---------------------------------------------------------------------------------------------------
+def test_rrr_penalty_by_hand():
+    gradient = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[-1.0, 0.0], [0.5, 2.0]]]])  # [1, 2, 2, 2]
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # relevant: the diagonal; penalised: (0, 1), (1, 0)
+    expected = 2.0 ** 2 + 3.0 ** 2 + 0.0 ** 2 + 0.5 ** 2  # plain sum of squares, no 1/2, every channel
+    assert losses.rrr_penalty(gradient, mask, torch.ones(1)).item() == pytest.approx(expected)
+
+
+def _rrr_double(seed=0):
+    torch.manual_seed(seed)
+    hparams = hparams_lib.default_hparams("RRR", "TextureMNIST", lambda_rrr=1.0)
+    algorithm = RRR((4, 56, 56), 3, 2, hparams).double()
+    images = torch.randn(4, 3, 56, 56, dtype=torch.float64)
+    masks = torch.zeros(4, 1, 56, 56, dtype=torch.float64)
+    masks[..., 16:40, 16:40] = 1.0
+    return algorithm, images, torch.tensor([0, 1, 2, 0]), masks
+
+
+def test_rrr_penalty_gradient_matches_finite_differences():
+    algorithm, images, labels, masks = _rrr_double()
+    algorithm.classifier.eval()  # the penalty as a function of the weights alone (no batch statistics)
+
+    def penalty() -> torch.Tensor:
+        return algorithm.explanation_loss(StepContext(algorithm, images, labels, masks))[0]
+
+    parameters = [algorithm.classifier.backbone.conv1.weight, algorithm.classifier.backbone.layer1[0].conv1.weight,
+                  algorithm.classifier.backbone.get_classifier().weight]
+    gradients = torch.autograd.grad(penalty(), parameters)
+    step = 1e-6
+    for parameter, gradient in zip(parameters, gradients):
+        index = tuple(int(i) for i in torch.nonzero(gradient.abs() == gradient.abs().max())[0])
+        original = parameter[index].item()
+        values = []
+        for shifted in (original + step, original - step, original):
+            with torch.no_grad():
+                parameter[index] = shifted
+            values.append(penalty().item())  # outside no_grad: the penalty is itself a gradient
+        up, down, _ = values
+        assert gradient[index].item() == pytest.approx((up - down) / (2 * step), rel=1e-4)
+
+
+def test_rrr_input_gradient_is_of_the_summed_log_probabilities():
+    algorithm, images, labels, masks = _rrr_double()
+    algorithm.classifier.eval()
+    step = StepContext(algorithm, images, labels, masks)
+    x = images.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(F.log_softmax(algorithm.classifier(x), 1).sum(), x)
+    assert torch.allclose(step.input_gradient, expected, atol=1e-10)
+
+
+# --- the classes on the trainer ------------------------------------------------------------------------------
+def test_haics_is_about_twenty_lines():
+    assert len(inspect.getsource(HAICS).splitlines()) <= 25
+
+
+def test_gt_masks_defaults_per_method_and_dataset():
+    for name in registry.algorithm_names():
+        annotated = registry.entry(name).annotations
+        for dataset, has_masks in [("TextureMNIST", True), ("SpuriousTextureMNIST", True), ("VLCSMini", False),
+                                   ("Debug28", False), ("PACS", False)]:
+            defaults = hparams_lib.default_hparams(name, dataset)
+            assert defaults.get("gt_masks", False) is (annotated and has_masks), (name, dataset)
+    assert {e.name for e in registry.entries() if e.annotations} == {"GRADIA", "HAICS", "RRR"}
+
+
+# Each method trained from the same start on one fixed batch moves its own explanation term below what the same
+# number of TimmERM steps leaves: the loss pulls the model the right way.
+LEARNING = {"SGT": "sgt_kl", "GRADIA": "gradia_l1", "HAICS": "haics_bce", "RRR": "rrr_penalty"}
+
+
+def _fixed_batch(annotated: bool):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(12, 3, 56, 56, generator=generator)
+    labels = torch.arange(12) % 3
+    masks = torch.zeros(12, 1, 56, 56)
+    for i in range(12):  # a class-coded square: the region that tells the classes apart
+        images[i, :, 8:24, 8 + 12 * int(labels[i]):24 + 12 * int(labels[i])] += 2.0
+        masks[i, :, 8:24, 8 + 12 * int(labels[i]):24 + 12 * int(labels[i])] = 1.0
+    return (torch.cat([images, masks], 1) if annotated else images), labels
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING))
+def test_each_baseline_lowers_its_own_explanation_term_more_than_erm(name):
+    cls = registry.algorithm_class(name)
+    annotated = registry.entry(name).annotations
+    inputs, labels = _fixed_batch(annotated)
+    hparams = hparams_lib.default_hparams(name, "TextureMNIST", lr=1e-3)
+
+    def trained(lambda_scale: float):
+        torch.manual_seed(0)
+        weights = {k: v * lambda_scale for k, v in hparams.items() if k.startswith("lambda_")}
+        algorithm = cls(tuple(inputs.shape[1:]), 3, 2, {**hparams, **weights})
+        for _ in range(12):
+            algorithm.update([(inputs, labels)])
+        algorithm.classifier.train()
+        images, masks = algorithm.split_annotations(inputs)
+        step = StepContext(algorithm, images, labels, masks)
+        return algorithm.classifier_loss(step)[1][LEARNING[name]].item()
+
+    with_term, erm_like = trained(1.0), trained(0.0)  # lambda 0: the same trainer, CE only
+    assert with_term < erm_like, (name, with_term, erm_like)
+
+
+def test_missing_annotations_get_no_loss_and_are_reported():
+    torch.manual_seed(0)
+    algorithm = GRADIA((4, 56, 56), 3, 2, hparams_lib.default_hparams("GRADIA", "TextureMNIST"))
+    inputs, labels = _fixed_batch(True)
+    inputs[6:, -1] = MISSING_ANNOTATION
+    images, masks = algorithm.split_annotations(inputs)
+    step = StepContext(algorithm, images, labels, masks)
+    terms = algorithm.classifier_loss(step)[1]
+    per_sample = (step.cams - losses.gradia_target(step.annotations_at(step.cams.shape[-2:]))).abs().flatten(1).mean(1)
+    assert step.annotated.tolist() == [1.0] * 6 + [0.0] * 6 and terms["annotated"].item() == 0.5
+    assert terms["gradia_l1"].item() == pytest.approx(per_sample[:6].mean().item(), rel=1e-5)

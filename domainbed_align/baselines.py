@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
+import domainbed_align.algorithms  # noqa: F401  (TimmERM, DRE, ALIGN register first, whichever is imported first)
 from domainbed_align import losses
 from domainbed_align.explain import input_gradient_saliency
+from domainbed_align.gradcam import normalize_per_sample
 from domainbed_align.hparams import (BACKBONE_HPARAMS, GT_MASKS_HPARAM, HParam, choice, log_uniform,
                                      train_cam_hparams)
 from domainbed_align.registry import register_algorithm
@@ -40,6 +42,8 @@ class SGT(ExplanationGuidedAlgorithm):
     """
 
     def explanation_loss(self, step: StepContext) -> Terms:
+        if self.hparams["sgt_fraction"] == 0:  # its code: featuresDroped 0 switches SGT off (plain CE)
+            return 0.0, {"sgt_kl": 0.0}
         saliency = input_gradient_saliency(self.classifier, step.images, step.labels)
         masked = losses.saliency_guided_masking(step.images, saliency, self.hparams["sgt_fraction"])
         kl = losses.sgt_kl(step.logits, self.classifier(masked))
@@ -74,7 +78,9 @@ class GRADIA(ExplanationGuidedAlgorithm):
     hparams=BACKBONE_HPARAMS + train_cam_hparams(whose="RES's HAICS") + (
         GT_MASKS_HPARAM,
         HParam("lambda_haics", float, 1.0, log_uniform(-1.0, 1.0),
-               "HAICS: weight of BCE(Grad-CAM, mask) (RES's code: 1).", minimum=0.0),
+               "HAICS: weight of BCE(Grad-CAM, mask) per annotated sample (RES's code: 1 times the share of labelled "
+               "cells in the batch, about the foreground share, a scale we do not copy: 1 here is stronger).",
+               minimum=0.0),
     ),
     paper="Shen et al., Human-AI Interactive and Continuous Sensemaking (HAICS), CHI EA 2021; as the BCE mode of "
           "Gao et al., RES: A Robust Framework for Guiding Visual Explanation, KDD 2022",
@@ -88,7 +94,8 @@ class HAICS(ExplanationGuidedAlgorithm):
     uses_gt_masks = True
 
     def explanation_loss(self, step: StepContext) -> Terms:
-        bce = losses.haics_bce(step.cams, step.annotations_at(step.cams.shape[-2:]), step.annotated)
+        cams = normalize_per_sample(step.raw_cams.float(), eps=1e-6)  # RES: (cam - min) / (max + 1e-6)
+        bce = losses.haics_bce(cams, step.annotations_at(cams.shape[-2:]), step.annotated)
         return self.hparams["lambda_haics"] * bce, {"haics_bce": bce}
 
 

@@ -29,6 +29,7 @@ from domainbed_align import hparams as hparams_lib
 from domainbed_align import registry
 from domainbed_align.algorithms import ALIGN
 from domainbed_align.explain import CudaGraphExplainer
+from domainbed_align.step import ShapeWithMaskChannel
 from domainbed_align.gradcam import normalize_per_sample
 
 # Targets the project set itself; reported next to the measurements, never asserted by tests.
@@ -142,7 +143,8 @@ def build(algorithm_class: type, config: dict[str, Any], device: torch.device, *
     hparams = hparams_lib.default_hparams(name, None, backbone=config["backbone"], pretrained=False,
                                           **({"gt_masks": True} if annotated else {}), **overrides)
     torch.manual_seed(0)
-    shape = (3 + int(annotated), config["size"], config["size"])
+    side = config["size"]
+    shape = ShapeWithMaskChannel((4, side, side)) if annotated else (3, side, side)
     return algorithm_class(shape, config["classes"], config["envs"], hparams).to(device)
 
 

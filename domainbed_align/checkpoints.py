@@ -12,6 +12,7 @@ import torch
 
 from domainbed_align import registry
 from domainbed_align.errors import CheckpointError
+from domainbed_align.step import ShapeWithMaskChannel
 from domainbed_align.trainer import ExplanationGuidedAlgorithm
 
 # What upstream's save_checkpoint writes (b93c22a).
@@ -58,8 +59,11 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     # The file has the trained weights; building the backbone must not fetch ImageNet ones.
     saved = checkpoint["model_hparams"]
     hparams = {**saved, "pretrained": False, "pretrained_file": ""}
+    shape = tuple(checkpoint["model_input_shape"])
+    if saved.get("gt_masks") is True:  # the run's dataset gave the mask channel (train.py checked it)
+        shape = ShapeWithMaskChannel(shape)
     algorithm = registry.algorithm_class(checkpoint["args"]["algorithm"])(
-        checkpoint["model_input_shape"], checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
+        shape, checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
     algorithm.load_state_dict(checkpoint["model_dict"])
     # ... but the hparams report how the run was trained.
     algorithm.hparams.update({key: saved[key] for key in ("pretrained", "pretrained_file") if key in saved})

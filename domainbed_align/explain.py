@@ -110,7 +110,7 @@ class CudaGraphExplainer:
         if not (isinstance(images, torch.Tensor) and images.is_cuda):
             return self.algorithm.explain(images, labels)
         self.algorithm.check_explanation_inputs(images, labels)
-        images = self.algorithm.prepare_images(images)
+        images = self.algorithm.prepare_images(self.algorithm.split_annotations(images)[0])
         if labels is not None:
             labels = labels.to(images.device)
         classifier = self.algorithm.classifier

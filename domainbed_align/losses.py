@@ -161,7 +161,9 @@ def gradia_target(masks: torch.Tensor) -> torch.Tensor:
     (``GRADIA.py`` resize_attention_label): a 3x3 Gaussian blur (OpenCV's kernel, reflect-101 border: torchvision's
     ``gaussian_blur`` with :data:`OPENCV_3X3_SIGMA`), divided by its maximum (an empty mask stays zero instead of
     GRADIA's 0/0). Not rounded to 8 bits as GRADIA's uint8 images are."""
-    blurred = gaussian_blur(masks.float().unsqueeze(1), kernel_size=[3, 3], sigma=[OPENCV_3X3_SIGMA] * 2).squeeze(1)
+    with torch.autocast(device_type=masks.device.type, enabled=False):  # the blur is a conv: not in bf16
+        blurred = gaussian_blur(masks.float().unsqueeze(1), kernel_size=[3, 3],
+                                sigma=[OPENCV_3X3_SIGMA] * 2).squeeze(1)
     peak = blurred.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
     return blurred / peak
 
@@ -177,7 +179,10 @@ def haics_bce(cams: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor
     probability (no sigmoid; torch's log clamp at -100, no epsilon, as ``nn.BCELoss``), mean over the grid, averaged
     over the annotated samples. Float32: autocast refuses BCE."""
     with torch.autocast(device_type=cams.device.type, enabled=False):
-        per_cell = F.binary_cross_entropy(cams.float(), targets.float(), reduction="none")
+        # a NaN map (a NaN image) would make torch's BCE raise, not return NaN: the NaN CE of that image stops the
+        # step instead, in the trainer's check (as alignment_bce)
+        prediction = torch.nan_to_num(cams.float(), nan=0.5)
+        per_cell = F.binary_cross_entropy(prediction, targets.float(), reduction="none")
     return annotated_mean(per_cell.flatten(1).mean(dim=1), annotated)
 
 
@@ -185,7 +190,8 @@ def rrr_penalty(input_gradient: torch.Tensor, masks: torch.Tensor, annotated: to
     """RRR's right-reasons term (``dtak/rrr``, ``rrr/multilayer_perceptron.py``: ``l2_norm(grads[A])``): per sample
     the plain sum of squares (no 1/2, unlike ``tf.nn.l2_loss``) of the input gradient ``[N, C, H, W]`` on the
     irrelevant pixels, A = 1 - mask (``masks`` ``[N, 1, H, W]`` in [0, 1], broadcast over channels), averaged over
-    the annotated samples (dtak sums both CE and this over the batch; we average both, so its lambda is unchanged by
-    the batch size)."""
+    the batch, a sample without a mask contributing 0 (dtak's A = 0 there; dtak sums both CE and this over the
+    batch, we average both, so its lambda is unchanged by the batch size)."""
     gradient = input_gradient.to(torch.promote_types(input_gradient.dtype, torch.float32))  # float64 stays
-    return annotated_mean(((1.0 - masks.to(gradient.dtype)) * gradient).pow(2).flatten(1).sum(dim=1), annotated)
+    per_sample = ((1.0 - masks.to(gradient.dtype)) * gradient).pow(2).flatten(1).sum(dim=1)
+    return (per_sample * annotated).mean()

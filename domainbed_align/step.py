@@ -21,8 +21,23 @@ from domainbed_align.gradcam import normalize_per_sample, zero_map_share
 if TYPE_CHECKING:
     from domainbed_align.trainer import ExplanationGuidedAlgorithm
 
-# A sample's annotation channel filled with this value means "no mask for this image" (mask folders with gaps).
+# A sample's annotation channel filled with this value means "no mask for this image" (for mask folders with gaps;
+# no dataset of this release produces it).
 MISSING_ANNOTATION = -1.0
+
+
+class ShapeWithMaskChannel(tuple):
+    """A dataset's ``input_shape`` whose last channel is the ground-truth mask (our datasets with ``gt_masks``).
+
+    The marker is how an annotation method knows the extra channel is there: ``gt_masks: true`` on a dataset without
+    masks (e.g. upstream's Debug28) would otherwise make it read the last colour channel as a mask. It pickles as a
+    plain tuple (model.pkl stays loadable with ``weights_only``); checkpoints re-mark it from the run's hparams.
+    """
+
+    has_mask_channel = True
+
+    def __reduce__(self) -> tuple:
+        return (tuple, (tuple(self),))
 
 
 @dataclass
@@ -73,7 +88,7 @@ class StepContext:
             weight_gradient=algorithm.hparams["train_cam_weight_gradient"])
         return _Forward(logits, raw_cams)
 
-    @property
+    @cached_property
     def logits(self) -> torch.Tensor:
         """The originals' logits ``[N, K]``, with their graph."""
         return self._forward.logits[: self.n]
@@ -84,10 +99,17 @@ class StepContext:
             raise RuntimeError(f"{type(self.algorithm).__name__} reads Grad-CAMs but does not set uses_gradcam")
         return normalize_per_sample(self._forward.raw_cams.float())
 
-    @property
+    @cached_property
     def cams(self) -> torch.Tensor:
         """The originals' training Grad-CAMs of the true class, min-max normalised per sample, ``[N, h, w]``."""
         return self._normalized_cams[: self.n]
+
+    @property
+    def raw_cams(self) -> torch.Tensor:
+        """The originals' training Grad-CAMs before normalisation, ``[N, h, w]`` (for a method's own min-max)."""
+        if self._forward.raw_cams is None:
+            raise RuntimeError(f"{type(self.algorithm).__name__} reads Grad-CAMs but does not set uses_gradcam")
+        return self._forward.raw_cams[: self.n]
 
     @property
     def zero_cams(self) -> torch.Tensor:

@@ -71,6 +71,12 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.num_domains = num_domains
         # With gt_masks the dataset's last channel is the mask: no network is built to see it.
         self.mask_channel = self.uses_gt_masks and self.hparams["gt_masks"]
+        if self.mask_channel and not getattr(input_shape, "has_mask_channel", False):
+            raise HParamError(
+                f"hparam 'gt_masks' of {self.name} is true, but the dataset's input shape {tuple(input_shape)} has no "
+                f"mask channel (only TextureMNIST and SpuriousTextureMNIST give masks, where gt_masks is already the "
+                f"default): {self.name} would read the last colour channel as a mask. Drop gt_masks from --hparams "
+                f"(the method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
         self.in_channels = input_shape[0] - int(self.mask_channel)  # image channels, what every network gets
         h = self.hparams
         backbone = create_backbone(h["backbone"], num_classes, in_chans=self.in_channels,

@@ -6,6 +6,7 @@ import torch
 from domainbed_align import hparams as hparams_lib
 from domainbed_align import registry
 from domainbed_align.errors import HParamError
+from domainbed_align.step import ShapeWithMaskChannel
 
 ANNOTATION_METHODS = [e.name for e in registry.entries() if e.annotations]
 OTHERS = [e.name for e in registry.entries() if not e.annotations]
@@ -14,8 +15,8 @@ OTHERS = [e.name for e in registry.entries() if not e.annotations]
 def _build(name, **overrides):
     torch.manual_seed(0)
     hparams = hparams_lib.default_hparams(name, "TextureMNIST", **overrides)
-    channels = 4 if hparams.get("gt_masks") else 3
-    return registry.algorithm_class(name)((channels, 56, 56), 3, 2, hparams)
+    shape = ShapeWithMaskChannel((4, 56, 56)) if hparams.get("gt_masks") else (3, 56, 56)
+    return registry.algorithm_class(name)(shape, 3, 2, hparams)
 
 
 def _inputs(mask_value=None, n=6):
@@ -28,16 +29,28 @@ def _inputs(mask_value=None, n=6):
 
 @pytest.mark.parametrize("name", ANNOTATION_METHODS)
 def test_no_network_sees_the_mask_channel(name):
-    algorithm = _build(name)
-    assert algorithm.mask_channel and algorithm.in_channels == 3
-    assert algorithm.classifier.backbone.conv1.in_channels == 3
-    seen = []
-    algorithm.classifier.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
-    inputs, labels = _inputs()
-    algorithm.update([(inputs[:3], labels[:3]), (inputs[3:], labels[3:])])
-    algorithm.predict(inputs)
-    algorithm.explain(inputs)
-    assert seen and set(seen) == {3}
+    """What the network's first layer receives in update, predict and explain is the same whatever the masks are."""
+    received = {}
+    for value in (None, 1.0):
+        algorithm = _build(name)
+        assert algorithm.mask_channel and algorithm.in_channels == 3
+        stem = algorithm.classifier.backbone.conv1  # every forward path (incl. forward_intermediates) enters here
+        assert stem.in_channels == 3
+        seen = received[value] = []
+        stem.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0].detach().clone()))
+        inputs, labels = _inputs(value)
+        algorithm.update([(inputs[:3], labels[:3]), (inputs[3:], labels[3:])])
+        algorithm.predict(inputs)
+        algorithm.explain(inputs)
+    calls = len(received[None])
+    assert calls >= 3 and len(received[1.0]) == calls
+    assert all(torch.equal(a, b) for a, b in zip(received[None], received[1.0]))
+
+
+def test_gt_masks_on_a_dataset_without_a_mask_channel_is_refused():
+    hparams = hparams_lib.default_hparams("GRADIA", "Debug28", gt_masks=True)
+    with pytest.raises(HParamError, match="has no mask channel"):
+        registry.algorithm_class("GRADIA")((3, 28, 28), 3, 2, hparams)  # Debug28's shape: no mask channel
 
 
 @pytest.mark.parametrize("name", ANNOTATION_METHODS)
@@ -85,3 +98,15 @@ def test_an_annotation_method_comes_back_from_its_model_pkl(tmp_path):
     images = _inputs()[0]
     assert loaded.mask_channel and loaded.steps_done == 1
     assert torch.equal(loaded.explain(images[:, :3]), algorithm.explain(images))
+
+
+def test_a_nan_image_stops_haics_before_its_step_naming_it():
+    from domainbed_align.errors import NonFiniteLossError
+
+    algorithm = _build("HAICS")
+    inputs, labels = _inputs()
+    inputs[0, :3] = float("nan")
+    before = {k: v.detach().clone() for k, v in algorithm.classifier.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="non-finite"):  # not torch's BCE error on a NaN map
+        algorithm.update([(inputs, labels)])
+    assert all(torch.equal(before[k], v) for k, v in algorithm.classifier.named_parameters())  # no weight took it

@@ -1,9 +1,11 @@
 """The baselines' pure losses against hand-computed values, finite differences and captum; their classes on the
 shared trainer (each learns what its loss asks)."""
 
+import copy
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from domainbed_align import hparams as hparams_lib
 from domainbed_align import losses, registry
 from domainbed_align.baselines import GRADIA, HAICS, RRR, SGT
 from domainbed_align.explain import input_gradient_saliency
-from domainbed_align.step import MISSING_ANNOTATION, StepContext
+from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel, StepContext
 
 
 # --- SGT ----------------------------------------------------------------------------------------------------
@@ -58,11 +60,31 @@ def test_sgt_saliency_equals_captum_saliency_signed_mean_over_channels():
     ours = input_gradient_saliency(algorithm.classifier, images, labels)
     algorithm.classifier.eval()
     oracle = Saliency(algorithm.classifier).attribute(images, target=labels, abs=False).mean(1)
-    assert algorithm.classifier.training is False  # (captum leaves the mode alone; ours restores it, below)
     algorithm.classifier.train()
-    input_gradient_saliency(algorithm.classifier, images, labels)
-    assert algorithm.classifier.training
+    again = input_gradient_saliency(algorithm.classifier, images, labels)  # called in train mode: eval inside
+    assert algorithm.classifier.training and torch.equal(again, ours)
     assert torch.allclose(ours, oracle, atol=1e-6) and (ours < 0).any()  # signed
+
+
+def test_sgt_loss_is_kl_to_the_masked_forward_and_trains_the_original_logits_too():
+    torch.manual_seed(0)
+    algorithm = SGT((3, 56, 56), 3, 2, hparams_lib.default_hparams("SGT", "TextureMNIST", lambda_sgt=2.0))
+    images, labels = torch.randn(6, 3, 56, 56), torch.arange(6) % 3
+    clone = copy.deepcopy(algorithm)  # BatchNorm running statistics move with each train-mode forward
+    step = StepContext(algorithm, images, labels, None)
+    torch.manual_seed(5)
+    loss, terms = algorithm.explanation_loss(step)
+    (through_logits,) = torch.autograd.grad(loss, step.logits, retain_graph=True)
+    assert through_logits.abs().sum() > 0  # the original's logits are not detached
+    torch.manual_seed(5)  # the same noise, the same order of passes: recompute by hand on the clone
+    saliency = input_gradient_saliency(clone.classifier, images, labels)
+    masked = losses.saliency_guided_masking(images, saliency, 0.5)
+    logits = clone.classifier(images)
+    expected = F.kl_div(F.log_softmax(clone.classifier(masked), 1), F.softmax(logits, 1), reduction="batchmean")
+    assert loss.item() == pytest.approx(2.0 * expected.item(), rel=1e-4)
+    assert terms["sgt_kl"].item() == pytest.approx(expected.item(), rel=1e-4)
+    off = SGT((3, 56, 56), 3, 2, hparams_lib.default_hparams("SGT", "TextureMNIST", sgt_fraction=0.0))
+    assert off.explanation_loss(StepContext(off, images, labels, None)) == (0.0, {"sgt_kl": 0.0})
 
 
 # --- GRADIA, HAICS --------------------------------------------------------------------------------------------
@@ -72,10 +94,14 @@ def test_gradia_target_is_opencv_blur_divided_by_max():
     assert torch.allclose(losses.gradia_target(centre)[0, 1:4, 1:4],  # kernel [1/4, 1/2, 1/4]^2, over its max
                           torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]), atol=1e-6)
     assert losses.gradia_target(centre)[0, 0].abs().max() == 0
-    corner = torch.zeros(1, 3, 3)
-    corner[0, 0, 0] = 1.0  # reflect-101 border: the blurred corner keeps 1/2 * 1/2 (OpenCV: 255 -> 64)
-    expected = torch.tensor([[0.25, 0.125, 0.0], [0.125, 0.0625, 0.0], [0.0, 0.0, 0.0]]) / 0.25
-    assert torch.allclose(losses.gradia_target(corner)[0], expected, atol=1e-6)
+    near_edge = torch.zeros(1, 4, 5)
+    near_edge[0, 1, 1] = 1.0  # one pixel off the border: reflect-101 mirrors it into the padding, zero padding not
+    padded = np.pad(near_edge[0].numpy(), 1, mode="reflect")  # numpy's "reflect" is OpenCV's BORDER_REFLECT_101
+    kernel = np.outer([0.25, 0.5, 0.25], [0.25, 0.5, 0.25])
+    blurred = np.array([[(padded[i:i + 3, j:j + 3] * kernel).sum() for j in range(5)] for i in range(4)])
+    assert blurred[0, 0] == 0.25  # zero padding would leave 1/16 there
+    assert torch.allclose(losses.gradia_target(near_edge)[0], torch.tensor(blurred / blurred.max(),
+                                                                           dtype=torch.float32), atol=1e-6)
     assert torch.equal(losses.gradia_target(torch.zeros(1, 3, 3)), torch.zeros(1, 3, 3))  # empty stays empty
 
 
@@ -96,12 +122,16 @@ def test_rrr_penalty_by_hand():
     mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # relevant: the diagonal; penalised: (0, 1), (1, 0)
     expected = 2.0 ** 2 + 3.0 ** 2 + 0.0 ** 2 + 0.5 ** 2  # plain sum of squares, no 1/2, every channel
     assert losses.rrr_penalty(gradient, mask, torch.ones(1)).item() == pytest.approx(expected)
+    # a sample without a mask contributes 0 to a mean over the batch, as dtak's A = 0 rows (a sum over the batch)
+    two = torch.cat([gradient, 10 * gradient])
+    assert losses.rrr_penalty(two, torch.cat([mask, mask]), torch.tensor([1.0, 0.0])).item() == \
+        pytest.approx(expected / 2)
 
 
 def _rrr_double(seed=0):
     torch.manual_seed(seed)
     hparams = hparams_lib.default_hparams("RRR", "TextureMNIST", lambda_rrr=1.0)
-    algorithm = RRR((4, 56, 56), 3, 2, hparams).double()
+    algorithm = RRR(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams).double()
     images = torch.randn(4, 3, 56, 56, dtype=torch.float64)
     masks = torch.zeros(4, 1, 56, 56, dtype=torch.float64)
     masks[..., 16:40, 16:40] = 1.0
@@ -181,7 +211,8 @@ def test_each_baseline_lowers_its_own_explanation_term_more_than_erm(name):
     def trained(lambda_scale: float):
         torch.manual_seed(0)
         weights = {k: v * lambda_scale for k, v in hparams.items() if k.startswith("lambda_")}
-        algorithm = cls(tuple(inputs.shape[1:]), 3, 2, {**hparams, **weights})
+        shape = ShapeWithMaskChannel(inputs.shape[1:]) if annotated else tuple(inputs.shape[1:])
+        algorithm = cls(shape, 3, 2, {**hparams, **weights})
         for _ in range(12):
             algorithm.update([(inputs, labels)])
         algorithm.classifier.train()
@@ -195,7 +226,7 @@ def test_each_baseline_lowers_its_own_explanation_term_more_than_erm(name):
 
 def test_missing_annotations_get_no_loss_and_are_reported():
     torch.manual_seed(0)
-    algorithm = GRADIA((4, 56, 56), 3, 2, hparams_lib.default_hparams("GRADIA", "TextureMNIST"))
+    algorithm = GRADIA(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams_lib.default_hparams("GRADIA", "TextureMNIST"))
     inputs, labels = _fixed_batch(True)
     inputs[6:, -1] = MISSING_ANNOTATION
     images, masks = algorithm.split_annotations(inputs)

@@ -63,6 +63,7 @@ import torch
 from torch.utils.data import Dataset
 
 from domainbed_align.errors import DomainbedAlignError, HParamError
+from domainbed_align.step import ShapeWithMaskChannel
 
 from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
 
@@ -242,7 +243,7 @@ class _TextureMNISTBase(_MultiEnv):
             env.digit_index = idx  # position in the 70k MNIST digits (train then t10k), for analysis
             self.datasets.append(env)
         c, h, w = self.INPUT_SHAPE
-        self.input_shape = (c + 1, h, w) if self.gt_masks else (c, h, w)
+        self.input_shape = ShapeWithMaskChannel((c + 1, h, w)) if self.gt_masks else (c, h, w)
         self.num_classes = 10
 
 

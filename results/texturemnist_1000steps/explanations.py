@@ -1,6 +1,6 @@
 """Where the trained models look: Grad-CAM mass on the digit, from each run's model.pkl (load_algorithm + explain).
 
-python explanations.py /tmp/long   (a folder holding TimmERM/model.pkl and ALIGN/model.pkl; data in /work/main/data)
+python explanations.py RUNS [DATA_DIR]   (RUNS: a folder holding TimmERM/model.pkl and ALIGN/model.pkl; DATA_DIR: default data)
 """
 import json
 import sys
@@ -13,7 +13,7 @@ from domainbed_align.data.datasets import TextureMNIST
 
 torch.set_num_threads(1)
 runs = sys.argv[1]
-data = TextureMNIST("/work/main/data", [3], {})
+data = TextureMNIST(sys.argv[2] if len(sys.argv) > 2 else "data", [3], {})
 for name in ("TimmERM", "ALIGN"):
     algorithm = load_algorithm(f"{runs}/{name}/model.pkl")
     row = {"algorithm": name}

@@ -1,6 +1,6 @@
 """Writes masks.png: test-domain (photos) images, ALIGN's mask, and the true-class Grad-CAM of ALIGN and TimmERM.
 
-python figure.py /tmp/long   (a folder holding TimmERM/model.pkl and ALIGN/model.pkl; data in /work/main/data)
+python figure.py RUNS [DATA_DIR]   (RUNS: a folder holding TimmERM/model.pkl and ALIGN/model.pkl; DATA_DIR: default data)
 """
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ from domainbed_align.data.datasets import TextureMNIST  # noqa: E402
 
 torch.set_num_threads(1)
 runs, test_env, count = sys.argv[1], 3, 8
-data = TextureMNIST("/work/main/data", [test_env], {})
+data = TextureMNIST(sys.argv[2] if len(sys.argv) > 2 else "data", [test_env], {})
 environment = data[test_env]
 indices = list(range(count))  # the first images of the test domain: no choosing
 images = torch.stack([environment[i][0] for i in indices])

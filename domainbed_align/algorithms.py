@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from domainbed_align.backbones import eval_mode
 from domainbed_align.gradcam import true_class_scores
 from domainbed_align.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIXUP_HPARAMS
 from domainbed_align.losses import alignment_bce, masker_loss
@@ -121,9 +122,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
 
         ``masks``: the current masker's output on ``images`` with its graph, if already computed.
         """
-        was_training = self.classifier.training
-        self.classifier.eval()  # frozen: no BatchNorm-statistics update, no dropout
-        try:
+        with eval_mode(self.classifier):  # frozen: no BatchNorm-statistics update, no dropout
             masks = self.masker(images) if masks is None else masks
             n = labels.numel()
             logits = self.classifier(torch.cat([images * masks, images * (1 - masks)]))
@@ -140,8 +139,6 @@ class ALIGN(ExplanationGuidedAlgorithm):
                       "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
             floats = self.checked_floats(report, parameters, "masker_grad_norm", "masker step")
             self.masker_optimizer.step()
-        finally:
-            self.classifier.train(was_training)  # CamClassifier.train keeps freeze_bn
         return floats
 
 

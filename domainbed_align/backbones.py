@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import socket
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +186,18 @@ class CamClassifier(nn.Module):
             cams = grad_cam(activations, true_class_scores(logits, targets), create_graph=differentiable,
                             relu=relu, weight_gradient=weight_gradient)
         return (logits, cams) if differentiable else (logits.detach(), cams.detach())
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block, its previous mode restored after (through its own ``train``, so a
+    CamClassifier keeps ``freeze_bn``)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def _head_is_average_pool_then_linear(backbone: nn.Module) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from domainbed_align.backbones import eval_mode
 from domainbed_align.errors import ExplanationInputError
 from domainbed_align.gradcam import normalize_per_sample, true_class_scores
 
@@ -55,12 +56,8 @@ def grad_cam_explanations(classifier: nn.Module, images: torch.Tensor,
     """
     if labels is not None:
         labels = labels.long()  # uint8 would index the linear layer's rows as a mask; gather needs int64
-    was_training = classifier.training
-    classifier.eval()
-    try:
+    with eval_mode(classifier):
         _, maps = classifier.forward_with_cams(images, labels, differentiable=False)
-    finally:
-        classifier.train(was_training)
     return normalize_per_sample(maps.float())
 
 
@@ -70,14 +67,9 @@ def input_gradient_saliency(classifier: nn.Module, images: torch.Tensor, labels:
 
     Samples are independent in eval mode, so the gradient of the summed true-class logits is each sample's own.
     """
-    was_training = classifier.training
-    classifier.eval()
-    try:
-        with torch.enable_grad():
-            inputs = images.detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(true_class_scores(classifier(inputs), labels.long()).sum(), inputs)
-    finally:
-        classifier.train(was_training)
+    with eval_mode(classifier), torch.enable_grad():
+        inputs = images.detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(true_class_scores(classifier(inputs), labels.long()).sum(), inputs)
     return gradient.float().mean(dim=1)
 
 

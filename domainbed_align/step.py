@@ -93,30 +93,31 @@ class StepContext:
         """The originals' logits ``[N, K]``, with their graph."""
         return self._forward.logits[: self.n]
 
-    @cached_property
-    def _normalized_cams(self) -> torch.Tensor:
+    @property
+    def _all_raw_cams(self) -> torch.Tensor:
+        """Raw training maps of originals (and mixes)."""
         if self._forward.raw_cams is None:
             raise RuntimeError(f"{type(self.algorithm).__name__} reads Grad-CAMs but does not set uses_gradcam")
-        return normalize_per_sample(self._forward.raw_cams.float())
+        return self._forward.raw_cams
+
+    @cached_property
+    def _normalized_cams(self) -> torch.Tensor:
+        return normalize_per_sample(self._all_raw_cams.float())
 
     @cached_property
     def cams(self) -> torch.Tensor:
         """The originals' training Grad-CAMs of the true class, min-max normalised per sample, ``[N, h, w]``."""
         return self._normalized_cams[: self.n]
 
-    @property
+    @cached_property
     def raw_cams(self) -> torch.Tensor:
         """The originals' training Grad-CAMs before normalisation, ``[N, h, w]`` (for a method's own min-max)."""
-        if self._forward.raw_cams is None:
-            raise RuntimeError(f"{type(self.algorithm).__name__} reads Grad-CAMs but does not set uses_gradcam")
-        return self._forward.raw_cams[: self.n]
+        return self._all_raw_cams[: self.n]
 
     @property
     def zero_cams(self) -> torch.Tensor:
         """Share of the originals whose standard (ReLU) Grad-CAM is zero everywhere."""
-        if self._forward.raw_cams is None:
-            raise RuntimeError(f"{type(self.algorithm).__name__} reads Grad-CAMs but does not set uses_gradcam")
-        return zero_map_share(self._forward.raw_cams[: self.n])
+        return zero_map_share(self.raw_cams)
 
     @property
     def mixup(self) -> Mixup:

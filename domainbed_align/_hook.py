@@ -9,7 +9,9 @@ the finder wraps that module's loader and patches the module right after its bod
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
-- ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments);
+- ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments), and
+  ``MultipleEnvironmentImageFolder.__init__`` is wrapped to attach a mask folder (hparam ``mask_dir``, annotation
+  methods only: :mod:`domainbed_align.mask_folder`);
 - ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
   instead of a JSONDecodeError traceback that names no file;
 - ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
@@ -157,6 +159,23 @@ def _patch_datasets(module: types.ModuleType) -> None:
         setattr(module, name, cls)
         if name not in module.DATASETS:
             module.DATASETS.append(name)
+    _patch_image_folders(module.MultipleEnvironmentImageFolder)
+
+
+def _patch_image_folders(cls: type) -> None:
+    """Mask folders for every image-folder dataset (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet, ...): they
+    all build their environments in ``MultipleEnvironmentImageFolder.__init__``, which gets the hparams."""
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, root: str, test_envs: Any, augment: bool, hparams: dict, *args: Any,
+                 **kwargs: Any) -> None:
+        original(self, root, test_envs, augment, hparams, *args, **kwargs)
+        from domainbed_align.mask_folder import attach_mask_folder
+
+        attach_mask_folder(self, test_envs, hparams)
+
+    cls.__init__ = __init__
 
 
 def _patch_reporting(module: types.ModuleType) -> None:

@@ -1,5 +1,5 @@
-"""The explanation-guided baselines on the shared trainer: SGT and RRR (input gradients), GRADIA and HAICS
-(Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.algorithms`.
+"""The explanation-guided baselines on the shared trainer: SGT and RRR (input gradients), GRADIA, HAICS, RES-G,
+RES-L and CARE (Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.algorithms`.
 
 Each method is one small class: what it reads from the step (:class:`~domainbed_align.step.StepContext`) and one
 pure loss function from :mod:`domainbed_align.losses`. Every difference from its reference code is listed in the
@@ -8,13 +8,17 @@ README's table of methods.
 
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import domainbed_align.algorithms  # noqa: F401  (TimmERM, DRE, ALIGN register first, whichever is imported first)
 from domainbed_align import losses
 from domainbed_align.explain import input_gradient_saliency
 from domainbed_align.gradcam import normalize_per_sample
-from domainbed_align.hparams import (BACKBONE_HPARAMS, GT_MASKS_HPARAM, HParam, choice, log_uniform,
+from domainbed_align.hparams import (ANNOTATION_HPARAMS, BACKBONE_HPARAMS, HParam, choice, log_uniform,
                                      train_cam_hparams)
 from domainbed_align.registry import register_algorithm
 from domainbed_align.step import StepContext
@@ -52,7 +56,7 @@ class SGT(ExplanationGuidedAlgorithm):
 
 @register_algorithm(
     hparams=BACKBONE_HPARAMS + train_cam_hparams(whose="GRADIA") + (
-        GT_MASKS_HPARAM,
+        *ANNOTATION_HPARAMS,
         HParam("lambda_gradia", float, 1.0, log_uniform(-1.0, 1.0),
                "GRADIA: weight of L1(Grad-CAM, blurred mask) (its code: 1; --attention_weight is never read).",
                minimum=0.0),
@@ -76,7 +80,7 @@ class GRADIA(ExplanationGuidedAlgorithm):
 
 @register_algorithm(
     hparams=BACKBONE_HPARAMS + train_cam_hparams(whose="RES's HAICS") + (
-        GT_MASKS_HPARAM,
+        *ANNOTATION_HPARAMS,
         HParam("lambda_haics", float, 1.0, log_uniform(-1.0, 1.0),
                "HAICS: weight of BCE(Grad-CAM, mask) per annotated sample (RES's code: 1 times the share of labelled "
                "cells in the batch, about the foreground share, a scale we do not copy: 1 here is stronger).",
@@ -106,7 +110,7 @@ RRR_DEFAULT_LAMBDA = 0.3
 
 @register_algorithm(
     hparams=BACKBONE_HPARAMS + (
-        GT_MASKS_HPARAM,
+        *ANNOTATION_HPARAMS,
         HParam("lambda_rrr", float, RRR_DEFAULT_LAMBDA, log_uniform(-1.0, 2.0),
                "RRR: weight of the squared input gradient of sum_k log p_k on the pixels outside the mask "
                "(dtak/rrr's Decoy MNIST 1000, translated to ImageNet-normalised inputs).", minimum=0.0),
@@ -126,3 +130,140 @@ class RRR(ExplanationGuidedAlgorithm):
         masks = step.annotations_at(step.images.shape[-2:]).unsqueeze(1)
         penalty = losses.rrr_penalty(step.input_gradient, masks, step.annotated)
         return self.hparams["lambda_rrr"] * penalty, {"rrr_penalty": penalty}
+
+
+RES_HPARAMS = BACKBONE_HPARAMS + train_cam_hparams(whose="RES") + (
+    *ANNOTATION_HPARAMS,
+    HParam("lambda_res", float, 1.0, log_uniform(-1.0, 1.0),
+           "RES: weight of (robust alignment + imputation term) (its code: 1, fixed).", minimum=0.0),
+    HParam("res_eta", float, 0.1, choice(0.0, 0.05, 0.1, 0.2),
+           "RES: margin eta of the robust alignment, relu(term - eta) (its README's runs: 0.1; its flag's default 0).",
+           minimum=0.0),
+)
+RES_REFERENCE = "YuyangGao/RES: RES.py (BF_solver, --transforms Gaussian / S1)"
+RES_PAPER = "Gao et al., RES: A Robust Framework for Guiding Visual Explanation, KDD 2022"
+
+
+class _RES(ExplanationGuidedAlgorithm):
+    """RES: CE + lambda_res * (R + I) on the annotated samples, C the min-max (+1e-6) Grad-CAM of the true class.
+
+    R, the robust alignment: relu(mean |tanh(5 (C - a)) - M| - eta) over the labelled cells, M in {-1, +1} the cell
+    labels (:func:`~domainbed_align.losses.res_labels`: the mask's complement is the negative map) and a the batch's
+    threshold found without gradient (:func:`~domainbed_align.losses.res_threshold`). I, the imputation term:
+    mean |C - T| with T the imputed map of the positive cells (RES-G: Gaussian, RES-L: learned).
+    """
+
+    uses_gradcam = True
+    uses_gt_masks = True
+
+    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def explanation_loss(self, step: StepContext) -> Terms:
+        cams = losses.res_min_max(step.raw_cams)
+        labels = losses.res_labels(step.annotations_at(cams.shape[-2:]))
+        threshold = losses.res_threshold(cams, labels, step.annotated)
+        robust = losses.res_alignment(cams, labels, threshold, step.annotated, self.hparams["res_eta"])
+        imputed, extra = self.imputed(step, (labels > 0).float())
+        imputation = losses.res_imputation_l1(cams, imputed, step.annotated)
+        total = robust + imputation + sum(extra.values())
+        return self.hparams["lambda_res"] * total, {"res_robust": robust, "res_imputation": imputation,
+                                                    "res_threshold": threshold, **extra}
+
+
+@register_algorithm(hparams=RES_HPARAMS, paper=RES_PAPER, reference=RES_REFERENCE,
+                    explanation="trains on Grad-CAM (no ReLU, constant channel weights, as RES's code) against the "
+                                "masks; evaluate scores Grad-CAM.")
+class RES_G(_RES):
+    """RES-G: the imputed map is the positive cells blurred by OpenCV's 3x3 Gaussian, over (its maximum + 1e-6)."""
+
+    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return losses.res_gaussian_target(positive), {}
+
+
+@register_algorithm(
+    hparams=RES_HPARAMS + (
+        HParam("res_reg", float, 0.0, None,
+               "RES-L: weight of MSE(imputed map, positive cells), which keeps the learned imputation near the mask "
+               "(its --reg, default 0: the layer is then pulled only towards Grad-CAM).", minimum=0.0),
+    ),
+    paper=RES_PAPER, reference=RES_REFERENCE,
+    explanation="trains on Grad-CAM (no ReLU, constant channel weights, as RES's code) against the masks; evaluate "
+                "scores Grad-CAM.")
+class RES_L(_RES):
+    """RES-L: the imputed map is a learned convolution of the full-resolution positive mask, min-max normalised.
+
+    RES's layer, ``Conv2d(1, 1, 64, stride=32, padding=16)``, maps 224 px to its 7x7 grid; here the stride is the
+    mask's side over the Grad-CAM grid's (s = 32 at 224 px / 7: exactly RES's layer), kernel 2s, padding ceil(s/2), and a
+    mask whose side is not a multiple of the grid is first area-resized to s times the grid. The layer is trained by
+    the classifier's optimizer, as RES trains it with the model's Adam; predict() never uses it.
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
+                 hparams: Mapping[str, Any]) -> None:
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        grid = self.classifier.cam_side
+        self.imputation_stride = max(1, round(input_shape[-1] / grid))
+        self.imputation_side = grid * self.imputation_stride
+        stride = self.imputation_stride
+        # padding ceil(s / 2): s / 2 for even s, as RES's 16 for 32; odd s still gives the grid's side
+        self.imputation = nn.Conv2d(1, 1, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2)
+        self.optimizer.add_param_group({"params": list(self.imputation.parameters())})
+
+    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        full = (step.annotations_at(step.images.shape[-2:]) >= 0.5).float().unsqueeze(1)  # RES: (mask > 0)
+        if full.shape[-1] != self.imputation_side or full.shape[-2] != self.imputation_side:
+            full = F.adaptive_avg_pool2d(full, self.imputation_side)
+        with torch.autocast(device_type=full.device.type, enabled=False):
+            raw = self.imputation(full).squeeze(1)
+        imputed = losses.res_min_max(raw)
+        extra = {}
+        if self.hparams["res_reg"] > 0:
+            mse = losses.annotated_mean((imputed - positive).pow(2).flatten(1).mean(dim=1), step.annotated)
+            extra["res_reg"] = self.hparams["res_reg"] * mse
+        return imputed, extra
+
+
+# CARE's release has no configuration: alpha and T are ours (README, table of methods).
+CARE_DEFAULT_ALPHA = 0.01
+CARE_DEFAULT_THRESHOLD = 0.1
+
+
+@register_algorithm(
+    hparams=BACKBONE_HPARAMS + train_cam_hparams(whose="CARE") + (
+        *ANNOTATION_HPARAMS,
+        HParam("care_alpha", float, CARE_DEFAULT_ALPHA, log_uniform(-3.0, -1.0),
+               "CARE: loss = alpha * sum_i attention_i + (1 - alpha) * CE (its release sets no value; 0.01 weighs "
+               "one sample's attention term like its CE at DomainBed's batch of 3 x 32).", minimum=0.0,
+               maximum=1.0),
+        HParam("care_threshold", float, CARE_DEFAULT_THRESHOLD, choice(0.05, 0.1, 0.2),
+               "CARE: T of -min(inner, T), as a share of the image's pixels (inner = the Grad-CAM's mean over the "
+               "image of cam * mask; its release sets no value).", minimum=0.0, maximum=1.0),
+    ),
+    paper="Zhuang et al., CARE: Class Attention to Regions of Lesion for Classification on Imbalanced Data, "
+          "MIDL 2019",
+    reference="JiaxinZhuang/CARE: src/loss.py (GradLoss, grad), src/trainer.py",
+    explanation="trains on Grad-CAM (no ReLU, constant channel weights, upsampled to the image, as its code) against "
+                "the masks; evaluate scores Grad-CAM.")
+class CARE(ExplanationGuidedAlgorithm):
+    """CARE: (1 - alpha) * CE + alpha * sum over annotated samples of (-min(inner, T) + outer), the min-max
+    Grad-CAM upsampled bilinearly to the image (:func:`~domainbed_align.losses.care_attention`).
+
+    Its trainer backpropagates the summed true-class logits into the weights' gradients to read Grad-CAM's
+    gradients, and that gradient stays in the update; here the map's gradients come from ``torch.autograd.grad``
+    and only the loss reaches the weights.
+    """
+
+    uses_gradcam = True
+    uses_gt_masks = True
+
+    def cross_entropy_weight(self) -> float:
+        return 1.0 - self.hparams["care_alpha"]
+
+    def explanation_loss(self, step: StepContext) -> Terms:
+        size = step.images.shape[-2:]
+        cams = F.interpolate(step.cams.unsqueeze(1), size=tuple(size), mode="bilinear",
+                             align_corners=False).squeeze(1)
+        loss, inner, outer = losses.care_attention(cams, step.annotations_at(size), step.annotated,
+                                                   self.hparams["care_threshold"])
+        return self.hparams["care_alpha"] * loss, {"care_attention": loss, "care_inner": inner, "care_outer": outer}

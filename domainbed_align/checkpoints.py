@@ -60,7 +60,8 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     saved = checkpoint["model_hparams"]
     hparams = {**saved, "pretrained": False, "pretrained_file": ""}
     shape = tuple(checkpoint["model_input_shape"])
-    if saved.get("gt_masks") is True:  # the run's dataset gave the mask channel (train.py checked it)
+    if "gt_masks" in saved and (saved["gt_masks"] is True or saved.get("mask_dir")):  # the run's dataset gave
+        # the mask channel (its trainer checked it when train.py built it)
         shape = ShapeWithMaskChannel(shape)
     algorithm = registry.algorithm_class(checkpoint["args"]["algorithm"])(
         shape, checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)

@@ -65,7 +65,7 @@ def dataset_of_run(checkpoint: dict, data_dir: str | None = None) -> Any:
     augmentation (explain the images, not random crops of them) and without the mask channel of annotation methods
     (masks come from ``environment.mask(i)``). ``data_dir`` overrides the run's own."""
     args = checkpoint["args"]
-    plain = {**checkpoint["model_hparams"], "data_augmentation": False, "gt_masks": False}
+    plain = {**checkpoint["model_hparams"], "data_augmentation": False, "gt_masks": False, "mask_dir": ""}
     return _dataset(args["dataset"], data_dir or args["data_dir"], list(args["test_envs"]), plain)
 
 

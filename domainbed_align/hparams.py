@@ -139,7 +139,13 @@ GT_MASKS_HPARAM = HParam(
     "gt_masks", bool, lambda dataset: dataset in MASK_DATASETS, None,
     "train on ground-truth masks: the dataset appends them as a last input channel, which the trainer splits off "
     "before any network sees the input (default: on where the dataset has masks, i.e. TextureMNIST and "
-    "SpuriousTextureMNIST; off elsewhere, where the method is then plain ERM).")
+    "SpuriousTextureMNIST; off elsewhere, where the method is then plain ERM unless mask_dir gives masks).")
+MASK_DIR_HPARAM = HParam(
+    "mask_dir", str, "", None,
+    "folder of mask PNGs mirroring the dataset's images (domainbed_align.mask_folder: e.g. SAM pseudo-masks, or "
+    "`python -m domainbed_align.masks export` of an ALIGN run); given, the method trains on them instead of the "
+    "dataset's own masks. Relative paths are from the working directory; only annotation methods read it.")
+ANNOTATION_HPARAMS = (GT_MASKS_HPARAM, MASK_DIR_HPARAM)
 
 # --- ALIGN's masker and alignment -------------------------------------------------------------------
 ALIGN_HPARAMS = (

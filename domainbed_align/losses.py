@@ -156,14 +156,18 @@ def annotated_mean(per_sample: torch.Tensor, annotated: torch.Tensor) -> torch.T
 OPENCV_3X3_SIGMA = 1.0 / math.sqrt(2.0 * math.log(2.0))
 
 
+def opencv_blur_3x3(maps: torch.Tensor) -> torch.Tensor:
+    """``cv2.GaussianBlur(m, (3, 3), 0)`` of each map ``[N, h, w]``: OpenCV's fixed [1/4, 1/2, 1/4] kernel with its
+    reflect-101 border (torchvision's ``gaussian_blur`` with :data:`OPENCV_3X3_SIGMA`), in float32."""
+    with torch.autocast(device_type=maps.device.type, enabled=False):  # the blur is a conv: not in bf16
+        return gaussian_blur(maps.float().unsqueeze(1), kernel_size=[3, 3], sigma=[OPENCV_3X3_SIGMA] * 2).squeeze(1)
+
+
 def gradia_target(masks: torch.Tensor) -> torch.Tensor:
     """GRADIA's attention target from masks already area-resized to the Grad-CAM grid ``[N, h, w]``
-    (``GRADIA.py`` resize_attention_label): a 3x3 Gaussian blur (OpenCV's kernel, reflect-101 border: torchvision's
-    ``gaussian_blur`` with :data:`OPENCV_3X3_SIGMA`), divided by its maximum (an empty mask stays zero instead of
-    GRADIA's 0/0). Not rounded to 8 bits as GRADIA's uint8 images are."""
-    with torch.autocast(device_type=masks.device.type, enabled=False):  # the blur is a conv: not in bf16
-        blurred = gaussian_blur(masks.float().unsqueeze(1), kernel_size=[3, 3],
-                                sigma=[OPENCV_3X3_SIGMA] * 2).squeeze(1)
+    (``GRADIA.py`` resize_attention_label): :func:`opencv_blur_3x3`, divided by its maximum (an empty mask stays
+    zero instead of GRADIA's 0/0). Not rounded to 8 bits as GRADIA's uint8 images are."""
+    blurred = opencv_blur_3x3(masks)
     peak = blurred.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1)
     return blurred / peak
 
@@ -195,3 +199,94 @@ def rrr_penalty(input_gradient: torch.Tensor, masks: torch.Tensor, annotated: to
     gradient = input_gradient.to(torch.promote_types(input_gradient.dtype, torch.float32))  # float64 stays
     per_sample = ((1.0 - masks.to(gradient.dtype)) * gradient).pow(2).flatten(1).sum(dim=1)
     return (per_sample * annotated).mean()
+
+
+# --- RES (Gao et al., KDD 2022; YuyangGao/RES, RES.py) ------------------------------------------------------
+# Its threshold search adds this to each negative cell's value to make a candidate (BF_solver's epsilon).
+RES_CANDIDATE_EPSILON = 1e-4
+RES_TANH_SCALE = 5.0  # tanh(5 * (cam - a)), RES.py
+RES_NORMALISATION_EPSILON = 1e-6  # RES: (x - min) / (max(x - min) + 1e-6), for Grad-CAMs and imputed maps
+
+
+def res_labels(masks: torch.Tensor) -> torch.Tensor:
+    """RES's cell labels from foreground masks on the Grad-CAM grid ``[N, h, w]`` (area-averaged, in [0, 1]):
+    +1 where at least half the cell is foreground, -1 elsewhere. RES's annotations mark positive (+1) and negative
+    (-1) regions and leave the rest unlabelled (0); a foreground mask says the rest is background, so every cell is
+    labelled and the negative map is the mask's complement."""
+    return torch.where(masks >= 0.5, 1.0, -1.0).to(masks.dtype)
+
+
+def res_threshold(cams: torch.Tensor, labels: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """RES's robust threshold ``a`` (``BF_solver``): one scalar for the whole batch, without gradient.
+
+    Over every labelled cell of the annotated samples (flattened in batch, row, column order), the candidates are
+    each negative cell's value + :data:`RES_CANDIDATE_EPSILON`, then each positive cell's value; a candidate v
+    scores (share of negative cells below v) + (share of positive cells at or above v), and the first best
+    candidate wins (its strict ``>`` update from a = 0, score 0). No negative cell: that share counts 0, so the
+    smallest positive value wins; no labelled cell: a = 0. Batched with sorting (its Python loops are O(n^2))."""
+    with torch.no_grad():
+        values = cams.detach().float().flatten()
+        cell_labels = (labels * annotated.view(-1, 1, 1)).flatten()
+        negative, positive = values[cell_labels < 0], values[cell_labels > 0]
+        candidates = torch.cat([negative + RES_CANDIDATE_EPSILON, positive])
+        if candidates.numel() == 0:
+            return values.new_zeros(())
+        score = torch.zeros_like(candidates)
+        if negative.numel():
+            score += torch.searchsorted(negative.sort().values, candidates, side="left") / negative.numel()
+        if positive.numel():
+            below = torch.searchsorted(positive.sort().values, candidates, side="left")
+            score += (positive.numel() - below) / positive.numel()
+        best = int(score.argmax())  # argmax returns the first maximum: the reference's first best
+        return candidates[best] if score[best] > 0 else values.new_zeros(())
+
+
+def res_alignment(cams: torch.Tensor, labels: torch.Tensor, threshold: torch.Tensor, annotated: torch.Tensor,
+                  eta: float) -> torch.Tensor:
+    """RES's robust alignment term: relu(mean over labelled cells of |tanh(5 (cam - a)) - label| - eta), the mean
+    over all labelled cells of the annotated samples together (its ``sum(loss * (label != 0)) / sum(label != 0)``);
+    0 when no cell is labelled (RES divides by zero there)."""
+    per_cell = (torch.tanh(RES_TANH_SCALE * (cams.float() - threshold)) - labels.float()).abs()
+    labelled = (labels != 0).float() * annotated.view(-1, 1, 1)
+    mean = (per_cell * labelled).sum() / labelled.sum().clamp(min=1.0)
+    return F.relu(mean - eta)
+
+
+def res_gaussian_target(positive: torch.Tensor) -> torch.Tensor:
+    """RES-G's imputed map: :func:`opencv_blur_3x3` of the positive cells ``[N, h, w]`` (in {0, 1}), divided by
+    (its maximum + 1e-6), as RES.py (float32, no 8-bit rounding)."""
+    blurred = opencv_blur_3x3(positive)
+    return blurred / (blurred.flatten(1).amax(dim=1).view(-1, 1, 1) + RES_NORMALISATION_EPSILON)
+
+
+def res_min_max(maps: torch.Tensor) -> torch.Tensor:
+    """RES's normalisation of a map ``[N, h, w]``: (x - min) / (max(x - min) + 1e-6) per sample."""
+    flat = maps.float().flatten(1)
+    shifted = flat - flat.amin(dim=1, keepdim=True)
+    return (shifted / (shifted.amax(dim=1, keepdim=True) + RES_NORMALISATION_EPSILON)).view_as(maps)
+
+
+def res_imputation_l1(cams: torch.Tensor, imputed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """RES's imputation term: mean over the grid of |cam - imputed map| per sample, averaged over the annotated
+    samples (RES: ``L1Loss`` over its fully labelled batch). Neither side detached, as in RES.py."""
+    return annotated_mean((cams.float() - imputed.float()).abs().flatten(1).mean(dim=1), annotated)
+
+
+# --- CARE (Zhuang et al., MIDL 2019; JiaxinZhuang/CARE, src/loss.py and src/trainer.py) ---------------------------
+def care_attention(cams: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor,
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CARE's attention loss: sum over the annotated samples of ``-min(inner_i, T) + outer_i``, with
+    inner_i = the mean over pixels of cam * mask and outer_i = of cam * (1 - mask), ``cams`` the min-max maps
+    upsampled to the masks' size ``[N, H, W]``.
+
+    The ``min`` is per sample (``GradLoss.grad_loss`` runs on one image; above T its inner term is replaced by the
+    constant T, so it gets no gradient there) and the samples are summed, not averaged (its ``cam_losses +=``).
+    CARE sums over its 224x224 pixels; the mean here is that sum / (H W), so ``threshold`` is a share of the image
+    and one setting means the same at every resolution. Returns (loss, mean inner, mean outer) over annotated."""
+    masks = masks.float()
+    cams = cams.float()
+    inner = (cams * masks).flatten(1).mean(dim=1)
+    outer = (cams * (1.0 - masks)).flatten(1).mean(dim=1)
+    clipped = torch.where(inner > threshold, torch.full_like(inner, threshold), inner)
+    loss = ((outer - clipped) * annotated).sum()
+    return loss, annotated_mean(inner.detach(), annotated), annotated_mean(outer.detach(), annotated)

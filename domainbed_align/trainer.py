@@ -34,8 +34,8 @@ from domainbed_align.step import StepContext
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 NO_ANNOTATIONS = ("{name} trains on annotation masks, but this run has none (hparam 'gt_masks' is false, or the "
-                  "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Use a dataset "
-                  "with masks (TextureMNIST, SpuriousTextureMNIST) and gt_masks true.")
+                  "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Give a mask folder "
+                  "(hparam mask_dir) or use a dataset with masks (TextureMNIST, SpuriousTextureMNIST).")
 
 
 class ExplanationGuidedAlgorithm(nn.Module):
@@ -69,14 +69,20 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.hparams = hparams_lib.validate(self.name, hparams, self.known_hparam_names())
         self.num_classes = num_classes
         self.num_domains = num_domains
-        # With gt_masks the dataset's last channel is the mask: no network is built to see it.
-        self.mask_channel = self.uses_gt_masks and self.hparams["gt_masks"]
+        # With masks (gt_masks, or a mask folder) the dataset's last channel is the mask: no network sees it.
+        self.mask_channel = self.uses_gt_masks and (self.hparams["gt_masks"] or bool(self.hparams["mask_dir"]))
         if self.mask_channel and not getattr(input_shape, "has_mask_channel", False):
+            setting = "mask_dir is set" if self.hparams["mask_dir"] else "gt_masks is true"
             raise HParamError(
-                f"hparam 'gt_masks' of {self.name} is true, but the dataset's input shape {tuple(input_shape)} has no "
-                f"mask channel (only TextureMNIST and SpuriousTextureMNIST give masks, where gt_masks is already the "
-                f"default): {self.name} would read the last colour channel as a mask. Drop gt_masks from --hparams "
-                f"(the method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
+                f"hparam {setting} for {self.name}, but the dataset's input shape {tuple(input_shape)} has no mask "
+                f"channel (TextureMNIST and SpuriousTextureMNIST give their own; image-folder datasets take "
+                f"mask_dir): {self.name} would read the last colour channel as a mask. Drop it from --hparams (the "
+                f"method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
+        self.monitor = CollapseMonitor(type(self).__name__)
+        if not self.uses_gt_masks and hparams.get("mask_dir"):
+            self.monitor.warn_once("mask_dir_ignored", 0, f"{self.name} reads no annotations: hparam mask_dir "
+                                   f"{hparams['mask_dir']!r} is ignored (a sweep's --hparams reach every algorithm; "
+                                   f"only annotation methods read it).")
         self.in_channels = input_shape[0] - int(self.mask_channel)  # image channels, what every network gets
         h = self.hparams
         backbone = create_backbone(h["backbone"], num_classes, in_chans=self.in_channels,
@@ -88,7 +94,6 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
-        self.monitor = CollapseMonitor(type(self).__name__)
 
     # --- the hooks a method overrides ---------------------------------------------------------------
     def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
@@ -98,6 +103,10 @@ class ExplanationGuidedAlgorithm(nn.Module):
         Returns (weighted total added to the classifier loss, terms to report under the same keys every step).
         """
         return 0.0, {}
+
+    def cross_entropy_weight(self) -> float:
+        """The weight of CE in the classifier loss (1; CARE trades it against its term: 1 - alpha)."""
+        return 1.0
 
     def after_classifier_step(self, step: StepContext) -> dict[str, float]:
         """Work done after each classifier step (ALIGN: its masker steps); returns terms to report (floats,
@@ -162,7 +171,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
     def classifier_loss(self, step: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """CE, plus (``uses_mixup``) DRE's mixup term and the method's :meth:`explanation_loss`."""
         cross_entropy = F.cross_entropy(step.logits.float(), step.labels)
-        loss, terms = cross_entropy, {"ce": cross_entropy}
+        weight = self.cross_entropy_weight()
+        loss, terms = (cross_entropy if weight == 1.0 else weight * cross_entropy), {"ce": cross_entropy}
         if self.uses_gradcam:  # the standard (ReLU) map's blank share, whichever map is trained on
             terms["zero_cams"] = step.zero_cams
         if self.uses_gt_masks:

@@ -328,9 +328,16 @@ def test_gt_masks_must_be_a_real_boolean(data_dir: Path) -> None:
         TextureMNIST(str(data_dir), [0], {"gt_masks": "false"})  # a truthy string must not add the mask
 
 
-def test_vlcs_refuses_gt_masks(data_dir: Path) -> None:
-    with pytest.raises(ValueError, match="no ground-truth"):
-        VLCSMini(str(data_dir), [0], {"gt_masks": True})
+def test_vlcs_has_no_masks_of_its_own_so_gt_masks_alone_is_refused_by_the_method(data_dir: Path) -> None:
+    from domainbed_align import hparams as hparams_lib
+    from domainbed_align.baselines import GRADIA
+    from domainbed_align.errors import HParamError
+
+    hparams = hparams_lib.default_hparams("GRADIA", "VLCSMini", gt_masks=True)
+    dataset = VLCSMini(str(data_dir), [0], hparams)
+    assert dataset.input_shape == (3, 224, 224) and not hasattr(dataset.input_shape, "has_mask_channel")
+    with pytest.raises(HParamError, match="gt_masks is true .* image-folder datasets take mask_dir"):
+        GRADIA(dataset.input_shape, 5, 2, hparams)
 
 
 def test_cli_data_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys) -> None:

@@ -83,7 +83,8 @@ def test_align_trains_on_each_new_dataset_through_upstream_train_py(data_dir: Pa
     assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(n_envs))
 
 
-ANNOTATION_TERMS = {"GRADIA": "gradia_l1", "HAICS": "haics_bce", "RRR": "rrr_penalty"}
+ANNOTATION_TERMS = {"GRADIA": "gradia_l1", "HAICS": "haics_bce", "RRR": "rrr_penalty", "RES_G": "res_imputation",
+                    "RES_L": "res_imputation", "CARE": "care_inner"}
 BASELINE_TERMS = {"SGT": "sgt_kl", **ANNOTATION_TERMS}
 
 
@@ -115,3 +116,105 @@ def test_baselines_train_through_upstream_train_py_annotation_methods_on_their_m
     assert last[BASELINE_TERMS[algorithm]] > 0.0
     assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(4))
     assert "plain ERM" not in (out / "err.txt").read_text()
+
+
+def _write_half_masks(environments: list, mask_dir: Path) -> None:
+    """Synthetic masks for image-folder environments: the left half of each image."""
+    from PIL import Image
+
+    from domainbed_align.mask_folder import image_folder_keys, mask_path
+
+    for environment in environments:
+        for (path, _), key in zip(environment.samples, image_folder_keys(environment)):
+            with Image.open(path) as image:
+                width, height = image.size
+            pixels = bytearray(width * height)
+            for row in range(height):
+                pixels[row * width: row * width + width // 2] = b"\xff" * (width // 2)
+            mask_path(mask_dir, key).parent.mkdir(parents=True, exist_ok=True)
+            Image.frombytes("L", (width, height), bytes(pixels)).save(mask_path(mask_dir, key))
+
+
+def test_an_annotation_method_trains_through_train_py_on_vlcsmini_with_a_mask_folder(data_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    """The same --hparams reach an annotation-free method in a sweep: it keeps its plain images."""
+    import json
+
+    from conftest import hook_active, run_python
+
+    from domainbed_align.data import VLCSMini
+
+    if not hook_active():
+        pytest.skip("pip install -e . first (the .pth hook is inactive)")
+    masks = tmp_path / "masks"
+    _write_half_masks(VLCSMini(str(data_dir), [0], {}).datasets[1:], masks)
+    hparams = json.dumps({"batch_size": 4, "mask_dir": str(masks)})
+    for algorithm in ("GRADIA", "TimmERM"):
+        out = tmp_path / algorithm
+        result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", "VLCSMini",
+                             "--data_dir", str(data_dir), "--test_envs", "0", "--steps", "2", "--checkpoint_freq",
+                             "5", "--hparams", hparams, "--output_dir", str(out)], Path(ROOT), cwd=tmp_path)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+        assert all(0.0 <= last[f"env{i}_out_acc"] <= 1.0 for i in range(3))
+        errors = (out / "err.txt").read_text()
+        if algorithm == "GRADIA":
+            assert last["annotated"] == 1.0 and last["gradia_l1"] > 0 and "plain ERM" not in errors
+        else:
+            assert "annotated" not in last and "mask_dir" in errors and "is ignored" in errors
+    (masks / "SUN09" / "bird").rename(masks / "SUN09" / "birds")  # a gap: refused before training, one line
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "GRADIA", "--dataset", "VLCSMini",
+                         "--data_dir", str(data_dir), "--test_envs", "0", "--steps", "2", "--hparams", hparams,
+                         "--output_dir", str(tmp_path / "gap")], Path(ROOT), cwd=tmp_path)
+    assert result.returncode != 0 and "domainbed-align: error: mask_dir" in result.stderr
+    assert "SUN09/bird/" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_upstream_image_folder_datasets_take_a_mask_folder(data_dir: Path, tmp_path: Path) -> None:
+    """DomainBed's own VLCS class (a MultipleEnvironmentImageFolder), on a small copy of VLCSMini's photos laid out
+    as VLCS: the hook attaches the masks; augmented training images keep their mask's shape."""
+    import shutil
+
+    from conftest import hook_active
+
+    from domainbed_align.data import VLCSMini
+
+    if not hook_active():
+        pytest.skip("pip install -e . first (the .pth hook is inactive)")
+    photos = [path for environment in VLCSMini(str(data_dir), [0], {}).datasets for path, _ in environment.samples]
+    for e, domain in enumerate(["Caltech101", "LabelMe", "SUN09", "VOC2007"]):
+        for c, name in enumerate(["bird", "car", "chair", "dog", "person"]):
+            folder = tmp_path / "data" / "VLCS" / domain / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                shutil.copy(photos[(e * 10 + c * 2 + i) % len(photos)], folder / f"{i}.jpg")
+    out = _run(f"""
+        import json
+        from pathlib import Path
+        import torch
+        from domainbed import datasets, hparams_registry
+        from domainbed_align.mask_folder import MaskFolderError
+        import test_data_integration as t
+        plain = datasets.VLCS({str(tmp_path / "data")!r}, [3], hparams_registry.default_hparams("GRADIA", "VLCS"))
+        t._write_half_masks(plain.datasets[:3], Path({str(tmp_path / "masks")!r}))
+        hparams = hparams_registry.default_hparams("GRADIA", "VLCS")
+        hparams["mask_dir"] = {str(tmp_path / "masks")!r}
+        masked = datasets.VLCS({str(tmp_path / "data")!r}, [3], hparams)
+        x, y = masked.datasets[0][3]
+        left = x[3, :, :112].mean().item(); right = x[3, :, 112:].mean().item()
+        print(tuple(masked.input_shape), masked.input_shape.has_mask_channel, sorted(x[3].unique().tolist()))
+        print(left > 0.5 > right or right > 0.5 > left, bool((masked.datasets[3][0][0][3] == -1).all()))
+        erm = datasets.VLCS({str(tmp_path / "data")!r}, [3], {{**hparams_registry.default_hparams("ERM", "VLCS"),
+                                                             "mask_dir": hparams["mask_dir"]}})
+        print(tuple(erm.input_shape))
+        next(Path({str(tmp_path / "masks")!r}).rglob("*.png")).unlink()
+        try:
+            datasets.VLCS({str(tmp_path / "data")!r}, [3], hparams)
+        except MaskFolderError as error:
+            print("refused", "lacks 1 of the 10 masks" in str(error))
+    """.replace("import test_data_integration as t", "import sys; sys.path.insert(0, 'tests'); "
+                                                       "import test_data_integration as t"))
+    lines = out.splitlines()
+    assert lines[0] == "(4, 224, 224) True [0.0, 1.0]"
+    assert lines[1] == "True True"  # a flip moves the left half right; the mask stays a half either way
+    assert lines[2] == "(3, 224, 224)" and lines[3] == "refused True"

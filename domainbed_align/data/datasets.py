@@ -16,7 +16,8 @@ Ground-truth masks (``hparams['gt_masks']``, default False)
     With ``gt_masks`` True every ``x`` gets ONE extra LAST channel holding the binary foreground mask in
     {0, 1} (not normalised) and ``input_shape`` is ``(C + 1, H, W)``: an algorithm that asked must split
     ``x[:, :-1]`` (image) from ``x[:, -1:]`` (mask) before its network sees the input. VLCSMini has no
-    masks and raises ``ValueError`` when asked for them.
+    masks of its own. Any of them takes a mask folder (hparam ``mask_dir``, :mod:`domainbed_align.mask_folder`),
+    read instead of the dataset's own masks.
 
 TextureMNIST / SpuriousTextureMNIST (56×56 RGB, 10 classes)
     A real MNIST digit (the 70k digits of train + t10k, drawn without replacement and disjoint across
@@ -63,7 +64,9 @@ import torch
 from torch.utils.data import Dataset
 
 from domainbed_align.errors import DomainbedAlignError, HParamError
-from domainbed_align.step import ShapeWithMaskChannel
+from domainbed_align.mask_folder import (attach_mask_folder, check_complete, mask_dir_of, mask_path,
+                                          read_mask)
+from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel
 
 from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
 
@@ -154,7 +157,8 @@ class TextureEnvironment(Dataset):
 
     def __init__(self, textures: torch.Tensor, family_names: Sequence[str], alpha: np.ndarray,
                  labels: np.ndarray, family: np.ndarray, offsets: np.ndarray, flips: np.ndarray,
-                 colours: np.ndarray, gt_masks: bool) -> None:
+                 colours: np.ndarray, gt_masks: bool, name: str = "", mask_dir: str = "",
+                 read_masks: bool = True) -> None:
         self.textures = textures                      # float [K, 3, S, S] in [0, 1], already dimmed
         self.family_names = list(family_names)
         self.alpha = torch.from_numpy(alpha)          # uint8 [N, 56, 56]; 0 outside the digit
@@ -164,6 +168,9 @@ class TextureEnvironment(Dataset):
         self.flips = flips.astype(bool)
         self.colours = torch.from_numpy(colours.astype(np.float32))
         self.gt_masks = gt_masks
+        self.name = name  # the environment's name: the mask folder's subfolder
+        self.mask_dir = mask_dir  # masks from this folder instead of the digits' own ('' = their own)
+        self.read_masks = read_masks  # False: a test environment of a mask-folder run, whose masks are never read
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -182,10 +189,25 @@ class TextureEnvironment(Dataset):
         a = self.alpha[i].float()[None] / 255.0
         return self.background(i) * (1.0 - a) + self.colours[i].view(3, 1, 1) * a
 
+    @property
+    def mask_keys(self) -> list[str]:
+        """Each image's key in a mask folder (:mod:`domainbed_align.mask_folder`): ``<environment>/<index>``."""
+        return [f"{self.name}/{i:05d}" for i in range(len(self))]
+
+    def folder_mask(self, i: int) -> torch.Tensor:
+        """Image i's mask from the run's mask folder, float [1, 56, 56] in [0, 1]."""
+        return read_mask(mask_path(self.mask_dir, self.mask_keys[i]), size=(IMAGE_SIZE, IMAGE_SIZE)).float() / 255.0
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = (self.image(i) - _MEAN) / _STD
         if self.gt_masks:
-            x = torch.cat([x, self.mask(i)], 0)
+            if not self.mask_dir:
+                channel = self.mask(i)
+            elif self.read_masks:
+                channel = self.folder_mask(i)
+            else:
+                channel = torch.full_like(x[:1], MISSING_ANNOTATION)
+            x = torch.cat([x, channel], 0)
         return x, int(self.labels[i])
 
 
@@ -216,7 +238,8 @@ class _TextureMNISTBase(_MultiEnv):
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None) -> None:
         hparams = hparams or {}
-        self.gt_masks = wants_gt_masks(hparams)
+        mask_dir = mask_dir_of(hparams)  # a mask folder replaces the digits' own masks
+        self.gt_masks = wants_gt_masks(hparams) or bool(mask_dir)
         images, labels = load_mnist(root)
         bank = load_textures(root)
         if any(name not in bank for name in self.FAMILY_NAMES):
@@ -239,7 +262,10 @@ class _TextureMNISTBase(_MultiEnv):
             flips = rng.rand(n) < 0.5
             colours = hue_to_rgb(rng.rand(n))
             env = TextureEnvironment(textures, self.FAMILY_NAMES, alpha, y, family, offsets, flips, colours,
-                                     self.gt_masks)
+                                     self.gt_masks, self.ENVIRONMENTS[e], mask_dir, e not in test_envs)
+            if mask_dir and e not in test_envs:
+                check_complete(mask_dir, env.mask_keys, f"{type(self).__name__}'s training environment "
+                                                        f"{self.ENVIRONMENTS[e]!r}")
             env.digit_index = idx  # position in the 70k MNIST digits (train then t10k), for analysis
             self.datasets.append(env)
         c, h, w = self.INPUT_SHAPE
@@ -280,10 +306,14 @@ class SpuriousTextureMNIST(_TextureMNISTBase):
 
 
 class _ImageListEnvironment(Dataset):
-    def __init__(self, samples: list[tuple[str, int]], transform: Any) -> None:
+    """An image-folder environment (``root``/class/file), as torchvision's ImageFolder exposes one."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Any, root: str, classes: Sequence[str]) -> None:
         self.samples = samples
         self.targets = [y for _, y in samples]
         self.transform = transform
+        self.root = root
+        self.classes = list(classes)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -309,9 +339,7 @@ class VLCSMini(_MultiEnv):
         from torchvision import transforms
 
         hparams = hparams or {}
-        if wants_gt_masks(hparams):
-            raise HParamError("VLCSMini has no ground-truth foreground masks: gt_masks must be False "
-                              "(use TextureMNIST or SpuriousTextureMNIST for mask supervision)")
+        wants_gt_masks(hparams)  # type-checked; VLCSMini has no masks of its own: they come from mask_dir
         if root is None or not vlcs_done(Path(root)):  # missing, older, or images gone since prepare
             raise _not_prepared(root, "a complete VLCSMini (all images its manifest counts)")
         base = Path(root) / "VLCSMini"
@@ -326,6 +354,8 @@ class VLCSMini(_MultiEnv):
             samples = [(str(p), y) for y, cls in enumerate(self.CLASSES)
                        for p in sorted((base / env_dir / cls).glob("*")) if p.is_file()]
             use_aug = hparams.get("data_augmentation", True) and e not in test_envs
-            self.datasets.append(_ImageListEnvironment(samples, augment if use_aug else plain))
+            self.datasets.append(_ImageListEnvironment(samples, augment if use_aug else plain, str(base / env_dir),
+                                                       self.CLASSES))
         self.input_shape = self.INPUT_SHAPE
+        attach_mask_folder(self, test_envs, hparams)  # as the hook does for DomainBed's image folders
         self.num_classes = len(self.CLASSES)

@@ -221,10 +221,10 @@ def _install_excepthook() -> None:
     previous = sys.excepthook
 
     def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
-        from domainbed_align.errors import DomainbedAlignError
+        from domainbed_align.errors import DomainbedAlignError, user_message
 
         if isinstance(error, DomainbedAlignError):
-            sys.stderr.write(f"domainbed-align: error: {error}\n")
+            sys.stderr.write(f"domainbed-align: error: {user_message(error)}\n")
         else:
             previous(kind, error, traceback)
 

@@ -193,25 +193,22 @@ class RES_G(_RES):
 class RES_L(_RES):
     """RES-L: the imputed map is a learned convolution of the full-resolution positive mask, min-max normalised.
 
-    RES's layer, ``Conv2d(1, 1, 64, stride=32, padding=16)``, maps 224 px to its 7x7 grid; here the stride is the
-    mask's side over the Grad-CAM grid's (s = 32 at 224 px / 7: exactly RES's layer), kernel 2s, padding ceil(s/2), and a
-    mask whose side is not a multiple of the grid is first area-resized to s times the grid. The layer is trained by
-    the classifier's optimizer, as RES trains it with the model's Adam; predict() never uses it.
+    RES's layer, ``Conv2d(1, 1, 64, stride=32, padding=16)``, maps 224 px to its 7x7 grid; here the stride s is the
+    classifier's input side over the Grad-CAM grid's (at least 2; s = 32 at 224 px / 7: exactly RES's layer), kernel
+    2s, padding ceil(s/2) (:func:`imputation_layer`), and the binarised mask (>= 0.5; RES: > 0 of its binary masks)
+    is area-resized to s times the grid. The layer is trained by the classifier's optimizer, as RES trains it with
+    the model's Adam; predict() never uses it.
     """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, num_domains: int,
                  hparams: Mapping[str, Any]) -> None:
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        grid = self.classifier.cam_side
-        self.imputation_stride = max(1, round(input_shape[-1] / grid))
-        self.imputation_side = grid * self.imputation_stride
-        stride = self.imputation_stride
-        # padding ceil(s / 2): s / 2 for even s, as RES's 16 for 32; odd s still gives the grid's side
-        self.imputation = nn.Conv2d(1, 1, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2)
+        self.imputation, self.imputation_side = imputation_layer(self.classifier.cam_side,
+                                                                 self.classifier.input_size)
         self.optimizer.add_param_group({"params": list(self.imputation.parameters())})
 
     def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        full = (step.annotations_at(step.images.shape[-2:]) >= 0.5).float().unsqueeze(1)  # RES: (mask > 0)
+        full = (step.annotations_at(step.images.shape[-2:]) >= 0.5).float().unsqueeze(1)  # binarised, as RES's
         if full.shape[-1] != self.imputation_side or full.shape[-2] != self.imputation_side:
             full = F.adaptive_avg_pool2d(full, self.imputation_side)
         with torch.autocast(device_type=full.device.type, enabled=False):
@@ -224,6 +221,14 @@ class RES_L(_RES):
         return imputed, extra
 
 
+def imputation_layer(grid: int, input_side: int) -> tuple[nn.Conv2d, int]:
+    """RES-L's layer for a ``grid`` x ``grid`` Grad-CAM of ``input_side``-px inputs, and the side the mask is resized
+    to: stride s = max(2, round(input_side / grid)), kernel 2s, padding ceil(s / 2) (s / 2 for even s, RES's 16 for
+    32), whose output on a (grid * s)-px mask is exactly grid x grid."""
+    stride = max(2, round(input_side / grid))
+    return nn.Conv2d(1, 1, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2), grid * stride
+
+
 # CARE's release has no configuration: alpha and T are ours (README, table of methods).
 CARE_DEFAULT_ALPHA = 0.01
 CARE_DEFAULT_THRESHOLD = 0.1
@@ -233,8 +238,9 @@ CARE_DEFAULT_THRESHOLD = 0.1
     hparams=BACKBONE_HPARAMS + train_cam_hparams(whose="CARE") + (
         *ANNOTATION_HPARAMS,
         HParam("care_alpha", float, CARE_DEFAULT_ALPHA, log_uniform(-3.0, -1.0),
-               "CARE: loss = alpha * sum_i attention_i + (1 - alpha) * CE (its release sets no value; 0.01 weighs "
-               "one sample's attention term like its CE at DomainBed's batch of 3 x 32).", minimum=0.0,
+               "CARE: loss = alpha * sum_i attention_i + (1 - alpha) * CE (its release sets no value; a sum over the "
+               "batch, as its code: at DomainBed's 3 x 32 images, 0.01 weighs the batch's mean term about like the "
+               "CE, and the weight grows with batch_size).", minimum=0.0,
                maximum=1.0),
         HParam("care_threshold", float, CARE_DEFAULT_THRESHOLD, choice(0.05, 0.1, 0.2),
                "CARE: T of -min(inner, T), as a share of the image's pixels (inner = the Grad-CAM's mean over the "

@@ -11,6 +11,17 @@ class DomainbedAlignError(Exception):
     """Base class for errors whose message is complete on its own."""
 
 
+def user_message(error: DomainbedAlignError) -> str:
+    """The error's message, without the wrapper torch's DataLoader puts around an error raised in a worker process
+    ("Caught X in DataLoader worker process 0. Original Traceback ...", the original message on its last line)."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(error).__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else text
+
+
 class HParamError(DomainbedAlignError, ValueError):
     """An unknown, missing or ill-typed hyperparameter."""
 

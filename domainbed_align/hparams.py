@@ -145,7 +145,12 @@ MASK_DIR_HPARAM = HParam(
     "folder of mask PNGs mirroring the dataset's images (domainbed_align.mask_folder: e.g. SAM pseudo-masks, or "
     "`python -m domainbed_align.masks export` of an ALIGN run); given, the method trains on them instead of the "
     "dataset's own masks. Relative paths are from the working directory; only annotation methods read it.")
-ANNOTATION_HPARAMS = (GT_MASKS_HPARAM, MASK_DIR_HPARAM)
+ANNOTATION_METHOD_HPARAM = HParam(
+    "annotation_method", bool, True, None,
+    "set by the registry for the annotation methods, not a setting: only their runs' datasets append a mask channel "
+    "(a sweep's --hparams, gt_masks and mask_dir included, reach every algorithm, DomainBed's own too).",
+    choices=(True,))
+ANNOTATION_HPARAMS = (GT_MASKS_HPARAM, MASK_DIR_HPARAM, ANNOTATION_METHOD_HPARAM)
 
 # --- ALIGN's masker and alignment -------------------------------------------------------------------
 ALIGN_HPARAMS = (

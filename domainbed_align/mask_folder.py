@@ -20,9 +20,10 @@ masks) and leaves the mask out of the photometric ones.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,22 +33,29 @@ from domainbed_align.errors import DomainbedAlignError
 from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel
 
 MASK_SUFFIX = ".png"
+MANIFEST = "manifest.json"  # written by `masks export`: the ALIGN run the masks come from
 _SHOWN = 5  # missing files named in an error
+_SAMPLED = 16  # masks read whole before training, to catch 0/1-valued files
 
 
 class MaskFolderError(DomainbedAlignError, FileNotFoundError):
     """A mask folder that is missing, incomplete, or holds a mask that cannot be used."""
 
 
+def reads_annotations(hparams: dict) -> bool:
+    """Whether the run is an annotation method's: the registry puts ``annotation_method`` into their hparams only. A
+    sweep's --hparams reach every algorithm (DomainBed's own too): the others must keep their plain images."""
+    return hparams.get("annotation_method") is True
+
+
 def mask_dir_of(hparams: dict) -> str:
-    """The run's mask folder ('' for none). Read only for annotation methods (their hparams hold ``gt_masks``): a
-    sweep's --hparams reach every algorithm, and the others must keep their plain images."""
-    if "gt_masks" not in hparams:
+    """The run's mask folder ('' for none, and for every algorithm that reads no annotations)."""
+    if not reads_annotations(hparams):
         return ""
     folder = hparams.get("mask_dir", "")
     if not isinstance(folder, str):
         raise MaskFolderError(f"hparam 'mask_dir' must be a folder path (a string), got {folder!r}.")
-    return folder
+    return os.path.expanduser(folder)
 
 
 def mask_path(mask_dir: str | os.PathLike, key: str) -> Path:
@@ -73,8 +81,13 @@ def environment_keys(environment: Any) -> list[str]:
                           f"work for image-folder datasets (DomainBed's MultipleEnvironmentImageFolder) and ours.")
 
 
-def check_complete(mask_dir: str | os.PathLike, keys: Sequence[str], where: str) -> None:
-    """Refuse, before training, a folder that lacks any of ``keys``' masks (one error naming the first few)."""
+def check_complete(mask_dir: str | os.PathLike, keys: Sequence[str], where: str,
+                   sizes: Iterable[tuple[int, int]]) -> None:
+    """Refuse, before training, a folder that lacks any of ``keys``' masks, holds one whose header cannot be read or
+    whose size differs from its image's (``sizes``: each image's (width, height)), or whose masks are 0/1-valued
+    instead of 0/255: one error naming the first few files. Reads two image headers per image, and a few masks."""
+    from PIL import Image
+
     if not Path(mask_dir).is_dir():
         raise MaskFolderError(f"mask_dir {str(mask_dir)!r} is not a folder ({where}); give the folder that "
                               f"`python -m domainbed_align.masks export` wrote, or your own masks in its layout.")
@@ -85,6 +98,44 @@ def check_complete(mask_dir: str | os.PathLike, keys: Sequence[str], where: str)
             f"mask_dir {str(mask_dir)!r} lacks {len(missing)} of the {len(keys)} masks of {where}, e.g. {shown}. "
             f"Every training image needs one (the image's relative path, suffix {MASK_SUFFIX}); re-export or "
             f"complete the folder.")
+    wrong = []
+    for key, size in zip(keys, sizes):
+        path = mask_path(mask_dir, key)
+        try:
+            with Image.open(path) as mask:  # lazy: the header only
+                if mask.size != tuple(size):
+                    wrong.append(f"{path} is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}")
+        except (OSError, ValueError) as error:
+            wrong.append(f"{path} cannot be read ({type(error).__name__})")
+    if wrong:
+        raise MaskFolderError(f"{len(wrong)} masks of {where} in {str(mask_dir)!r} cannot be used: "
+                              f"{'; '.join(wrong[:_SHOWN])}. Masks are 8-bit PNGs at their image's own size.")
+    peaks = [int(read_mask(mask_path(mask_dir, key)).max()) for key in keys[:_SAMPLED]]
+    if peaks and max(peaks) == 1:
+        raise MaskFolderError(f"the masks of {where} in {str(mask_dir)!r} hold 0/1 values (e.g. "
+                              f"{mask_path(mask_dir, keys[0])}): they would read as at most 1/255; save them as "
+                              f"0 (background) / 255 (object).")
+
+
+def check_provenance(mask_dir: str | os.PathLike, dataset: str, test_envs: Sequence[int]) -> None:
+    """Refuse masks exported from an ALIGN run that trained on one of this run's test environments (its masker
+    would carry that domain into training) or on another dataset, when the folder's manifest says so."""
+    manifest_path = Path(mask_dir) / MANIFEST
+    if not manifest_path.is_file():
+        return  # the user's own masks (e.g. SAM's): nothing to check
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        source, held_out = manifest["dataset"], set(manifest["test_envs"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MaskFolderError(f"{manifest_path} is damaged ({type(error).__name__}); export the masks again.") from None
+    if source != dataset:
+        raise MaskFolderError(f"the masks in {str(mask_dir)!r} were exported from a {source} run, not {dataset}.")
+    seen = [e for e in test_envs if e not in held_out]
+    if seen:
+        raise MaskFolderError(
+            f"the masks in {str(mask_dir)!r} come from an ALIGN run ({manifest.get('model')}) that trained on "
+            f"environment(s) {seen}, this run's test environment(s): its masker carries that domain into training. "
+            f"Export the masks of an ALIGN run that held {seen} out.")
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -101,6 +152,13 @@ def read_mask(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
         raise MaskFolderError(f"mask {str(path)!r} cannot be read ({type(error).__name__}: {error}); replace it with "
                               f"an 8-bit grayscale PNG.") from None
     return torch.from_numpy(array).unsqueeze(0)
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def joint_transform(transform: Any) -> Any:
@@ -180,10 +238,12 @@ def attach_mask_folder(dataset: Any, test_envs: Sequence[int], hparams: dict) ->
     if not mask_dir:
         return
     name = type(dataset).__name__
+    check_provenance(mask_dir, name, test_envs)
     for index, environment in enumerate(dataset.datasets):
         if index not in test_envs:
-            check_complete(mask_dir, image_folder_keys(environment), f"{name}'s training environment "
-                                                                     f"{Path(environment.root).name!r}")
+            check_complete(mask_dir, image_folder_keys(environment),
+                           f"{name}'s training environment {Path(environment.root).name!r}",
+                           (_header_size(path) for path, _ in environment.samples))
     dataset.datasets = [MaskedImageEnvironment(environment, mask_dir, read_masks=index not in test_envs)
                         for index, environment in enumerate(dataset.datasets)]
     channels, height, width = dataset.input_shape

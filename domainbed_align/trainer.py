@@ -79,6 +79,12 @@ class ExplanationGuidedAlgorithm(nn.Module):
                 f"mask_dir): {self.name} would read the last colour channel as a mask. Drop it from --hparams (the "
                 f"method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
         self.monitor = CollapseMonitor(type(self).__name__)
+        if getattr(input_shape, "has_mask_channel", False) and not self.mask_channel:
+            raise HParamError(
+                f"the dataset appends a mask channel (input shape {tuple(input_shape)}) but {self.name} "
+                f"{'reads no annotations' if not self.uses_gt_masks else 'has gt_masks false and no mask_dir'}: the "
+                f"mask would reach its network. Build it with the dataset of its own hparams (DomainBed's train.py "
+                f"does), or drop annotation_method from --hparams.")
         if not self.uses_gt_masks and hparams.get("mask_dir"):
             self.monitor.warn_once("mask_dir_ignored", 0, f"{self.name} reads no annotations: hparam mask_dir "
                                    f"{hparams['mask_dir']!r} is ignored (a sweep's --hparams reach every algorithm; "

@@ -78,8 +78,11 @@ def test_without_masks_the_method_says_it_is_plain_erm_once(name, capsys):
     assert not algorithm.mask_channel and algorithm.classifier.backbone.conv1.in_channels == 3
     images, labels = _inputs()
     floats = [algorithm.update([(images[:, :3], labels)]) for _ in range(2)]
-    term = {"GRADIA": "gradia_l1", "HAICS": "haics_bce", "RRR": "rrr_penalty"}[name]
-    assert all(f["annotated"] == 0.0 and f[term] == 0.0 and f["loss"] == f["ce"] for f in floats)
+    term = {"GRADIA": "gradia_l1", "HAICS": "haics_bce", "RRR": "rrr_penalty", "RES_G": "res_imputation",
+            "RES_L": "res_imputation", "CARE": "care_attention"}[name]
+    ce_weight = algorithm.cross_entropy_weight()  # CARE: (1 - alpha) CE, with or without masks, as its code
+    assert all(f["annotated"] == 0.0 and f[term] == 0.0 and f["loss"] == pytest.approx(ce_weight * f["ce"])
+               for f in floats)
     err = capsys.readouterr().err
     assert err.count("plain ERM") == 1 and name in err
 

@@ -262,7 +262,7 @@ def test_mask_is_exactly_the_digit(which: str, request: pytest.FixtureRequest) -
 
 
 def test_gt_masks_channel(data_dir: Path, spurious: SpuriousTextureMNIST) -> None:
-    with_masks = SpuriousTextureMNIST(str(data_dir), [2], {"gt_masks": True})
+    with_masks = SpuriousTextureMNIST(str(data_dir), [2], {"gt_masks": True, "annotation_method": True})
     assert spurious.input_shape == (3, 56, 56) and with_masks.input_shape == (4, 56, 56)
     for e in range(3):
         for i in (0, 1, 789):

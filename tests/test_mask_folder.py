@@ -18,6 +18,7 @@ from domainbed_align.mask_folder import (MaskedImageEnvironment, MaskFolderError
                                          image_folder_keys, joint_transform, mask_path)
 from domainbed_align.step import MISSING_ANNOTATION
 
+ANNOTATING = {"annotation_method": True, "gt_masks": False}  # what the registry gives an annotation method
 NORMALIZE = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 # The steps (and settings) of DomainBed's image-folder augmentation.
 AUGMENT = transforms.Compose([transforms.RandomResizedCrop(224, scale=(0.7, 1.0)), transforms.RandomHorizontalFlip(),
@@ -104,17 +105,52 @@ def test_an_incomplete_folder_is_refused_before_training_naming_a_missing_file(t
     write_rectangle_masks(dataset.datasets[0], tmp_path / "masks")
     mask_path(tmp_path / "masks", "E0/a/img2").unlink()
     with pytest.raises(MaskFolderError, match=r"lacks 1 of the 3 masks .*E0/a/img2\.png"):
-        attach_mask_folder(dataset, [1], {"gt_masks": False, "mask_dir": str(tmp_path / "masks")})
+        attach_mask_folder(dataset, [1], {**ANNOTATING, "mask_dir": str(tmp_path / "masks")})
     with pytest.raises(MaskFolderError, match="is not a folder"):
-        attach_mask_folder(TwoEnvironments(tmp_path), [1], {"gt_masks": False, "mask_dir": str(tmp_path / "no")})
+        attach_mask_folder(TwoEnvironments(tmp_path), [1], {**ANNOTATING, "mask_dir": str(tmp_path / "no")})
+
+
+def test_wrong_sizes_unreadable_headers_and_0_1_masks_are_refused_before_training(tmp_path):
+    dataset = TwoEnvironments(tmp_path)
+    write_rectangle_masks(dataset.datasets[0], tmp_path / "masks")
+    Image.new("L", (10, 10)).save(mask_path(tmp_path / "masks", "E0/a/img1"))
+    hparams = {**ANNOTATING, "mask_dir": str(tmp_path / "masks")}
+    with pytest.raises(MaskFolderError, match=r"E0/a/img1\.png is 10x10, its image 260x150"):
+        attach_mask_folder(dataset, [1], hparams)
+    mask_path(tmp_path / "masks", "E0/a/img1").write_bytes(b"garbage")
+    with pytest.raises(MaskFolderError, match=r"E0/a/img1\.png cannot be read"):
+        attach_mask_folder(TwoEnvironments(tmp_path), [1], hparams)
+    for i, (path, _) in enumerate(dataset.datasets[0].samples):  # SAM-style 0/1 files
+        with Image.open(path) as image:
+            Image.fromarray((np.asarray(image.convert("L")) > 127).astype(np.uint8)).save(
+                mask_path(tmp_path / "masks", f"E0/a/img{i}"))
+    with pytest.raises(MaskFolderError, match="hold 0/1 values"):
+        attach_mask_folder(TwoEnvironments(tmp_path), [1], hparams)
+
+
+def test_exported_masks_from_a_run_that_trained_on_the_test_environment_are_refused(tmp_path):
+    dataset = TwoEnvironments(tmp_path)
+    write_rectangle_masks(dataset.datasets[0], tmp_path / "masks")
+    write_rectangle_masks(dataset.datasets[1], tmp_path / "masks")
+    manifest = {"dataset": "TwoEnvironments", "test_envs": [0], "model": "runs/align/model.pkl"}
+    (tmp_path / "masks" / "manifest.json").write_text(json.dumps(manifest))
+    hparams = {**ANNOTATING, "mask_dir": str(tmp_path / "masks")}
+    with pytest.raises(MaskFolderError, match=r"trained on environment\(s\) \[1\], this run's test"):
+        attach_mask_folder(dataset, [1], hparams)
+    attach_mask_folder(TwoEnvironments(tmp_path), [0], hparams)  # the ALIGN run held 0 out too: fine
+    (tmp_path / "masks" / "manifest.json").write_text(json.dumps({**manifest, "dataset": "VLCS"}))
+    with pytest.raises(MaskFolderError, match="exported from a VLCS run"):
+        attach_mask_folder(TwoEnvironments(tmp_path), [0], hparams)
 
 
 def test_masks_attach_for_annotation_methods_only(tmp_path):
     dataset = TwoEnvironments(tmp_path)
     write_rectangle_masks(dataset.datasets[0], tmp_path / "masks")
-    attach_mask_folder(dataset, [1], {"lr": 1e-3, "mask_dir": str(tmp_path / "masks")})  # no gt_masks: not one
-    assert dataset.input_shape == (3, 224, 224) and not hasattr(dataset.input_shape, "has_mask_channel")
-    attach_mask_folder(dataset, [1], {"gt_masks": False, "mask_dir": str(tmp_path / "masks")})
+    # a sweep's --hparams, even with gt_masks, reach e.g. DomainBed's ERM: no annotation_method, no mask channel
+    for others in ({"lr": 1e-3}, {"gt_masks": False}, {"gt_masks": True}):
+        attach_mask_folder(dataset, [1], {**others, "mask_dir": str(tmp_path / "masks")})
+        assert dataset.input_shape == (3, 224, 224) and not hasattr(dataset.input_shape, "has_mask_channel")
+    attach_mask_folder(dataset, [1], {**ANNOTATING, "mask_dir": str(tmp_path / "masks")})
     assert dataset.input_shape == (4, 224, 224) and dataset.input_shape.has_mask_channel
     assert dataset.datasets[0][0][0][3].max() == 1.0 and (dataset.datasets[1][0][0][3] == MISSING_ANNOTATION).all()
 
@@ -129,6 +165,21 @@ def test_a_damaged_or_resized_mask_is_one_error_naming_it(tmp_path):
         masked[0]
     with pytest.raises(MaskFolderError, match=r"env/a/img1\.png' is 10x10 but its image is 260x150"):
         masked[1]
+
+
+def test_an_error_in_a_dataloader_worker_is_shown_as_its_own_one_line_message(tmp_path):
+    from domainbed_align.errors import user_message
+
+    environment = Folder(tmp_path / "env", PLAIN)
+    write_rectangle_masks(environment, tmp_path / "masks")
+    mask_path(tmp_path / "masks", "env/a/img0").write_bytes(b"not a png")
+    loader = torch.utils.data.DataLoader(MaskedImageEnvironment(environment, str(tmp_path / "masks"), True),
+                                         batch_size=1, num_workers=1)
+    with pytest.raises(MaskFolderError) as caught:
+        next(iter(loader))
+    assert "Original Traceback" in str(caught.value)  # torch's wrapper, which the excepthook unwraps
+    message = user_message(caught.value)
+    assert message.startswith("mask ") and "env/a/img0.png' cannot be read" in message and "\n" not in message
 
 
 # --- our datasets -------------------------------------------------------------------------------------------------

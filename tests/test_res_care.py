@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from domainbed_align import hparams as hparams_lib
 from domainbed_align import losses
-from domainbed_align.baselines import CARE, RES_G, RES_L
+from domainbed_align.baselines import CARE, RES_G, RES_L, imputation_layer
 from domainbed_align.step import ShapeWithMaskChannel, StepContext
 
 
@@ -113,28 +113,59 @@ def _batch(n: int = 6, side: int = 56):
     return images, labels, masks
 
 
-def test_care_classifier_loss_is_one_minus_alpha_ce_plus_alpha_attention():
+def care_transcription(algorithm, images, labels, masks, alpha, threshold):
+    """CARE's loss written as its code computes it, per image (src/loss.py grad() and GradLoss, src/trainer.py),
+    sharing none of our Grad-CAM or loss code: the channel weights are the spatial mean of d(sum of true-class
+    logits)/dA without graph, cam = sum_k w_k A_k (no ReLU), min-max, bilinear to the image; -min(sum inner, T) +
+    sum outer per image, summed; our pixel mean is its sum / (H W) and our T a share of H W."""
+    logits, activations = algorithm.classifier.forward_with_activations(images)
+    (gradients,) = torch.autograd.grad(logits.gather(1, labels[:, None]).sum(), activations, retain_graph=True)
+    cam_losses = 0.0
+    side = images.shape[-1]
+    for feature, gradient, inner in zip(activations, gradients, masks[:, 0]):
+        weights = gradient.view(gradient.shape[0], -1).mean(dim=1).view(-1, 1, 1)
+        cam = (weights * feature).sum(dim=0)
+        cam = cam - cam.min()
+        cam = cam / cam.max()
+        cam = F.interpolate(cam.view(1, 1, *cam.shape), size=(side, side), mode="bilinear").view(side, side)
+        inner_loss = (cam * inner).sum()
+        if inner_loss > threshold * side * side:
+            inner_loss = torch.tensor(threshold * side * side)
+        cam_losses = cam_losses + (-inner_loss + (cam * (1 - inner)).sum()) / (side * side)
+    return (1 - alpha) * F.cross_entropy(logits, labels) + alpha * cam_losses
+
+
+def test_care_classifier_loss_and_its_gradient_equal_a_transcription_of_its_code():
     torch.manual_seed(0)
-    hparams = hparams_lib.default_hparams("CARE", "TextureMNIST", care_alpha=0.3)
+    hparams = hparams_lib.default_hparams("CARE", "TextureMNIST", care_alpha=0.3, care_threshold=0.02)
     algorithm = CARE(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams)
+    conftest_bn = __import__("conftest").trained_looking_batchnorm
+    conftest_bn(algorithm.classifier)
+    algorithm.classifier.eval()  # BatchNorm statistics fixed: both computations see the same network
     images, labels, masks = _batch()
     step = StepContext(algorithm, images, labels, masks)
     loss, terms = algorithm.classifier_loss(step)
     assert all(p.grad is None for p in algorithm.classifier.parameters())  # the maps' gradients left no .grad
-    cams = F.interpolate(step.cams.unsqueeze(1), size=(56, 56), mode="bilinear", align_corners=False).squeeze(1)
-    attention, _, _ = losses.care_attention(cams, masks[:, 0], torch.ones(6), hparams["care_threshold"])
-    expected = 0.7 * F.cross_entropy(step.logits, labels) + 0.3 * attention
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    parameters = [p for p in algorithm.classifier.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(loss, parameters, allow_unused=True)
+    expected = care_transcription(algorithm, images, labels, masks, 0.3, 0.02)
+    theirs = torch.autograd.grad(expected, parameters, allow_unused=True)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["care_inner"].item() > 0.02  # some samples were clipped at T
+    for a, b in zip(ours, theirs):
+        if a is not None or b is not None:
+            assert (a - b).norm() <= 1e-3 * b.norm()  # ours adds 1e-7 to the min-max range
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(step.logits, labels).item(), rel=1e-6)
 
 
 # --- RES classes -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("side, grid, kernel, stride, padding", [(224, 7, 64, 32, 16), (56, 7, 16, 8, 4),
-                                                                 (28, 7, 8, 4, 2)])
+                                                                 (28, 7, 16, 8, 4)])  # 28 px: run at 56
 def test_res_l_layer_is_res_own_at_224_and_fits_every_grid(side, grid, kernel, stride, padding):
     torch.manual_seed(0)
     algorithm = RES_L(ShapeWithMaskChannel((4, side, side)), 3, 2, hparams_lib.default_hparams("RES_L", "PACS",
-                                                                                              pretrained=False))
+                                                                                              pretrained=False,
+                                                                                              gt_masks=True))
     layer = algorithm.imputation
     assert (layer.kernel_size, layer.stride, layer.padding) == ((kernel, kernel), (stride, stride), (padding, padding))
     assert algorithm.classifier.cam_side == grid
@@ -142,6 +173,37 @@ def test_res_l_layer_is_res_own_at_224_and_fits_every_grid(side, grid, kernel, s
     step = StepContext(algorithm, images, labels, masks)
     imputed, _ = algorithm.imputed(step, torch.zeros(3, grid, grid))
     assert imputed.shape == (3, grid, grid) and imputed.min() >= 0 and imputed.max() <= 1
+
+
+@pytest.mark.parametrize("grid", range(2, 11))
+def test_res_l_layer_output_is_the_grid_for_every_stride(grid):
+    for input_side in range(grid, 12 * grid):
+        layer, side = imputation_layer(grid, input_side)
+        assert layer.stride[0] >= 2 and side == grid * layer.stride[0]
+        assert layer(torch.zeros(1, 1, side, side)).shape[-2:] == (grid, grid), (grid, input_side)
+
+
+def test_res_l_with_a_fine_grid_still_trains():  # e.g. act1 at 56 px: grid 28, stride 2
+    torch.manual_seed(0)
+    hparams = hparams_lib.default_hparams("RES_L", "TextureMNIST", gradcam_layer="act1")
+    algorithm = RES_L(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams)
+    assert algorithm.classifier.cam_side == 28 and algorithm.imputation.stride == (2, 2)
+    images, labels, masks = _batch()
+    assert algorithm.update([(torch.cat([images, masks], 1), labels)])["res_imputation"] > 0
+
+
+def test_res_l_layer_survives_a_checkpoint(tmp_path):
+    from domainbed_align.checkpoints import algorithm_from_checkpoint
+
+    torch.manual_seed(0)
+    hparams = hparams_lib.default_hparams("RES_L", "TextureMNIST")
+    algorithm = RES_L(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams)
+    images, labels, masks = _batch()
+    algorithm.update([(torch.cat([images, masks], 1), labels)])
+    checkpoint = {"args": {"algorithm": "RES_L"}, "model_input_shape": (4, 56, 56), "model_num_classes": 3,
+                  "model_num_domains": 2, "model_hparams": hparams, "model_dict": algorithm.state_dict()}
+    loaded = algorithm_from_checkpoint(checkpoint)
+    assert torch.equal(loaded.imputation.weight, algorithm.imputation.weight)
 
 
 def test_res_l_trains_its_layer_with_the_classifier_and_predict_never_reads_it():
@@ -163,11 +225,12 @@ def test_res_g_loss_is_the_sum_of_its_terms():
     torch.manual_seed(0)
     hparams = hparams_lib.default_hparams("RES_G", "TextureMNIST", lambda_res=2.0, res_eta=0.0)
     algorithm = RES_G(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams)
-    images, labels, masks = _batch()
+    images, labels, masks = _batch(7)
+    masks[6] = -1.0  # sample 6 has no mask: no part in the threshold nor in either term
     step = StepContext(algorithm, images, labels, masks)
     loss, terms = algorithm.explanation_loss(step)
-    cams = losses.res_min_max(step.raw_cams)
-    cell_labels = losses.res_labels(F.adaptive_avg_pool2d(masks, cams.shape[-2:]).squeeze(1))
+    cams = losses.res_min_max(step.raw_cams)[:6]
+    cell_labels = losses.res_labels(F.adaptive_avg_pool2d(masks[:6], cams.shape[-2:]).squeeze(1))
     a = bf_solver(cams.flatten().tolist(), cell_labels.flatten().tolist())
     robust = (torch.tanh(5 * (cams - a)) - cell_labels).abs().mean()
     imputation = (cams - losses.res_gaussian_target((cell_labels > 0).float())).abs().mean()

@@ -64,8 +64,8 @@ import torch
 from torch.utils.data import Dataset
 
 from domainbed_align.errors import DomainbedAlignError, HParamError
-from domainbed_align.mask_folder import (attach_mask_folder, check_complete, mask_dir_of, mask_path,
-                                          read_mask)
+from domainbed_align.mask_folder import (attach_mask_folder, check_complete, check_provenance, mask_dir_of,
+                                          mask_path, read_mask, reads_annotations)
 from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel
 
 from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
@@ -92,11 +92,12 @@ def _not_prepared(root: Any, what: str) -> DataNotPreparedError:
 
 
 def wants_gt_masks(hparams: dict) -> bool:
-    """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on)."""
+    """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on), and only for
+    an annotation method's run (:func:`~domainbed_align.mask_folder.reads_annotations`)."""
     value = hparams.get("gt_masks", False)
     if not isinstance(value, bool):
         raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} ({type(value).__name__}).")
-    return value
+    return value and reads_annotations(hparams)
 
 
 def load_mnist(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -265,9 +266,11 @@ class _TextureMNISTBase(_MultiEnv):
                                      self.gt_masks, self.ENVIRONMENTS[e], mask_dir, e not in test_envs)
             if mask_dir and e not in test_envs:
                 check_complete(mask_dir, env.mask_keys, f"{type(self).__name__}'s training environment "
-                                                        f"{self.ENVIRONMENTS[e]!r}")
+                                                        f"{self.ENVIRONMENTS[e]!r}", [(IMAGE_SIZE, IMAGE_SIZE)] * n)
             env.digit_index = idx  # position in the 70k MNIST digits (train then t10k), for analysis
             self.datasets.append(env)
+        if mask_dir:
+            check_provenance(mask_dir, type(self).__name__, test_envs)
         c, h, w = self.INPUT_SHAPE
         self.input_shape = ShapeWithMaskChannel((c + 1, h, w)) if self.gt_masks else (c, h, w)
         self.num_classes = 10

@@ -81,6 +81,7 @@ def main() -> int:
     p.add_argument("--algorithm", default="GRADIA")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--masks_only", action="store_true", help="export the masks and write masks.md; train nothing")
     options = p.parse_args()
     runs = align_runs(options.align_runs)
     if not runs:
@@ -93,10 +94,16 @@ def main() -> int:
                                    str(run["run"] / "model.pkl"), "--output_dir", str(masks), "--envs", "train",
                                    *(["--data_dir", options.data_dir] if options.data_dir else [])])
         manifests[run["trial_seed"]] = json.loads((masks / "manifest.json").read_text())
+        if options.masks_only:
+            continue
         for source in SOURCES:
             output = options.output_dir / "runs" / f"{options.algorithm}_{source}_trial{run['trial_seed']}"
             command = train_command(run, options.algorithm, source, masks, output, options.data_dir or run["data_dir"])
             jobs.append((run, source, output, command))
+    (options.output_dir / "masks.md").write_text(iou_table(manifests))
+    if options.masks_only:
+        print(iou_table(manifests))
+        return 0
     with ThreadPoolExecutor(options.parallel) as pool:
         codes = list(pool.map(lambda job: run_once(job[3], job[2], options.threads), jobs))
     failed = [str(job[2]) for job, code in zip(jobs, codes) if code != 0]
@@ -105,6 +112,19 @@ def main() -> int:
         return 1
     summarise(options, runs, jobs, manifests)
     return 0
+
+
+def iou_table(manifests: dict) -> str:
+    """Markdown: the exported masks' IoU with the ground truth per environment, mean ± standard error over trials."""
+    import pandas as pd
+
+    ious = pd.DataFrame([{"trial": t, "environment": name, "iou": entry["iou"]}
+                         for t, manifest in manifests.items() for name, entry in manifest["environments"].items()])
+    per_env = ious.groupby("environment")["iou"]
+    table = (per_env.mean().map("{:.3f}".format) + " ± " + per_env.sem().map("{:.3f}".format)).to_frame(
+        f"IoU (mask > 0.5), {ious['trial'].nunique()} trials")
+    return ("## ALIGN's exported masks against the ground-truth digits, mean ± standard error over trials\n\n"
+            + table.to_markdown() + "\n")
 
 
 def summarise(options: argparse.Namespace, runs: list[dict], jobs: list, manifests: dict) -> None:
@@ -126,15 +146,10 @@ def summarise(options: argparse.Namespace, runs: list[dict], jobs: list, manifes
     summary = grouped.mean().map("{:.3f}".format) + " ± " + grouped.sem().map("{:.3f}".format)
     paired = table.pivot(index="trial", columns="source", values=metrics)
     difference = pd.DataFrame({m: paired[m]["align"] - paired[m]["dataset"] for m in metrics})
-    ious = pd.DataFrame([{"trial": t, "environment": name, "iou": entry["iou"]}
-                         for t, manifest in manifests.items() for name, entry in manifest["environments"].items()])
-    per_env = ious.groupby("environment")["iou"]
     text = [f"# {options.algorithm} on ALIGN's exported masks vs on the dataset's own masks",
             "", f"{len(runs)} trials, paired (the same seeds, data split and settings as each ALIGN run); "
             f"written by `sweeps/align_masks_sanity.py` (its command in the README beside this file).", "",
-            "## ALIGN's exported masks against the ground truth (IoU, mask > 0.5), mean ± standard error over trials",
-            "", (per_env.mean().map("{:.3f}".format) + " ± " + per_env.sem().map("{:.3f}".format)).to_frame("IoU")
-            .to_markdown(), "", "## Accuracy (held-out environment) and explanations of the last checkpoint", "",
+            iou_table(manifests), "## Accuracy (held-out environment) and explanations of the last checkpoint", "",
             summary.to_markdown(), "", "## Paired difference (align - dataset), mean ± standard error", "",
             (difference.mean().map("{:.3f}".format) + " ± " + difference.sem().map("{:.3f}".format))
             .to_frame("align - dataset").to_markdown(), ""]

@@ -159,7 +159,9 @@ def _patch_datasets(module: types.ModuleType) -> None:
         setattr(module, name, cls)
         if name not in module.DATASETS:
             module.DATASETS.append(name)
-    _patch_image_folders(module.MultipleEnvironmentImageFolder)
+    image_folders = getattr(module, "MultipleEnvironmentImageFolder", None)  # absent from stand-ins and forks
+    if isinstance(image_folders, type):
+        _patch_image_folders(image_folders)
 
 
 def _patch_image_folders(cls: type) -> None:

@@ -20,6 +20,10 @@ CHECKPOINT_KEYS = ("args", "model_input_shape", "model_num_classes", "model_num_
                    "model_dict")
 
 
+# Hparams that runs saved before they existed lack, with the value that reproduces how those runs trained.
+ADDED_LATER = {"mask_dir": "", "annotation_method": True}
+
+
 def load_algorithm(model_pkl: str | os.PathLike, device: str | torch.device = "cpu") -> ExplanationGuidedAlgorithm:
     """The algorithm of ours saved in a DomainBed ``model.pkl``, with its hparams and warm-up progress, in eval mode.
 
@@ -58,12 +62,16 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     """The algorithm of a checkpoint :func:`read_checkpoint` returned, in eval mode on ``device``."""
     # The file has the trained weights; building the backbone must not fetch ImageNet ones.
     saved = checkpoint["model_hparams"]
-    hparams = {**saved, "pretrained": False, "pretrained_file": ""}
+    name = checkpoint["args"]["algorithm"]
+    defined = {spec.name for spec in registry.entry(name).hparams}
+    # hparams added after a run was saved, whose value then was this one (no mask folder; the registry's marker)
+    added = {key: value for key, value in ADDED_LATER.items() if key in defined and key not in saved}
+    hparams = {**saved, **added, "pretrained": False, "pretrained_file": ""}
     shape = tuple(checkpoint["model_input_shape"])
     if "gt_masks" in saved and (saved["gt_masks"] is True or saved.get("mask_dir")):  # the run's dataset gave
         # the mask channel (its trainer checked it when train.py built it)
         shape = ShapeWithMaskChannel(shape)
-    algorithm = registry.algorithm_class(checkpoint["args"]["algorithm"])(
+    algorithm = registry.algorithm_class(name)(
         shape, checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
     algorithm.load_state_dict(checkpoint["model_dict"])
     # ... but the hparams report how the run was trained.
@@ -72,7 +80,8 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
 
 
 def _numpy_scalar_types() -> list:
-    """numpy scalar reconstruction and dtype classes: data, not code (DomainBed's hparam draws are numpy floats)."""
+    """numpy scalar reconstruction, dtype classes and tuple: data, not code (DomainBed's hparam draws are numpy
+    floats)."""
     import numpy
 
     try:
@@ -81,4 +90,5 @@ def _numpy_scalar_types() -> list:
         from numpy.core.multiarray import scalar
     dtypes = getattr(numpy, "dtypes", None)
     dtype_classes = [getattr(dtypes, name) for name in getattr(dtypes, "__all__", [])] if dtypes else []
-    return [scalar, numpy.dtype, *dtype_classes]
+    # tuple: a dataset's input_shape with a mask channel (step.ShapeWithMaskChannel) pickles as tuple(...)
+    return [scalar, numpy.dtype, *dtype_classes, tuple]

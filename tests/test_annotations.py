@@ -94,7 +94,9 @@ def test_an_annotation_method_comes_back_from_its_model_pkl(tmp_path):
     algorithm.update([_inputs()])
     args = {"algorithm": "HAICS", "dataset": "TextureMNIST", "test_envs": [3], "data_dir": "data",
             "hparams_seed": 0, "trial_seed": 0, "holdout_fraction": 0.2}
-    torch.save({"args": args, "model_input_shape": (4, 56, 56), "model_num_classes": 3, "model_num_domains": 2,
+    # train.py saves the dataset's own input_shape: the marked tuple
+    torch.save({"args": args, "model_input_shape": ShapeWithMaskChannel((4, 56, 56)), "model_num_classes": 3,
+                "model_num_domains": 2,
                 "model_hparams": algorithm.hparams, "model_dict": algorithm.state_dict()}, tmp_path / "model.pkl")
     loaded = load_algorithm(tmp_path / "model.pkl")
     algorithm.eval()
@@ -113,3 +115,14 @@ def test_a_nan_image_stops_haics_before_its_step_naming_it():
     with pytest.raises(NonFiniteLossError, match="non-finite"):  # not torch's BCE error on a NaN map
         algorithm.update([(inputs, labels)])
     assert all(torch.equal(before[k], v) for k, v in algorithm.classifier.named_parameters())  # no weight took it
+
+
+def test_a_model_pkl_saved_before_mask_folders_existed_still_loads():
+    from domainbed_align.checkpoints import algorithm_from_checkpoint
+
+    algorithm = _build("GRADIA")
+    older = {k: v for k, v in algorithm.hparams.items() if k not in ("mask_dir", "annotation_method")}
+    checkpoint = {"args": {"algorithm": "GRADIA"}, "model_input_shape": (4, 56, 56), "model_num_classes": 3,
+                  "model_num_domains": 2, "model_hparams": older, "model_dict": algorithm.state_dict()}
+    loaded = algorithm_from_checkpoint(checkpoint)
+    assert loaded.hparams["mask_dir"] == "" and loaded.mask_channel  # its gt_masks, as it trained

@@ -47,7 +47,8 @@ def test_fresh_process_sees_align(source, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # every registered method, in registration order, after upstream's own
-    assert report["algorithms"] == report["ours"] == ["TimmERM", "DRE", "ALIGN", "SGT", "GRADIA", "HAICS", "RRR"]
+    assert report["algorithms"] == report["ours"] == ["TimmERM", "DRE", "ALIGN", "SGT", "GRADIA", "HAICS", "RRR",
+                                                      "RES_G", "RES_L", "CARE"]
     assert report["is_algorithm"] and report["deterministic"] and report["erm_untouched"]
     assert report["default"]["lambda_align"] == 1.0 and report["default"]["pretrained"] is False
     assert set(report["random_types"]) <= {"bool", "int", "float", "str"}

@@ -23,7 +23,7 @@ def test_healthy_environment(tmp_path):
     result = _doctor(tmp_path, STANDIN, str(Path(sys.executable).parent))
     assert result.returncode == 0, result.stdout
     assert f"domainbed resolves to {STANDIN}" in result.stdout
-    assert "TimmERM, DRE, ALIGN, SGT, GRADIA, HAICS, RRR are registered" in result.stdout
+    assert "TimmERM, DRE, ALIGN, SGT, GRADIA, HAICS, RRR, RES_G, RES_L, CARE are registered" in result.stdout
     assert "datasets TextureMNIST, SpuriousTextureMNIST, VLCSMini are registered" in result.stdout
     assert "registration hook (domainbed_align_hook.pth) is active" in result.stdout
     assert result.stdout.strip().endswith("all good")

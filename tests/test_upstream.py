@@ -75,7 +75,7 @@ def test_sweep_launch_then_collect_results_shows_every_method(tmp_path):
                          "--single_test_envs", "--steps", "3", "--hparams",
                          '{"batch_size": 8, "warmup_steps": 1}', "--command_launcher", "local",
                          "--data_dir", str(tmp_path), "--output_dir", str(sweep), "--skip_confirmation"],
-                        upstream_root(), cwd=tmp_path, timeout=1200)
+                        upstream_root(), cwd=tmp_path, timeout=2400)  # 10 methods x 3 test envs, one after another
     assert launch.returncode == 0, launch.stderr[-3000:]
     runs = [p for p in sweep.iterdir() if p.is_dir()]
     assert len(runs) == 3 * len(names) and all((p / "done").exists() for p in runs)

@@ -260,10 +260,11 @@ def res_gaussian_target(positive: torch.Tensor) -> torch.Tensor:
 
 
 def res_min_max(maps: torch.Tensor) -> torch.Tensor:
-    """RES's normalisation of a map ``[N, h, w]``: (x - min) / (max(x - min) + 1e-6) per sample."""
-    flat = maps.float().flatten(1)
-    shifted = flat - flat.amin(dim=1, keepdim=True)
-    return (shifted / (shifted.amax(dim=1, keepdim=True) + RES_NORMALISATION_EPSILON)).view_as(maps)
+    """RES's normalisation of a map ``[N, h, w]``: (x - min) / (max(x - min) + 1e-6) per sample, i.e. the shared
+    min-max with RES's epsilon."""
+    from domainbed_align.gradcam import normalize_per_sample
+
+    return normalize_per_sample(maps.float(), eps=RES_NORMALISATION_EPSILON)
 
 
 def res_imputation_l1(cams: torch.Tensor, imputed: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:

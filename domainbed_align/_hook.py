@@ -15,7 +15,8 @@ the finder wraps that module's loader and patches the module right after its bod
 - ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
   instead of a JSONDecodeError traceback that names no file;
 - ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
-  --input_dir``, in one line instead of a traceback.
+  --input_dir``, in one line instead of a traceback; when train.py opens its ``out.txt`` it records the run's
+  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.selection`).
 
 Everything is idempotent, and nothing here may break interpreter start-up.
 """
@@ -211,9 +212,23 @@ def _patch_misc(module: types.ModuleType) -> None:
                     f"{folder!r} is not a folder, so DomainBed cannot write {os.path.basename(fname)!r} there; for "
                     f"collect_results give --input_dir the --output_dir that 'sweep launch' wrote to.")
             super().__init__(fname, *args, **kwargs)
+            if os.path.basename(fname) == "out.txt" and _main_is_train():  # train.py's log: its --output_dir
+                from domainbed_align import selection
+
+                selection.note_train_output_dir(folder)
 
     Tee.__module__, Tee.__qualname__ = original.__module__, original.__qualname__
     module.Tee = Tee
+
+
+def _main_is_train() -> bool:
+    """Whether this interpreter runs DomainBed's train.py (``python -m domainbed.scripts.train`` or its path)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "domainbed.scripts.train":
+        return True
+    return os.path.normpath(getattr(main, "__file__", "") or "").endswith(os.path.join("domainbed", "scripts",
+                                                                                     "train.py"))
 
 
 def _install_excepthook() -> None:

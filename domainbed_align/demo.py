@@ -25,6 +25,7 @@ from domainbed_align.records import readable_records
 
 ALGORITHMS = ("TimmERM", "DRE", "ALIGN")  # a fixed list: the reference, ALIGN's codebase, ALIGN
 PHOTOS = 3  # TextureMNIST's environment 'photos'
+DEFAULT_TEST_ENV = {"TextureMNIST": PHOTOS, "SpuriousTextureMNIST": 2}  # photos; match10 (the shortcut misleads)
 DEMO = dict(steps=500, n_hparams=1, n_trials=1, test_envs=[[PHOTOS]], parallel=2, explained_images=100,
             hparams={"batch_size": 8, "warmup_steps": 250, "masker_warmup_steps": 100})
 FULL = dict(steps=None, n_hparams=5, n_trials=3, test_envs=None, parallel=1, explained_images=500, hparams={})
@@ -59,8 +60,26 @@ def _last_record(run_dir: Path) -> dict | None:
 
 def _is_ours(args: dict, settings: dict) -> bool:
     return (args["dataset"] == settings["dataset"] and args["steps"] == settings["steps"]
-            and json.loads(args["hparams"] or "{}") == settings["hparams"] and args["algorithm"] in ALGORITHMS
+            and json.loads(args["hparams"] or "{}") == settings["hparams"] and args["algorithm"] in _registered()
             and args["hparams_seed"] < settings["n_hparams"] and args["trial_seed"] < settings["n_trials"])
+
+
+def _registered() -> tuple[str, ...]:
+    from domainbed_align import registry
+
+    return registry.algorithm_names()
+
+
+# Slowest first (results/bench/cpu_quick.json's step-time ratios), so that parallel slots end together.
+_SLOWEST_FIRST = ("ALIGN", "SGT", "DRE", "RRR", "RES_L", "RES_G", "CARE", "GRADIA", "HAICS", "TimmERM")
+
+
+def job_order(train_args: dict) -> tuple:
+    """Whole trials first (every method's trial 0 before any trial 1: a sweep cut short still compares them),
+    slow methods first within a trial."""
+    name = train_args["algorithm"]
+    rank = _SLOWEST_FIRST.index(name) if name in _SLOWEST_FIRST else len(_SLOWEST_FIRST)
+    return train_args["trial_seed"], train_args["test_envs"], rank
 
 
 def foreign_runs(output_dir: Path, settings: dict) -> list[str]:
@@ -132,7 +151,8 @@ def launch_in_parallel(commands: list[str], env: dict[str, str], parallel: int) 
 
 def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: bool, steps: int | None,
         n_hparams: int | None, n_trials: int | None, dataset: str, parallel: int | None = None,
-        algorithms: tuple[str, ...] = ALGORITHMS, hparams: dict | None = None) -> int:
+        algorithms: tuple[str, ...] = ALGORITHMS, hparams: dict | None = None,
+        test_envs: list[int] | None = None, skip_explanations: bool = False) -> int:
     if not (domainbed_root / "domainbed" / "scripts" / "sweep.py").is_file():
         raise DomainbedAlignError(f"{domainbed_root} is not a DomainBed checkout (no domainbed/scripts/sweep.py); "
                                   "set DOMAINBED_ROOT to a clone of facebookresearch/DomainBed at b93c22a")
@@ -140,6 +160,10 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     config.update({k: v for k, v in dict(steps=steps, n_hparams=n_hparams, n_trials=n_trials,
                                          parallel=parallel).items() if v is not None})
     config["hparams"] = {**config["hparams"], **(hparams or {})}
+    if test_envs is not None:
+        config["test_envs"] = [[env] for env in test_envs]
+    elif config["test_envs"] and dataset != "TextureMNIST":  # the demo's held-out domain where a shortcut fails
+        config["test_envs"] = [[DEFAULT_TEST_ENV[dataset]]]
     output_dir = output_dir or default_output_dir(dataset, full, config["steps"], config["n_hparams"],
                                                   config["n_trials"])
     settings = {"dataset": dataset, "steps": config["steps"], "hparams": config["hparams"],
@@ -162,7 +186,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
         str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
         [[i] for i in range(_n_environments(dataset))], config["n_hparams"], config["n_trials"], config["steps"],
         json.dumps(config["hparams"]) if config["hparams"] else None)
-    jobs.sort(key=lambda job: -ALGORITHMS.index(job.train_args["algorithm"]))  # the longest runs first
+    jobs.sort(key=lambda job: job_order(job.train_args))
     total = len(jobs)
     label = "FULL (DomainBed's protocol)" if full else "DEMO"
     print(f"== {label}: {', '.join(algorithms)} on {dataset}, {total} runs, {config['parallel']} at a time",
@@ -201,6 +225,8 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
         print(table.stderr, file=sys.stderr)
         return table.returncode
     print(training_summary(jobs), flush=True)
+    if skip_explanations:
+        return 0
     return explanation_table(output_dir, env, config["explained_images"])
 
 
@@ -271,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n_hparams", type=_positive_int)
     parser.add_argument("--n_trials", type=_positive_int)
     parser.add_argument("--parallel", type=_positive_int, help="runs at a time (demo 2, one thread each; full 1)")
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
-                        help="a subset of the fixed list")
+    parser.add_argument("--algorithms", nargs="+", choices=("all", *_registered()), default=list(ALGORITHMS),
+                        help=f"default {' '.join(ALGORITHMS)}; 'all': every registered method")
+    parser.add_argument("--test_envs", nargs="+", type=int,
+                        help="held-out domains, one per run (default: photos on TextureMNIST, match10 on "
+                             "SpuriousTextureMNIST; with --full each in turn)")
     parser.add_argument("--hparams", type=json.loads, help="JSON object merged into the mode's --hparams (e.g. "
                                                            "'{\"masker_warmup_steps\": 0}' for an ablation)")
+    parser.add_argument("--skip_explanations", action="store_true",
+                        help="end after collect_results' table (a sweep that evaluates its runs itself)")
     args = parser.parse_args(argv)
     if not args.domainbed_root:
         print("error: no DomainBed: pass --domainbed_root or set DOMAINBED_ROOT to a clone of "
@@ -283,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_dir = Path(args.output_dir) if args.output_dir else None
         # data_dir and output_dir stay as given (relative by default): train.py records them in every result
+        algorithms = _registered() if "all" in args.algorithms else tuple(args.algorithms)
         return run(Path(args.domainbed_root).resolve(), Path(args.data_dir), output_dir, args.full,
-                   args.steps, args.n_hparams, args.n_trials, args.dataset, args.parallel, tuple(args.algorithms),
-                   args.hparams)
+                   args.steps, args.n_hparams, args.n_trials, args.dataset, args.parallel, algorithms,
+                   args.hparams, args.test_envs, args.skip_explanations)
     except DomainbedAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """``python -m domainbed_align.evaluate``: explanation metrics of trained DomainBed runs (what collect_results lacks).
 
 Give it run folders' ``model.pkl`` files (``--model``) or a sweep's output folder (``--input_dir``: every
-``*/model.pkl`` in it). Each model is loaded with :func:`domainbed_align.checkpoints.load_algorithm`, its dataset
+``*/model.pkl`` in it, or with ``--checkpoint selected`` every ``*/model_selected.pkl``, the checkpoint
+training-domain validation selects, which our algorithms keep while train.py runs: :mod:`domainbed_align.selection`;
+each record says which checkpoint and step it describes). Each model is loaded with :func:`domainbed_align.checkpoints.load_algorithm`, its dataset
 rebuilt from the run's own arguments (without data augmentation), and on each evaluated environment it reports
 accuracy and the three metrics of :mod:`domainbed_align.metrics` for its true-class Grad-CAMs (``--explain
 predicted`` for the predicted class), next to the same metrics for random maps of the same resolution (the level
@@ -38,7 +40,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from domainbed_align import metrics
+from domainbed_align import metrics, selection
+from domainbed_align.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
 
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
@@ -47,16 +50,24 @@ FOREGROUND = ("foreground_mass", "foreground_share")  # None where the dataset h
 MASKER = ("masker_iou", "masker_soft_iou", "all_ones_iou", "mask_mean")  # ALIGN on datasets with masks, else None
 
 
-def find_models(input_dir: str | os.PathLike) -> list[Path]:
-    """Every run's ``model.pkl`` in a sweep output folder (sorted)."""
+CHECKPOINT_FILES = {"last": selection.LAST_FILE, "selected": selection.SELECTED_FILE}
+
+
+def find_models(input_dir: str | os.PathLike, checkpoint: str = "last") -> list[Path]:
+    """Every run's ``model.pkl`` (``checkpoint`` "last") or ``model_selected.pkl`` ("selected") in a sweep output
+    folder (sorted)."""
     folder = Path(input_dir)
+    name = CHECKPOINT_FILES[checkpoint]
     if not folder.is_dir():
         raise CheckpointError(f"--input_dir {folder} is not a folder: give the --output_dir of 'sweep launch' "
                               f"(or of one train.py run's parent).")
-    models = sorted(folder.glob("*/model.pkl")) + sorted(folder.glob("model.pkl"))
+    models = sorted(folder.glob(f"*/{name}")) + sorted(folder.glob(name))
     if not models:
-        raise CheckpointError(f"no */model.pkl in {folder}: train.py writes model.pkl when a run ends (not with "
-                              f"--skip_model_save); unfinished runs have none.")
+        why = ("train.py writes model.pkl when a run ends (not with --skip_model_save); unfinished runs have none"
+               if checkpoint == "last" else
+               "our algorithms write it at the first checkpoint inside train.py (not with --skip_model_save, nor "
+               "with DOMAINBED_ALIGN_KEEP_SELECTED=0; runs of DomainBed's own algorithms have none)")
+        raise CheckpointError(f"no */{name} in {folder}: {why}.")
     return models
 
 
@@ -151,6 +162,9 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
     if options.hparams_seed is not None and args["hparams_seed"] != options.hparams_seed:
         return  # not selected (filtered here, so each file is read once)
     algorithm = algorithm_from_checkpoint(checkpoint, options.device)
+    # which weights: the checkpoint training-domain validation selected (model_selected.pkl) or the last one
+    which = "selected" if "selection" in checkpoint else "last"
+    step = selection.checkpoint_step(checkpoint, readable_records(model_pkl.parent))
     for entry in evaluation_images(checkpoint, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
               f"({entry['split']})", file=sys.stderr, flush=True)
@@ -159,7 +173,8 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
                                        options.seed)
         yield {"run": str(model_pkl.parent), "algorithm": args["algorithm"], "dataset": args["dataset"],
                "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
-               "trial_seed": args["trial_seed"], "env": entry["env"], "env_name": entry["env_name"],
+               "trial_seed": args["trial_seed"], "checkpoint": which, "step": step, "env": entry["env"],
+               "env_name": entry["env_name"],
                "split": entry["split"], "explain": options.explain, "insertion_steps": options.steps,
                "fractions": list(options.fractions), **figures}
 
@@ -251,9 +266,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m domainbed_align.evaluate", description=__doc__.split("\n\n")[0])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", nargs="+", type=Path, help="model.pkl file(s) of DomainBed runs")
-    source.add_argument("--input_dir", type=Path, help="a sweep's output folder (every */model.pkl in it)")
+    source.add_argument("--input_dir", type=Path, help="a sweep's output folder (every */model.pkl in it, or "
+                                                       "*/model_selected.pkl with --checkpoint selected)")
     source.add_argument("--records", type=Path, help="tabulate records an earlier run printed (a .jsonl file); "
                                                      "implies --format table")
+    p.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="last",
+                   help="with --input_dir: each run's last checkpoint (model.pkl, what oracle selection reports; "
+                        "default) or the one training-domain validation selected (model_selected.pkl)")
     p.add_argument("--data_dir", help="where the datasets are (default: each run's own --data_dir)")
     p.add_argument("--envs", choices=("test", "all"), default="test",
                    help="test: the run's test environments (default); all: also the training environments' "
@@ -295,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.records:
             print(markdown_table(read_records(options.records)))
             return 0
-        models = list(options.model) if options.model else find_models(options.input_dir)
+        models = list(options.model) if options.model else find_models(options.input_dir, options.checkpoint)
         records = []
         for model_pkl in models:
             for record in evaluate_model(model_pkl, options):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed_align import hparams as hparams_lib
+from domainbed_align import selection
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.explain import check_explanation_inputs, grad_cam_explanations
@@ -100,6 +101,10 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
+        # what train.py's save_checkpoint writes beside the weights, for model_selected.pkl (selection.py)
+        self._checkpoint_fields = (input_shape, num_classes, num_domains, hparams)
+        output_dir = selection.train_output_dir()
+        self._selected_keeper = selection.SelectedCheckpointKeeper(output_dir) if output_dir else None
 
     # --- the hooks a method overrides ---------------------------------------------------------------
     def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
@@ -245,6 +250,15 @@ class ExplanationGuidedAlgorithm(nn.Module):
                 f"the optimizer step, so no weight took it. Lower 'lr' or the lambda_* weights, or set "
                 f"--hparams '{{\"mixed_precision\": \"off\"}}'. Earlier checkpoints in results.jsonl are intact.")
         return floats
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
+        """As nn.Module's; inside train.py, train.py's call right after a results line also keeps the checkpoint
+        training-domain validation selects (``model_selected.pkl``, :mod:`domainbed_align.selection`)."""
+        state = super().state_dict(*args, **kwargs)
+        keeper = getattr(self, "_selected_keeper", None)
+        if keeper is not None and not args and not kwargs:
+            keeper.after_checkpoint(self, state, self._checkpoint_fields)
+        return state
 
     # Warm-up progress travels with state_dict(), the only thing DomainBed checkpoints.
     def get_extra_state(self) -> dict[str, int]:

@@ -140,3 +140,109 @@ def test_upstream_model_tests_on_cpu_with_every_method(tmp_path):
     result = _upstream_pytest(tmp_path, "test_models.py", "-k", selection)
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"{len(ours)} passed" in result.stdout
+
+
+def test_model_selected_is_upstreams_training_domain_validation_checkpoint(tmp_path):
+    """train.py's own per-checkpoint files (--save_model_every_checkpoint) are the oracle for model_selected.pkl."""
+    out = tmp_path / "run"
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "TimmERM", "--dataset", "Debug28",
+                         "--data_dir", str(tmp_path), "--steps", "9", "--checkpoint_freq", "1",
+                         "--save_model_every_checkpoint", "--hparams",
+                         json.dumps({"batch_size": 8, "pretrained": False, "lr": 1e-2}), "--output_dir", str(out)],
+                        upstream_root(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    code = ("import json, sys; from domainbed.model_selection import IIDAccuracySelectionMethod as M\n"
+            f"records = [json.loads(l) for l in open({str(out / 'results.jsonl')!r})]\n"
+            "accs = [M._step_acc(r) for r in records]\n"
+            "best = max(range(len(accs)), key=lambda i: accs[i]['val_acc'])  # Q.argmax: the first maximum\n"
+            "print(json.dumps({'step': records[best]['step'], 'val_acc': float(accs[best]['val_acc'])}))")
+    upstream = run_python(code, upstream_root(), cwd=tmp_path)
+    assert upstream.returncode == 0, upstream.stderr[-2000:]
+    chosen = json.loads(upstream.stdout.splitlines()[-1])
+    selected = torch.load(out / "model_selected.pkl", weights_only=False)
+    assert selected["selection"]["step"] == chosen["step"]
+    assert selected["selection"]["val_acc"] == chosen["val_acc"]
+    saved_by_upstream = torch.load(out / f"model_step{chosen['step']}.pkl", weights_only=False)
+    assert selected.keys() - {"selection"} == saved_by_upstream.keys()
+    assert selected["args"] == saved_by_upstream["args"] and selected["model_hparams"] == saved_by_upstream["model_hparams"]
+    for key, value in saved_by_upstream["model_dict"].items():
+        mine = selected["model_dict"][key]
+        assert torch.equal(mine, value) if torch.is_tensor(value) else mine == value, key  # _extra_state: a dict
+    assert load_algorithm(out / "model_selected.pkl").steps_done == chosen["step"] + 1
+
+
+def _synthetic_debug28_sweep(sweep, seed=0):
+    """Run folders as train.py writes them, with accuracies in eighths (many ties), several hparam draws, and
+    the pairs of held-out domains leave-one-domain-out needs; domain 2 is held out only in pairs."""
+    import random
+
+    rng = random.Random(seed)
+    test_env_sets = [[0], [1], [0, 1], [0, 2], [1, 2]]
+    count = 0
+    for algorithm in ("ERM", "ALIGN"):
+        for trial in (0, 1, 2):
+            for hparams_seed in (0, 1, 2):
+                for test_envs in test_env_sets:
+                    folder = sweep / f"run{count:03d}"
+                    folder.mkdir(parents=True)
+                    count += 1
+                    lines = []
+                    for step in (0, 2, 4):
+                        record = {"args": {"algorithm": algorithm, "dataset": "Debug28", "test_envs": test_envs,
+                                           "trial_seed": trial, "hparams_seed": hparams_seed,
+                                           "holdout_fraction": 0.2},
+                                  "hparams": {}, "step": step, "step_time": 0.01}
+                        for env in range(3):
+                            for split in ("in", "out"):
+                                record[f"env{env}_{split}_acc"] = rng.randint(0, 8) / 8
+                        lines.append(json.dumps(record, sort_keys=True) + "\n")
+                    (folder / "results.jsonl").write_text("".join(lines))
+
+
+def _collect_results_cells(text):
+    """{(table title, row, column): cell} from collect_results' plain-text tables (fixed-width columns)."""
+    cells, title, header, width = {}, None, None, 22
+    for line in text.splitlines():
+        if line.startswith("-------- "):
+            title, header = line[len("-------- "):].strip(), None
+            width = 27 if title.startswith("Averages") else 22
+            continue
+        if title is None or not line.strip():
+            continue
+        row = [line[i:i + width].strip() for i in range(0, len(line), width)]
+        if header is None:
+            header = row
+            continue
+        for column, cell in zip(header[1:], row[1:]):
+            cells[(title, row[0], column)] = cell
+    return cells
+
+
+def test_tables_domainbed_layout_equals_collect_results(tmp_path):
+    import io
+
+    import pandas as pd
+
+    sweep = tmp_path / "sweep"
+    _synthetic_debug28_sweep(sweep)
+    collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)], upstream_root(),
+                         cwd=tmp_path)
+    assert collect.returncode == 0, collect.stderr[-3000:]
+    theirs = _collect_results_cells(collect.stdout)
+    ours_run = run_python(["-m", "domainbed_align.tables", "--input_dir", str(sweep), "--layout", "domainbed",
+                           "--format", "csv"], upstream_root(), cwd=tmp_path)
+    assert ours_run.returncode == 0, ours_run.stderr[-3000:]
+    tidy = pd.read_csv(io.StringIO(ours_run.stdout), keep_default_na=False)
+    ours = {}
+    for row in tidy.itertuples():
+        if row.mean == "":
+            cell = "X"
+        elif row.se == "":
+            cell = f"{float(row.mean):.1f}"
+        else:
+            cell = f"{float(row.mean):.1f} +/- {float(row.se):.1f}"
+        ours[(row.table, row.Algorithm, str(row.column))] = cell
+    assert len(theirs) == 2 * 3 * (4 + 2)  # 2 methods x 3 selections x (3 domains + Avg, then Debug28 + Avg)
+    assert {key: ours.get(key) for key in theirs} == theirs
+    numbers = [cell for cell in theirs.values() if cell != "X"]
+    assert len(numbers) > 12 and any(k[0].endswith("cross-validation") and v != "X" for k, v in theirs.items())

@@ -1,0 +1,540 @@
+"""``python -m domainbed_align.tables --input_dir DIR``: every table of a sweep folder (pandas; markdown, LaTeX, CSV).
+
+Layouts (``--layout``, by default every one the folder's runs allow):
+
+- ``domainbed``: DomainBed's table, one held-out domain per run, per test environment and their average, for each
+  model-selection method (training-domain validation, leave-one-domain-out, oracle), and the averages table. Its
+  numbers are ``collect_results``' own: the same selection rules (ties between hparam draws go to the higher
+  ``hparams_seed``, between checkpoints to the earlier step), test accuracy on the held-out domain's ``in`` split,
+  and DomainBed's standard error, ``np.std`` (ddof 0) of the trials' accuracies / sqrt(n).
+- ``single_source``: runs with one training domain (every other domain a test domain). Rows: method and source;
+  columns: every domain; the diagonal is the source's held-out (``out``) split (in-domain accuracy), the rest the
+  target's ``in`` split. Training-domain validation would select on the very split the diagonal reports, so the
+  first table takes the last checkpoint of DomainBed's default hparams (``hparams_seed`` 0): no selection; the second
+  is oracle selection (DomainBed's: the hparam draw best on the target's ``out`` split, last checkpoint).
+- ``in_domain``: the diagonal of the first single-source table, one row per method.
+- ``explanations`` (with ``--explanations FILE``, the JSON lines of ``python -m domainbed_align.evaluate
+  --checkpoint selected``): per held-out domain, accuracy beside the explanation metrics **of the checkpoint whose
+  accuracy is shown** (training-domain validation's, which our algorithms keep as ``model_selected.pkl``; a record of
+  another step is refused in its cell), and the cost: train.py's ``step_time`` and its ratio to TimmERM's.
+
+Outside the ``domainbed`` layout: mean ± standard error over trials (std with ddof 1 / sqrt(n)). A cell without a
+number says why. A damaged or cut-off results line is skipped with one warning naming file and line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from domainbed_align.errors import DomainbedAlignError, ResultsFileError
+
+IID, LODO, ORACLE = ("training-domain validation set", "leave-one-domain-out cross-validation",
+                     "test-domain validation set (oracle)")  # upstream's names for its selection methods
+SELECTION_METHODS = (IID, LODO, ORACLE)
+LAYOUTS = ("domainbed", "single_source", "in_domain", "explanations")
+EXPLANATION_COLUMNS = {"insertion_auc": "insertion AUC", "random_insertion_auc": "random maps' insertion AUC",
+                       "comprehensiveness": "comprehensiveness", "sufficiency": "sufficiency",
+                       "zero_maps": "zero maps", "foreground_mass": "mass on object",
+                       "foreground_share": "object share", "masker_iou": "masker IoU"}
+REFERENCE = "TimmERM"  # the cost ratio's denominator
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+def load_records(input_dir: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Every results.jsonl line of every run folder, in collect_results' order (``os.listdir``, then the file's);
+    each carries ``_run``, its folder's name. A damaged line is skipped with a warning naming file and line."""
+    warn = warn or (lambda text: print(f"domainbed-align: warning: {text}", file=sys.stderr))
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise ResultsFileError(f"--input_dir {folder} is not a folder: give the --output_dir of 'sweep launch'.")
+    records = []
+    for name in os.listdir(folder):
+        path = folder / name / "results.jsonl"
+        if not path.is_file():
+            continue
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as error:
+            warn(f"{path} cannot be read ({type(error).__name__}); its run is left out.")
+            continue
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not {"args", "step"} <= record.keys():
+                    raise ValueError("not a train.py checkpoint record")
+                if not line.endswith("\n"):
+                    raise ValueError("cut off (no final newline)")
+            except ValueError as error:
+                warn(f"{path} line {number} is damaged ({str(error)[:60]}); skipped, the rest is tabulated.")
+                continue
+            records.append({**record, "_run": name})
+    if not records:
+        raise ResultsFileError(f"no readable results.jsonl line under {folder}: give the --output_dir of 'sweep "
+                               f"launch' (its runs write <run>/results.jsonl at each checkpoint).")
+    return records
+
+
+def _n_envs(record: dict) -> int:
+    count = 0
+    while f"env{count}_out_acc" in record:
+        count += 1
+    return count
+
+
+def _by(records: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[dict]]:
+    groups: dict[Any, list[dict]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    return groups
+
+
+# --- DomainBed's selection (its rules, reimplemented: model_selection.py cannot be imported without DomainBed) ----
+def _iid(run: list[dict]) -> dict | None:
+    best = None
+    for record in (r for r in run if len(r["args"]["test_envs"]) == 1):
+        test_env = record["args"]["test_envs"][0]
+        val = np.mean([record[f"env{i}_out_acc"] for i in range(_n_envs(record)) if i != test_env])
+        if best is None or val > best["val_acc"]:  # the first maximum, as upstream's argmax
+            best = {"val_acc": val, "test_acc": record[f"env{test_env}_in_acc"], "step": record["step"],
+                    "run": record["_run"]}
+    return best
+
+
+def _oracle(run: list[dict]) -> dict | None:
+    singles = [r for r in run if len(r["args"]["test_envs"]) == 1]
+    if not singles:
+        return None
+    last = max(reversed(singles), key=lambda r: r["step"])  # the last of the latest step, as upstream's sort
+    test_env = last["args"]["test_envs"][0]
+    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"],
+            "step": last["step"], "run": last["_run"]}
+
+
+def _lodo(run: list[dict], test_env: int) -> dict | None:
+    best = None
+    for step, step_records in sorted(_by(run, lambda r: r["step"]).items()):
+        singles = [r for r in step_records if len(r["args"]["test_envs"]) == 1]
+        if len(singles) != 1:
+            continue
+        n_envs = _n_envs(step_records[0])
+        val_accs = [-1.0] * n_envs
+        for record in (r for r in step_records if len(r["args"]["test_envs"]) == 2):
+            val_env = (set(record["args"]["test_envs"]) - {test_env}).pop()
+            val_accs[val_env] = record[f"env{val_env}_in_acc"]
+        val_accs = val_accs[:test_env] + val_accs[test_env + 1:]
+        if any(v == -1 for v in val_accs):
+            continue
+        val = np.sum(val_accs) / (n_envs - 1)
+        if best is None or val > best["val_acc"]:
+            best = {"val_acc": val, "test_acc": singles[0][f"env{test_env}_in_acc"], "step": step,
+                    "run": singles[0]["_run"]}
+    return best
+
+
+def select(records: list[dict], method: str) -> pd.DataFrame:
+    """One row per (dataset, algorithm, trial_seed, test_env): the hparam draw and checkpoint ``method`` selects,
+    with its ``val_acc`` and ``test_acc`` (DomainBed's ``sweep_acc``); groups it cannot select in are absent."""
+    rows = []
+    groups = _by(((r, e) for r in records for e in r["args"]["test_envs"]),
+                 lambda pair: (pair[0]["args"]["trial_seed"], pair[0]["args"]["dataset"],
+                               pair[0]["args"]["algorithm"], pair[1]))
+    for (trial, dataset, algorithm, test_env), pairs in groups.items():
+        chosen = None
+        for hparams_seed, run in sorted(_by((r for r, _ in pairs), lambda r: r["args"]["hparams_seed"]).items()):
+            accs = _lodo(run, test_env) if method == LODO else (_iid if method == IID else _oracle)(run)
+            if accs is not None and (chosen is None or accs["val_acc"] >= chosen["val_acc"]):
+                chosen = {**accs, "hparams_seed": hparams_seed}  # ties: the higher hparams_seed, as upstream
+        if chosen is not None:
+            rows.append({"dataset": dataset, "algorithm": algorithm, "trial_seed": trial, "test_env": test_env,
+                         **chosen})
+    return pd.DataFrame(rows, columns=["dataset", "algorithm", "trial_seed", "test_env", "hparams_seed", "run",
+                                       "step", "val_acc", "test_acc"])
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+def domainbed_mean_and_error(values: Sequence[float]) -> tuple[float, float]:
+    """collect_results' ``format_mean``: percent mean and ``np.std(values / sqrt(n))`` (ddof 0)."""
+    values = list(values)
+    return 100 * np.mean(values), 100 * np.std(np.asarray(values) / np.sqrt(len(values)))
+
+
+def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (std with ddof 1 / sqrt(n); 0 for one value)."""
+    series = pd.Series(list(values), dtype=float)
+    return float(series.mean()), float(series.sem()) if len(series) > 1 else 0.0
+
+
+# --- names and orders (DomainBed's when it is importable, as collect_results orders them) ------------------------
+class Names:
+    """Algorithm and dataset order and environment names: DomainBed's lists when ``domainbed`` is importable
+    (or DOMAINBED_ROOT is set), else ours (registry order, then the rest sorted)."""
+
+    def __init__(self, records: list[dict]) -> None:
+        from domainbed_align import registry
+        from domainbed_align.data import DATASETS as ours
+
+        self.upstream = _upstream_modules()
+        known_algorithms = list(self.upstream[0].ALGORITHMS) if self.upstream else list(registry.algorithm_names())
+        present = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
+        self.algorithms = [a for a in known_algorithms if a in present] + sorted(set(present) - set(known_algorithms))
+        datasets = sorted({r["args"]["dataset"] for r in records})
+        known = list(self.upstream[1].DATASETS) if self.upstream else list(ours)
+        self.datasets = [d for d in known if d in datasets] + [d for d in datasets if d not in known]
+        self._ours = ours
+        self._envs_seen = {d: max(_n_envs(r) for r in records if r["args"]["dataset"] == d) for d in datasets}
+        self.notes: list[str] = []
+
+    def environments(self, dataset: str) -> list[str]:
+        if dataset in self._ours:
+            return list(self._ours[dataset].ENVIRONMENTS)
+        if self.upstream and dataset in self.upstream[1].DATASETS:
+            return list(self.upstream[1].get_dataset_class(dataset).ENVIRONMENTS)
+        note = f"{dataset}: environment names need DomainBed (set DOMAINBED_ROOT); shown as env0, env1, ..."
+        if note not in self.notes:
+            self.notes.append(note)
+        return [f"env{i}" for i in range(self._envs_seen[dataset])]
+
+
+def _upstream_modules() -> tuple[Any, Any] | None:
+    import importlib.util
+
+    root = os.environ.get("DOMAINBED_ROOT")
+    if importlib.util.find_spec("domainbed") is None and root and (Path(root) / "domainbed").is_dir():
+        sys.path.insert(0, root)
+    if importlib.util.find_spec("domainbed") is None:
+        return None
+    import domainbed.algorithms
+    import domainbed.datasets
+
+    return domainbed.algorithms, domainbed.datasets
+
+
+# --- tables ---------------------------------------------------------------------------------------------------------
+class Table:
+    """A titled table: ``frame`` (label columns, then formatted cells) for markdown/LaTeX, ``tidy`` (one row per
+    cell: mean, standard error, n, why a cell is empty) for CSV."""
+
+    def __init__(self, title: str, rows: list[dict], label_columns: list[str], value_columns: list[str],
+                 notes: Sequence[str] = ()) -> None:
+        self.title, self.label_columns, self.value_columns = title, label_columns, value_columns
+        self.rows, self.notes = rows, list(notes)
+
+    def frame(self, style: str) -> pd.DataFrame:
+        table = pd.DataFrame([{**{c: row[c] for c in self.label_columns},
+                               **{c: _cell(row["cells"].get(c), style) for c in self.value_columns}}
+                              for row in self.rows], columns=self.label_columns + self.value_columns)
+        return table
+
+    def tidy(self) -> pd.DataFrame:
+        return pd.DataFrame([{"table": self.title, **{c: row[c] for c in self.label_columns}, "column": column,
+                              **_numbers(row["cells"].get(column))}
+                             for row in self.rows for column in self.value_columns])
+
+
+def _numbers(cell: Any) -> dict:
+    if isinstance(cell, dict):
+        return {"mean": cell["mean"], "se": cell.get("se"), "n": cell.get("n"), "note": cell.get("note", "")}
+    return {"mean": None, "se": None, "n": 0, "note": cell or ""}
+
+
+def _cell(cell: Any, style: str) -> str:
+    """A number cell (dict: mean, se, n, digits) or the reason it has no number (str)."""
+    if not isinstance(cell, dict):
+        return cell or ""
+    digits = cell.get("digits", 1)
+    if cell.get("se") is None:
+        return f"{cell['mean']:.{digits}f}"
+    pm = "$\\pm$" if style == "latex" else "±"
+    text = f"{cell['mean']:.{digits}f} {pm} {cell['se']:.{digits}f}"
+    return text + (f" ({cell['note']})" if cell.get("note") else "")
+
+
+def domainbed_tables(records: list[dict], names: Names) -> list[Table]:
+    """collect_results' tables: per dataset and selection method, then the averages per selection method."""
+    tables = []
+    for method in SELECTION_METHODS:
+        selected = select(records, method)
+        for dataset in names.datasets:
+            envs = names.environments(dataset)
+            rows = []
+            for algorithm in names.algorithms:
+                cells, means = {}, []
+                for index, env in enumerate(envs):
+                    accs = selected[(selected.dataset == dataset) & (selected.algorithm == algorithm)
+                                    & (selected.test_env == index)].test_acc
+                    if len(accs):
+                        mean, err = domainbed_mean_and_error(accs)
+                        cells[env] = {"mean": mean, "se": err, "n": len(accs)}
+                        means.append(mean)
+                    else:
+                        cells[env] = _why_no_selection(records, dataset, algorithm, index, method)
+                cells["Avg"] = ({"mean": sum(means) / len(means), "se": None, "n": len(means)}
+                                if len(means) == len(envs) else "needs every domain held out")
+                rows.append({"Algorithm": algorithm, "cells": cells})
+            tables.append(Table(f"Dataset: {dataset}, model selection method: {method}", rows, ["Algorithm"],
+                                [*envs, "Avg"]))
+        rows = []
+        for algorithm in names.algorithms:
+            cells, means = {}, []
+            for dataset in names.datasets:
+                mine = selected[(selected.dataset == dataset) & (selected.algorithm == algorithm)]
+                # np.mean per trial, trials sorted: upstream's Q.group("trial_seed") then Q.mean
+                per_trial = [float(np.mean(list(group.test_acc))) for _, group in mine.groupby("trial_seed")]
+                if len(per_trial):
+                    mean, err = domainbed_mean_and_error(per_trial)
+                    cells[dataset] = {"mean": mean, "se": err, "n": len(per_trial)}
+                    means.append(mean)
+                else:
+                    cells[dataset] = "no selected run"
+            cells["Avg"] = ({"mean": sum(means) / len(means), "se": None, "n": len(means)}
+                            if len(means) == len(names.datasets) else "needs every dataset")
+            rows.append({"Algorithm": algorithm, "cells": cells})
+        tables.append(Table(f"Averages, model selection method: {method}", rows, ["Algorithm"],
+                            [*names.datasets, "Avg"]))
+    for table in tables:
+        table.notes.append("Percent accuracy on the held-out domain's `in` split, mean ± DomainBed's standard error "
+                           "(np.std with ddof 0 over trials / sqrt(n)), as collect_results computes them.")
+    return tables
+
+
+def _why_no_selection(records: list[dict], dataset: str, algorithm: str, env: int, method: str) -> str:
+    mine = [r for r in records if r["args"]["dataset"] == dataset and r["args"]["algorithm"] == algorithm
+            and env in r["args"]["test_envs"]]
+    if not mine:
+        return "no run with this held-out domain"
+    if method == LODO:
+        return "needs runs holding out this domain with each other one"
+    return "only runs with several held-out domains"
+
+
+def _last_records(records: list[dict]) -> dict[tuple, dict]:
+    """The last checkpoint of each single-source run: (dataset, algorithm, trial, hparams_seed, source) -> record."""
+    last: dict[tuple, dict] = {}
+    for record in records:
+        args = record["args"]
+        sources = set(range(_n_envs(record))) - set(args["test_envs"])
+        if len(sources) != 1:
+            continue
+        key = (args["dataset"], args["algorithm"], args["trial_seed"], args["hparams_seed"], sources.pop())
+        if key not in last or record["step"] >= last[key]["step"]:
+            last[key] = record
+    return last
+
+
+def _accuracy_key(source: int, target: int) -> str:
+    return f"env{source}_out_acc" if target == source else f"env{target}_in_acc"
+
+
+def single_source_tables(records: list[dict], names: Names) -> tuple[list[Table], list[Table]]:
+    """(the source x target matrices, the in-domain tables): last checkpoint of the default hparams, and oracle."""
+    last = _last_records(records)
+    matrices, in_domain = [], []
+    for dataset in names.datasets:
+        envs = names.environments(dataset)
+        runs = {k: v for k, v in last.items() if k[0] == dataset}
+        if not runs:
+            continue
+        for variant in ("last", "oracle"):
+            rows, diagonal = [], []
+            for algorithm in names.algorithms:
+                for source, source_name in enumerate(envs):
+                    mine = {k: v for k, v in runs.items() if k[1] == algorithm and k[4] == source}
+                    if not mine:
+                        continue
+                    cells = {}
+                    for target, target_name in enumerate(envs):
+                        values = _single_source_values(mine, source, target, variant)
+                        cells[target_name] = (_percent_cell(values) if values else
+                                              "no run with DomainBed's default hparams (hparams_seed 0)")
+                    rows.append({"Algorithm": algorithm, "trained on": source_name, "cells": cells})
+                    diagonal.append((algorithm, source_name, cells[source_name]))
+            title = (f"Dataset: {dataset}, single source, " +
+                     ("last checkpoint of the default hparams (no selection)" if variant == "last" else
+                      "oracle selection (hparams by the target's `out` split, last checkpoint)"))
+            matrices.append(Table(title, rows, ["Algorithm", "trained on"], envs, [
+                "Percent accuracy, mean ± standard error over trials (std ddof 1 / sqrt(n)); the column of the "
+                "source is its held-out `out` split (in-domain), the others the target's `in` split."]))
+            if variant == "last":
+                by_algorithm: dict[str, dict] = {}
+                for algorithm, source_name, cell in diagonal:
+                    by_algorithm.setdefault(algorithm, {})[source_name] = cell
+                id_rows = [{"Algorithm": a, "cells": {e: c.get(e, "no run trained on this domain alone")
+                                                      for e in envs}} for a, c in by_algorithm.items()]
+                in_domain.append(Table(f"Dataset: {dataset}, in-domain accuracy per domain (trained on it alone, "
+                                       f"its `out` split, last checkpoint of the default hparams)", id_rows,
+                                       ["Algorithm"], envs, ["Mean ± standard error over trials (ddof 1)."]))
+    return matrices, in_domain
+
+
+def _single_source_values(runs: dict[tuple, dict], source: int, target: int, variant: str) -> list[float]:
+    key = _accuracy_key(source, target)
+    if variant == "last":
+        return [r[key] for k, r in sorted(runs.items()) if k[3] == 0]
+    chosen = []
+    for trial in sorted({k[2] for k in runs}):
+        draws = sorted((k[3], r) for k, r in runs.items() if k[2] == trial)
+        # DomainBed's oracle: the draw best on the target's out split (ties: the higher hparams_seed)
+        best = max(reversed(draws), key=lambda pair: pair[1][f"env{target}_out_acc"])[1]
+        chosen.append(best[key])
+    return chosen
+
+
+def _percent_cell(values: Sequence[float]) -> dict:
+    mean, err = mean_and_error([100 * v for v in values])
+    return {"mean": mean, "se": err if len(values) > 1 else None, "n": len(values)}
+
+
+def read_explanations(path: str | os.PathLike) -> list[dict]:
+    """The JSON lines ``python -m domainbed_align.evaluate`` printed (one clear error for a missing or foreign
+    file)."""
+    from domainbed_align import evaluate
+
+    return evaluate.read_records(Path(path))
+
+
+def explanation_tables(records: list[dict], explanations: list[dict], names: Names) -> list[Table]:
+    """Per dataset and held-out domain: the training-domain-validation-selected accuracy, the explanation metrics of
+    that very checkpoint on the held-out domain, and the cost."""
+    selected = select(records, IID)
+    evaluated = {(Path(e["run"]).name, e["env"]): e for e in explanations if e.get("split") == "test"}
+    step_time = {run: float(np.mean([r["step_time"] for r in group if r["step"] > 0 and "step_time" in r] or
+                                    [np.nan])) for run, group in _by(records, lambda r: r["_run"]).items()}
+    tables = []
+    for dataset in names.datasets:
+        for env, env_name in enumerate(names.environments(dataset)):
+            held_out = selected[(selected.dataset == dataset) & (selected.test_env == env)]
+            if held_out.empty:
+                continue
+            rows, costs = [], {}
+            for algorithm in names.algorithms:
+                runs = held_out[held_out.algorithm == algorithm]
+                if runs.empty:
+                    continue
+                matched, problem = [], ""
+                for run in runs.itertuples():
+                    record = evaluated.get((run.run, env))
+                    if record is None:
+                        problem = "not evaluated: run `evaluate --checkpoint selected` on this sweep"
+                    elif record.get("checkpoint") != "selected" or record.get("step") != run.step:
+                        problem = (f"evaluated the {record.get('checkpoint', 'last')} checkpoint (step "
+                                   f"{record.get('step')}), not the selected step {run.step}")
+                    else:
+                        matched.append(record)
+                cells = {"accuracy": _percent_cell(list(runs.test_acc)),
+                         "selected step": _plain_cell(list(runs.step), digits=0)}
+                for key, label in EXPLANATION_COLUMNS.items():
+                    values = [m.get(key) for m in matched]
+                    cells[label] = (problem or "not on this dataset") if problem or None in values or not values \
+                        else _plain_cell(values)
+                times = [step_time.get(run) for run in runs.run]
+                cells["step time (s)"] = _plain_cell(times, digits=3)
+                costs[algorithm] = float(np.mean(times))
+                rows.append({"Algorithm": algorithm, "cells": cells})
+            for row in rows:
+                ratio = costs[row["Algorithm"]] / costs[REFERENCE] if REFERENCE in costs else None
+                row["cells"][f"x {REFERENCE}"] = ({"mean": ratio, "se": None, "digits": 2} if ratio is not None
+                                                  else f"no {REFERENCE} run here")
+            columns = ["accuracy", "selected step", *EXPLANATION_COLUMNS.values(), "step time (s)", f"x {REFERENCE}"]
+            tables.append(Table(
+                f"Dataset: {dataset}, held out: {env_name}, explanations of the checkpoint training-domain "
+                f"validation selects (model_selected.pkl)", rows, ["Algorithm"], columns,
+                ["Accuracy: percent, the held-out domain's `in` split at the selected checkpoint; explanation "
+                 "metrics: `evaluate` on the whole held-out domain, true-class Grad-CAM, of the same checkpoint; "
+                 "mean ± standard error over trials (ddof 1). Step time: train.py's `step_time` on the machine "
+                 "that trained (not a benchmark)."]))
+    return tables
+
+
+def _plain_cell(values: Sequence[float | None], digits: int = 3) -> dict | str:
+    if not values or any(v is None or v != v for v in values):
+        return "not recorded"
+    mean, err = mean_and_error(values)
+    return {"mean": mean, "se": err if len(values) > 1 else None, "n": len(values), "digits": digits}
+
+
+# --- output ---------------------------------------------------------------------------------------------------------
+def build(records: list[dict], layouts: Sequence[str], explanations: list[dict] | None = None) -> list[Table]:
+    names = Names(records)
+    tables: list[Table] = []
+    if "domainbed" in layouts:
+        tables += domainbed_tables(records, names)
+    if "single_source" in layouts or "in_domain" in layouts:
+        matrices, in_domain = single_source_tables(records, names)
+        tables += (matrices if "single_source" in layouts else []) + (in_domain if "in_domain" in layouts else [])
+    if "explanations" in layouts and explanations is not None:
+        tables += explanation_tables(records, explanations, names)
+    if tables and names.notes:
+        tables[0].notes.extend(names.notes)
+    return tables
+
+
+def render(tables: Sequence[Table], style: str) -> str:
+    if style == "csv":
+        return pd.concat([table.tidy() for table in tables], ignore_index=True).to_csv(index=False)
+    parts = []
+    for table in tables:
+        frame = table.frame(style)
+        if style == "latex":
+            frame = frame.map(_latex_escape_labels) if hasattr(frame, "map") else frame.applymap(_latex_escape_labels)
+            caption = _latex_escape(table.title + ". " + " ".join(table.notes))
+            parts.append(frame.to_latex(index=False, escape=False, caption=caption))
+        else:
+            notes = "".join(f"\n\n{note}" for note in table.notes)
+            parts.append(f"### {table.title}\n\n{frame.to_markdown(index=False)}{notes}\n")
+    return "\n".join(parts)
+
+
+def _latex_escape(text: str) -> str:
+    for plain, escaped in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
+                           ("`", ""), ("±", "$\\pm$")):
+        text = text.replace(plain, escaped)
+    return text
+
+
+def _latex_escape_labels(value: Any) -> Any:
+    return value if not isinstance(value, str) or "$\\pm$" in value else _latex_escape(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domainbed_align.tables", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input_dir", required=True, type=Path, help="a sweep's output folder (its run folders)")
+    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p.add_argument("--layout", nargs="+", choices=LAYOUTS, default=list(LAYOUTS),
+                   help="which tables (default: every one the runs allow)")
+    p.add_argument("--explanations", type=Path,
+                   help="JSON lines of `python -m domainbed_align.evaluate --checkpoint selected --input_dir` on "
+                        "the same folder: adds the explanation tables")
+    p.add_argument("--output", type=Path, help="write here instead of printing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+    try:
+        records = load_records(options.input_dir)
+        explanations = read_explanations(options.explanations) if options.explanations else None
+        tables = build(records, options.layout, explanations)
+        if not tables:
+            raise ResultsFileError(f"no table of {options.layout} can be made from {options.input_dir}'s runs "
+                                   f"(single_source and in_domain need runs with one training domain).")
+        text = render(tables, options.format)
+    except DomainbedAlignError as error:
+        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        return 1
+    if options.output:
+        options.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

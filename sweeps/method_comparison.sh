@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every registered method, three trials, one held-out domain of a TextureMNIST-family dataset, at the demo's
+# CPU-sized settings (500 steps, batch 8 per domain, two runs at a time with one thread each), through upstream's
+# own sweep jobs; then the explanation metrics of each run's selected checkpoint and every table.
+#
+#   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/method_comparison.sh DATASET RESULTS_DIR [demo options]
+#
+# Run from the repository root (train.py records --data_dir and --output_dir, so they stay relative). Resumable:
+# rerun the same command; finished runs are kept, a half-done one is redone. While it trains, each finished run's
+# results.jsonl is copied to RESULTS_DIR/runs/<run>/ (commit them as they come); model files stay in sweeps/out/.
+# At the end: RESULTS_DIR/explanations.jsonl (`evaluate --checkpoint selected`) and RESULTS_DIR/tables.md.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: bash sweeps/method_comparison.sh DATASET RESULTS_DIR [demo options, e.g. --test_envs 2]" >&2
+  exit 2
+fi
+dataset=$1 results=$2
+shift 2
+python=${PYTHON:-python}
+out="sweeps/out/$(echo "$dataset" | tr '[:upper:]' '[:lower:]')_all_methods_500steps_3trials"
+mkdir -p "$results/runs"
+
+copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
+  for run in "$out"/*/; do
+    [ -f "$run/done" ] || continue
+    name=$(basename "$run")
+    if [ ! -f "$results/runs/$name/results.jsonl" ]; then
+      mkdir -p "$results/runs/$name"
+      cp "$run/results.jsonl" "$results/runs/$name/results.jsonl"
+    fi
+  done
+}
+
+( while sleep 120; do copy_finished 2>/dev/null || true; done ) &
+copier=$!
+trap 'kill $copier 2>/dev/null || true' EXIT
+
+"$python" -m domainbed_align.demo --dataset "$dataset" --algorithms all --n_trials 3 --output_dir "$out" \
+  --skip_explanations "$@"
+copy_finished
+"$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
+  > "$results/explanations.jsonl.partial"
+mv "$results/explanations.jsonl.partial" "$results/explanations.jsonl"
+"$python" -m domainbed_align.tables --input_dir "$results/runs" --explanations "$results/explanations.jsonl" \
+  --output "$results/tables.md"
+echo "== tables: $results/tables.md"

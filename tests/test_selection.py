@@ -1,0 +1,112 @@
+"""model_selected.pkl: the checkpoint training-domain validation selects, kept while a run trains.
+
+train.py is simulated (no DomainBed): update, append a results line, call state_dict(), as b93c22a does.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from domainbed_align import hparams as hparams_lib
+from domainbed_align import selection
+from domainbed_align.algorithms import TimmERM
+from domainbed_align.checkpoints import load_algorithm, read_checkpoint
+
+SHAPE = (3, 28, 28)
+
+
+def _batches(step):
+    generator = torch.Generator().manual_seed(step)
+    return [(torch.randn(4, *SHAPE, generator=generator), torch.tensor([0, 1, 2, 1])) for _ in range(2)]
+
+
+def _record(step, out_accs, test_envs=(2,)):
+    record = {"step": step, "args": {"algorithm": "TimmERM", "dataset": "Debug28", "test_envs": list(test_envs),
+                                      "hparams_seed": 0, "trial_seed": 0, "skip_model_save": False},
+              "hparams": {}}
+    for i, accuracy in enumerate(out_accs):
+        record[f"env{i}_out_acc"] = accuracy
+        record[f"env{i}_in_acc"] = accuracy
+    return record
+
+
+@pytest.fixture
+def in_train_py(tmp_path, monkeypatch):
+    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    monkeypatch.delenv(selection.SWITCH, raising=False)
+    return tmp_path
+
+
+def _simulate(folder, out_accs_per_checkpoint, test_envs=(2,), stale_lines=0):
+    """train.py's loop with a checkpoint after every update; returns the algorithm and each checkpoint's weights."""
+    for k in range(stale_lines):  # an earlier attempt's lines: they describe other weights
+        with open(folder / "results.jsonl", "a") as handle:
+            handle.write(json.dumps(_record(k, [0.99, 0.99, 0.99], test_envs)) + "\n")
+    torch.manual_seed(0)
+    hparams = hparams_lib.default_hparams("TimmERM", "Debug28")
+    algorithm = TimmERM(SHAPE, 3, 2, hparams)
+    weights = []
+    for step, out_accs in enumerate(out_accs_per_checkpoint):
+        algorithm.update(_batches(step))
+        with open(folder / "results.jsonl", "a") as handle:
+            handle.write(json.dumps(_record(step, out_accs, test_envs), sort_keys=True) + "\n")
+        algorithm.state_dict()  # train.py: algorithm_dict = algorithm.state_dict()
+        weights.append({k: v.clone() for k, v in algorithm.classifier.state_dict().items()})
+    algorithm.state_dict()  # train.py's final save_checkpoint('model.pkl'): no new line, nothing changes
+    return algorithm, weights
+
+
+def test_the_first_best_checkpoint_is_kept_with_its_step_and_weights(in_train_py):
+    # validation = mean over training envs 0 and 1 (env 2 is the test env, its 0.99 must not count)
+    accs = [[0.2, 0.4, 0.99], [0.6, 0.6, 0.0], [0.5, 0.7, 0.0], [0.1, 0.1, 0.99]]
+    _, weights = _simulate(in_train_py, accs)
+    checkpoint = read_checkpoint(in_train_py / selection.SELECTED_FILE)
+    # step 1 and step 2 both have validation 0.6: the earlier is kept, as upstream's argmax keeps it
+    assert checkpoint["selection"] == {"method": selection.METHOD, "step": 1, "val_acc": pytest.approx(0.6)}
+    loaded = load_algorithm(in_train_py / selection.SELECTED_FILE)
+    for key, value in loaded.classifier.state_dict().items():
+        assert torch.equal(value, weights[1][key]), key
+    assert not torch.equal(weights[1]["backbone.fc.weight"], weights[3]["backbone.fc.weight"])
+    assert loaded.steps_done == 2  # warm-up progress of step 1's weights
+    assert checkpoint["model_input_shape"] == SHAPE and checkpoint["model_num_domains"] == 2
+    assert not (in_train_py / (selection.SELECTED_FILE + ".partial")).exists()
+
+
+def test_an_earlier_attempts_lines_do_not_count(in_train_py):
+    _simulate(in_train_py, [[0.3, 0.3, 0.0], [0.5, 0.5, 0.0], [0.4, 0.4, 0.0]], stale_lines=2)
+    assert read_checkpoint(in_train_py / selection.SELECTED_FILE)["selection"]["step"] == 1
+
+
+def test_nothing_is_written_outside_train_py_or_when_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(selection, "_train_output_dir", None)
+    _simulate(tmp_path, [[0.3, 0.3, 0.0]])
+    assert not (tmp_path / selection.SELECTED_FILE).exists()
+    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    monkeypatch.setenv(selection.SWITCH, "0")
+    _simulate(tmp_path, [[0.3, 0.3, 0.0]])
+    assert not (tmp_path / selection.SELECTED_FILE).exists()
+
+
+def test_a_line_that_does_not_describe_the_weights_is_not_saved(in_train_py):
+    torch.manual_seed(0)
+    algorithm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+    algorithm.update(_batches(0))
+    with open(in_train_py / "results.jsonl", "a") as handle:
+        handle.write(json.dumps(_record(7, [0.5, 0.5, 0.5])) + "\n")  # step 7, but one update was made
+    algorithm.state_dict()
+    assert any("step 7" in message for message in algorithm.monitor.fired)
+    assert not (in_train_py / selection.SELECTED_FILE).exists()
+
+
+def test_validation_accuracy_is_upstreams_mean_over_training_environments():
+    record = _record(0, [0.1, 0.2, 0.7, 0.4], test_envs=(2,))
+    assert selection.validation_accuracy(record) == np.mean([0.1, 0.2, 0.4])
+    # several test environments (single-source runs): all of them are excluded
+    assert selection.validation_accuracy(_record(0, [0.1, 0.2, 0.7], test_envs=(1, 2))) == 0.1
+    assert selection.validation_accuracy(_record(0, [0.1, 0.2], test_envs=(0, 1))) is None
+    records = [_record(s, accs) for s, accs in enumerate([[0.1, 0.1, 0], [0.3, 0.1, 0], [0.1, 0.3, 0]])]
+    assert selection.selected_record(records)["step"] == 1
+    assert selection.checkpoint_step({"selection": {"step": 4}}, records) == 4
+    assert selection.checkpoint_step({}, records) == 2

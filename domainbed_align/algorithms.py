@@ -39,6 +39,7 @@ class DRE(ExplanationGuidedAlgorithm):
     ``tangli-udel/DRE``, ``dre/mixuploss.py`` and ``dre/train.py``): CE + lambda_reg * DRE's same-class mixup
     explanation-consistency term, on DRE's training Grad-CAM. ALIGN without its masker and alignment is this.
     """
+    explanation_term = "reg"
 
     uses_gradcam = True
     uses_mixup = True
@@ -66,6 +67,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
     exactly as many classifier steps as TimmERM. The first masker step reuses the mask the classifier step
     computed (the masker has not changed in between), which saves one masker forward pass.
     """
+    explanation_term = "align_bce"
 
     uses_gradcam = True
     uses_mixup = True

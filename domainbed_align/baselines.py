@@ -44,6 +44,7 @@ class SGT(ExplanationGuidedAlgorithm):
     each channel's range. Both forwards in train mode, separately (each its own BatchNorm statistics), as its code.
     Cost: a saliency pass (forward + backward) and a trained second forward: about 3x ERM.
     """
+    explanation_term = "sgt_kl"
 
     def explanation_loss(self, step: StepContext) -> Terms:
         if self.hparams["sgt_fraction"] == 0:  # its code: featuresDroped 0 switches SGT off (plain CE)
@@ -68,6 +69,7 @@ class SGT(ExplanationGuidedAlgorithm):
                 "evaluate scores Grad-CAM.")
 class GRADIA(ExplanationGuidedAlgorithm):
     """GRADIA: CE + lambda_gradia * mean |Grad-CAM_y - blur(mask) / max| over the annotated samples."""
+    explanation_term = "gradia_l1"
 
     uses_gradcam = True
     uses_gt_masks = True
@@ -93,6 +95,7 @@ class GRADIA(ExplanationGuidedAlgorithm):
                 "evaluate scores Grad-CAM.")
 class HAICS(ExplanationGuidedAlgorithm):
     """HAICS: CE + lambda_haics * BCE(Grad-CAM_y, mask) over the annotated samples."""
+    explanation_term = "haics_bce"
 
     uses_gradcam = True
     uses_gt_masks = True
@@ -122,6 +125,7 @@ RRR_DEFAULT_LAMBDA = 0.3
 class RRR(ExplanationGuidedAlgorithm):
     """RRR: CE + lambda_rrr * || (1 - mask) * d(sum_k log p_k)/dx ||^2 over the annotated samples (a double
     backward: the input gradient keeps its graph). The gradient is of the same train-mode forward as the CE."""
+    explanation_term = "rrr_penalty"
 
     uses_gt_masks = True
     needs_input_gradient = True
@@ -152,6 +156,7 @@ class _RES(ExplanationGuidedAlgorithm):
     threshold found without gradient (:func:`~domainbed_align.losses.res_threshold`). I, the imputation term:
     mean |C - T| with T the imputed map of the positive cells (RES-G: Gaussian, RES-L: learned).
     """
+    explanation_term = "res_robust"
 
     uses_gradcam = True
     uses_gt_masks = True
@@ -259,6 +264,7 @@ class CARE(ExplanationGuidedAlgorithm):
     gradients, and that gradient stays in the update; here the map's gradients come from ``torch.autograd.grad``
     and only the loss reaches the weights.
     """
+    explanation_term = "care_attention"
 
     uses_gradcam = True
     uses_gt_masks = True

@@ -52,6 +52,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
     uses_mixup = False  # DRE's same-class mixup term (needs uses_gradcam)
     uses_gt_masks = False  # annotation-based methods set this; the others must never see the mask channel
     needs_input_gradient = False  # the step's images require grad, for step.input_gradient
+    explanation_term = ""  # the results.jsonl key of the method's own explanation loss (figures' curves)
 
     @staticmethod
     def known_hparam_names() -> frozenset | None:

@@ -261,3 +261,20 @@ def test_missing_annotations_get_no_loss_and_are_reported():
     per_sample = (step.cams - losses.gradia_target(step.annotations_at(step.cams.shape[-2:]))).abs().flatten(1).mean(1)
     assert step.annotated.tolist() == [1.0] * 6 + [0.0] * 6 and terms["annotated"].item() == 0.5
     assert terms["gradia_l1"].item() == pytest.approx(per_sample[:6].mean().item(), rel=1e-5)
+
+
+def test_each_methods_explanation_term_is_a_key_its_update_reports():
+    """figures' training curves plot ``explanation_term`` from results.jsonl: it must be what update() returns."""
+    for name in registry.algorithm_names():
+        cls = registry.algorithm_class(name)
+        if not cls.explanation_term:
+            assert name == "TimmERM"
+            continue
+        annotated = registry.entry(name).annotations
+        inputs, labels = _fixed_batch(annotated)
+        hparams = hparams_lib.default_hparams(name, "TextureMNIST", warmup_steps=0, masker_warmup_steps=0) \
+            if name == "ALIGN" else hparams_lib.default_hparams(name, "TextureMNIST")
+        shape = ShapeWithMaskChannel(inputs.shape[1:]) if annotated else tuple(inputs.shape[1:])
+        torch.manual_seed(0)
+        reported = cls(shape, 3, 2, hparams).update([(inputs[:4], labels[:4])])
+        assert cls.explanation_term in reported and reported[cls.explanation_term] > 0, (name, reported)

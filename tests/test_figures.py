@@ -1,28 +1,18 @@
-"""``python -m domainbed_align.figures``: colours by hand, the image rows against the dataset's own un-normalised
-images, and the layout and messages of the command."""
+"""``python -m domainbed_align.figures``: what each panel shows is checked against the data it claims to show (the
+dataset's own images and masks, the model's own explanations and masks, results.jsonl's values)."""
 
+import json
+
+import matplotlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import save_align_run
-from domainbed_align import figures
+from domainbed_align import figures, tables
+from domainbed_align.checkpoints import load_algorithm
 from domainbed_align.data import TextureMNIST
-
-
-def test_jet_by_hand():
-    colours = figures.jet(torch.tensor([[0.0, 0.375, 0.5, 1.0]]))  # [1, 4] -> [3, 1, 4]
-    assert colours[:, 0].T.tolist() == [[0.0, 0.0, 0.5], [0.0, 1.0, 1.0], [0.5, 1.0, 0.5], [0.5, 0.0, 0.0]]
-
-
-def test_overlay_leaves_a_zero_map_untouched_and_tints_by_the_map():
-    images = torch.rand(2, 3, 4, 4)
-    maps = torch.stack([torch.zeros(2, 2), torch.ones(2, 2)])
-    overlaid = figures.heat_overlay(images, maps)
-    assert torch.equal(overlaid[0], images[0])
-    expected = 0.5 * images[1] + 0.5 * torch.tensor([0.5, 0.0, 0.0]).view(3, 1, 1)  # jet(1) is dark red
-    torch.testing.assert_close(overlaid[1], expected)
+from test_tables import write_run
 
 
 def test_unnormalize_gives_back_the_datasets_own_images(data_dir):
@@ -34,39 +24,96 @@ def test_unnormalize_gives_back_the_datasets_own_images(data_dir):
                                torch.stack([environment.image(i) for i in range(3)]), atol=1e-6, rtol=0)
 
 
-def test_figure_of_two_runs(tmp_path, data_dir, capsys):
-    runs = [save_align_run(tmp_path / name, data_dir, seed=seed) for seed, name in enumerate(("a", "b"))]
-    out = tmp_path / "figure.png"
-    assert figures.main(["--model", *map(str, runs), "--out", str(out), "--images", "3", "--device", "cpu"]) == 0
+def test_each_maps_panel_shows_what_its_row_says(tmp_path, data_dir):
+    algorithm = load_algorithm(save_align_run(tmp_path / "a", data_dir))
+    environment = TextureMNIST(str(data_dir), [3], {"data_augmentation": False}).datasets[3]
+    indices = [5, 17]
+    rows = figures.environment_rows([("ALIGN", algorithm)], environment, indices, "cpu")
+    assert [label for label, *_ in rows] == ["image", "ground truth", "ALIGN\nGrad-CAM", "ALIGN\nmask"]
+    figure = figures.maps_figure([("photos", rows)])
+    axes = np.array(figure.axes).reshape(4, 2)
+    images = torch.stack([environment[i][0] for i in indices])
+    cams = figures.upsample(algorithm.explain(images, torch.tensor([environment[i][1] for i in indices])),
+                            (56, 56))
+    with torch.no_grad():
+        masks = algorithm.masker(algorithm.prepare_images(images)).float()[:, 0]
+    for c, i in enumerate(indices):
+        shown = [np.asarray(im.get_array()) for im in axes[0, c].images]
+        np.testing.assert_allclose(shown[0], environment.image(i).permute(1, 2, 0).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(axes[1, c].images[0].get_array()), environment.mask(i)[0].numpy())
+        cam_layer = axes[2, c].images[1]
+        np.testing.assert_allclose(np.asarray(cam_layer.get_array()), cams[c].numpy(), atol=1e-6)
+        np.testing.assert_allclose(cam_layer.get_alpha(), figures.CAM_OPACITY * cams[c].numpy(), atol=1e-6)
+        assert cam_layer.get_cmap().name == "jet"
+        np.testing.assert_allclose(np.asarray(axes[3, c].images[0].get_array()), masks[c].numpy(), atol=1e-6)
+    assert figure.subfigs[0]._suptitle.get_text() == "photos"
+    matplotlib.pyplot.close(figure)
+
+
+def _sweep_with_two_trials(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    for trial in (0, 1):
+        model = save_align_run(sweep / f"run{trial}", data_dir, seed=trial)
+        (model.parent / "model_selected.pkl").write_bytes(model.read_bytes())
+        record = {"args": {"algorithm": "ALIGN", "dataset": "TextureMNIST", "test_envs": [3], "trial_seed": trial,
+                           "hparams_seed": 0}, "step": 0}
+        (model.parent / "results.jsonl").write_text(json.dumps(record) + "\n")
+        (model.parent / "done").write_text("done")
+    return sweep
+
+
+def test_maps_of_a_sweep_take_one_run_per_algorithm_of_the_chosen_trial(tmp_path, data_dir, capsys):
+    sweep = _sweep_with_two_trials(tmp_path, data_dir)
+    assert figures.runs_of_sweep(sweep, "selected", 1) == [sweep / "run1" / "model_selected.pkl"]
+    out = tmp_path / "maps.png"
+    assert figures.main(["maps", "--input_dir", str(sweep), "--out", str(out), "--images", "3",
+                         "--envs", "all", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    first = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:3].tolist()  # evaluate's first images
-    assert f"environment 3 (photos), images {first}" in printed
-    assert "rows: image; ALIGN a Grad-CAM; ALIGN a image x mask; ALIGN b Grad-CAM; ALIGN b image x mask" in printed
-    tile = figures.MIN_TILE  # 56-px images are enlarged
-    picture = np.asarray(Image.open(out))
-    assert picture.shape == (5 * (tile + figures.GAP), figures.LABEL_WIDTH + 3 * (tile + figures.GAP), 3)
-    # The first image tile is that image, un-normalised by the dataset itself, enlarged.
-    environment = TextureMNIST(str(data_dir), [3], {}).datasets[3]
-    enlarged = torch.nn.functional.interpolate(environment.image(first[0])[None], size=(tile, tile), mode="bilinear",
-                                               align_corners=False)[0]
-    expected = (enlarged.permute(1, 2, 0) * 255).round().numpy()
-    tile_pixels = picture[:tile, figures.LABEL_WIDTH:figures.LABEL_WIDTH + tile].astype(float)
-    assert np.abs(tile_pixels - expected).max() <= 1
-    # Rows differ: the Grad-CAM rows are not copies of the image row.
-    assert np.abs(picture[tile + figures.GAP:2 * tile + figures.GAP, figures.LABEL_WIDTH:].astype(float)
-                  - picture[:tile, figures.LABEL_WIDTH:].astype(float)).mean() > 1
+    first = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:3].tolist()  # evaluate's subset
+    assert f"photos (held out), images {first}" in printed and "textures (training domain)" in printed
+    assert "rows: image; ground truth; ALIGN Grad-CAM; ALIGN mask" in printed
+    assert out.stat().st_size > 10_000
+    # the earlier form of the command still works
+    assert figures.main(["--model", str(sweep / "run0" / "model.pkl"), "--out", str(out), "--images", "2"]) == 0
+
+
+def test_curves_plot_the_mean_over_trials_of_what_results_jsonl_holds(tmp_path):
+    sweep = tmp_path / "s"
+    for trial, offset in ((0, 0.0), (1, 0.2)):
+        folder = write_run(sweep, f"align{trial}", "ALIGN", [3], trial, 0,
+                           {0: {"out0": 0.1 + offset, "in3": 0.3}, 100: {"out0": 0.5 + offset, "in3": 0.4}})
+        lines = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+        for record, mask_mean in zip(lines, (0.9, 0.3 + offset)):
+            record.update(mask_mean=mask_mean, align_bce=0.5)
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    write_run(sweep, "erm", "TimmERM", [3], 0, 0, {0: {"out0": 0.2}, 100: {"out0": 0.6}})
+    records = tables.load_records(sweep)
+    figure = figures.curves_figure(records, tables.Names(records))
+    by_title = {ax.get_title(): ax for ax in figure.axes}
+    textures = by_title["textures (training, out split)"]
+    lines = {line.get_label(): line for line in textures.get_lines()}
+    np.testing.assert_allclose(lines["ALIGN"].get_ydata(), [0.2, 0.6])  # mean of trials 0 and 1
+    np.testing.assert_allclose(lines["TimmERM"].get_ydata(), [0.2, 0.6])
+    photos = {line.get_label(): line for line in by_title["photos (held out, in split)"].get_lines()}
+    np.testing.assert_allclose(photos["ALIGN"].get_ydata(), [0.3, 0.4])
+    masks = {line.get_label(): line for line in by_title["ALIGN's mask_mean"].get_lines()}
+    assert set(masks) == {"ALIGN"} and np.allclose(masks["ALIGN"].get_ydata(), [0.9, 0.4])
+    blank = by_title["zero_cams (blank Grad-CAM share)"]
+    assert not blank.get_lines() and blank.texts[0].get_text() == "no run reports it"
+    matplotlib.pyplot.close(figure)
 
 
 def test_bad_requests_get_one_message(tmp_path, data_dir, capsys):
     texture = save_align_run(tmp_path / "texture", data_dir)
     other = save_align_run(tmp_path / "other", data_dir, dataset="SpuriousTextureMNIST")
     out = str(tmp_path / "f.png")
-    assert figures.main(["--model", str(texture), str(other), "--out", out]) == 1
+    assert figures.main(["maps", "--model", str(texture), str(other), "--out", out]) == 1
     assert "must share one dataset" in capsys.readouterr().err
-    assert figures.main(["--model", str(texture), "--out", out, "--env", "7"]) == 1
-    assert "--env 7 is not an environment of TextureMNIST (0 to 3: textures, medical, space, photos)" in \
-        capsys.readouterr().err
-    assert figures.main(["--model", str(tmp_path / "missing.pkl"), "--out", out]) == 1
+    assert figures.main(["maps", "--model", str(tmp_path / "missing.pkl"), "--out", out]) == 1
     assert "missing.pkl is not a file" in capsys.readouterr().err
+    assert figures.main(["maps", "--input_dir", str(tmp_path), "--out", out]) == 1
+    assert "no */model_selected.pkl" in capsys.readouterr().err
+    assert figures.main(["curves", "--input_dir", str(tmp_path / "nowhere"), "--out", out]) == 1
+    assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        figures.main(["--model", str(texture), "--out", out, "--images", "0"])
+        figures.main(["maps", "--model", str(texture), "--out", out, "--images", "0"])

@@ -50,3 +50,22 @@ def test_quickstart_is_two_commands_that_run_sh_accepts():
     script = (REPO / "run.sh").read_text()
     assert "  demo)" in script and "  test)" in script
     assert "bash run.sh test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_no_tracked_file_names_a_local_absolute_path():
+    """Scripts take arguments and docs use relative paths: a folder of the machine that made a file is no use to
+    anyone else (results.jsonl records train.py's --data_dir and --output_dir: run sweeps with relative ones)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    if listed.returncode != 0:
+        import pytest
+
+        pytest.skip("not a git checkout")
+    pattern = re.compile(rb"(?<![\w.])/(?:work|home|root|Users|tmp/pytest-of-|tmp/pip-)[\w.-]*/")
+    offenders = []
+    for name in listed.stdout.decode().split("\0"):
+        path = REPO / name
+        if name and path.is_file() and pattern.search(path.read_bytes()):
+            offenders.append(name)
+    assert not offenders, offenders

@@ -35,10 +35,9 @@ import numpy as np
 import pandas as pd
 
 from domainbed_align.errors import DomainbedAlignError, ResultsFileError
+from domainbed_align.selection import IID, LODO, ORACLE, SELECTION_METHODS, n_envs, records_by, select
 
-IID, LODO, ORACLE = ("training-domain validation set", "leave-one-domain-out cross-validation",
-                     "test-domain validation set (oracle)")  # upstream's names for its selection methods
-SELECTION_METHODS = (IID, LODO, ORACLE)
+
 LAYOUTS = ("domainbed", "single_source", "in_domain", "explanations")
 EXPLANATION_COLUMNS = {"insertion_auc": "insertion AUC", "random_insertion_auc": "random maps' insertion AUC",
                        "comprehensiveness": "comprehensiveness", "sufficiency": "sufficiency",
@@ -82,83 +81,6 @@ def load_records(input_dir: str | os.PathLike, warn: Callable[[str], None] | Non
     return records
 
 
-def _n_envs(record: dict) -> int:
-    count = 0
-    while f"env{count}_out_acc" in record:
-        count += 1
-    return count
-
-
-def _by(records: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[dict]]:
-    groups: dict[Any, list[dict]] = {}
-    for record in records:
-        groups.setdefault(key(record), []).append(record)
-    return groups
-
-
-# --- DomainBed's selection (its rules, reimplemented: model_selection.py cannot be imported without DomainBed) ----
-def _iid(run: list[dict]) -> dict | None:
-    best = None
-    for record in (r for r in run if len(r["args"]["test_envs"]) == 1):
-        test_env = record["args"]["test_envs"][0]
-        val = np.mean([record[f"env{i}_out_acc"] for i in range(_n_envs(record)) if i != test_env])
-        if best is None or val > best["val_acc"]:  # the first maximum, as upstream's argmax
-            best = {"val_acc": val, "test_acc": record[f"env{test_env}_in_acc"], "step": record["step"],
-                    "run": record["_run"]}
-    return best
-
-
-def _oracle(run: list[dict]) -> dict | None:
-    singles = [r for r in run if len(r["args"]["test_envs"]) == 1]
-    if not singles:
-        return None
-    last = max(reversed(singles), key=lambda r: r["step"])  # the last of the latest step, as upstream's sort
-    test_env = last["args"]["test_envs"][0]
-    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"],
-            "step": last["step"], "run": last["_run"]}
-
-
-def _lodo(run: list[dict], test_env: int) -> dict | None:
-    best = None
-    for step, step_records in sorted(_by(run, lambda r: r["step"]).items()):
-        singles = [r for r in step_records if len(r["args"]["test_envs"]) == 1]
-        if len(singles) != 1:
-            continue
-        n_envs = _n_envs(step_records[0])
-        val_accs = [-1.0] * n_envs
-        for record in (r for r in step_records if len(r["args"]["test_envs"]) == 2):
-            val_env = (set(record["args"]["test_envs"]) - {test_env}).pop()
-            val_accs[val_env] = record[f"env{val_env}_in_acc"]
-        val_accs = val_accs[:test_env] + val_accs[test_env + 1:]
-        if any(v == -1 for v in val_accs):
-            continue
-        val = np.sum(val_accs) / (n_envs - 1)
-        if best is None or val > best["val_acc"]:
-            best = {"val_acc": val, "test_acc": singles[0][f"env{test_env}_in_acc"], "step": step,
-                    "run": singles[0]["_run"]}
-    return best
-
-
-def select(records: list[dict], method: str) -> pd.DataFrame:
-    """One row per (dataset, algorithm, trial_seed, test_env): the hparam draw and checkpoint ``method`` selects,
-    with its ``val_acc`` and ``test_acc`` (DomainBed's ``sweep_acc``); groups it cannot select in are absent."""
-    rows = []
-    groups = _by(((r, e) for r in records for e in r["args"]["test_envs"]),
-                 lambda pair: (pair[0]["args"]["trial_seed"], pair[0]["args"]["dataset"],
-                               pair[0]["args"]["algorithm"], pair[1]))
-    for (trial, dataset, algorithm, test_env), pairs in groups.items():
-        chosen = None
-        for hparams_seed, run in sorted(_by((r for r, _ in pairs), lambda r: r["args"]["hparams_seed"]).items()):
-            accs = _lodo(run, test_env) if method == LODO else (_iid if method == IID else _oracle)(run)
-            if accs is not None and (chosen is None or accs["val_acc"] >= chosen["val_acc"]):
-                chosen = {**accs, "hparams_seed": hparams_seed}  # ties: the higher hparams_seed, as upstream
-        if chosen is not None:
-            rows.append({"dataset": dataset, "algorithm": algorithm, "trial_seed": trial, "test_env": test_env,
-                         **chosen})
-    return pd.DataFrame(rows, columns=["dataset", "algorithm", "trial_seed", "test_env", "hparams_seed", "run",
-                                       "step", "val_acc", "test_acc"])
-
-
 # --- statistics ----------------------------------------------------------------------------------------------------
 def domainbed_mean_and_error(values: Sequence[float]) -> tuple[float, float]:
     """collect_results' ``format_mean``: percent mean and ``np.std(values / sqrt(n))`` (ddof 0)."""
@@ -189,7 +111,7 @@ class Names:
         known = list(self.upstream[1].DATASETS) if self.upstream else list(ours)
         self.datasets = [d for d in known if d in datasets] + [d for d in datasets if d not in known]
         self._ours = ours
-        self._envs_seen = {d: max(_n_envs(r) for r in records if r["args"]["dataset"] == d) for d in datasets}
+        self._envs_seen = {d: max(n_envs(r) for r in records if r["args"]["dataset"] == d) for d in datasets}
         self.notes: list[str] = []
 
     def environments(self, dataset: str) -> list[str]:
@@ -320,7 +242,7 @@ def _last_records(records: list[dict]) -> dict[tuple, dict]:
     last: dict[tuple, dict] = {}
     for record in records:
         args = record["args"]
-        sources = set(range(_n_envs(record))) - set(args["test_envs"])
+        sources = set(range(n_envs(record))) - set(args["test_envs"])
         if len(sources) != 1:
             continue
         key = (args["dataset"], args["algorithm"], args["trial_seed"], args["hparams_seed"], sources.pop())
@@ -406,7 +328,7 @@ def explanation_tables(records: list[dict], explanations: list[dict], names: Nam
     selected = select(records, IID)
     evaluated = {(Path(e["run"]).name, e["env"]): e for e in explanations if e.get("split") == "test"}
     step_time = {run: float(np.mean([r["step_time"] for r in group if r["step"] > 0 and "step_time" in r] or
-                                    [np.nan])) for run, group in _by(records, lambda r: r["_run"]).items()}
+                                    [np.nan])) for run, group in records_by(records, lambda r: r["_run"]).items()}
     tables = []
     for dataset in names.datasets:
         for env, env_name in enumerate(names.environments(dataset)):

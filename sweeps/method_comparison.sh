@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every registered method, three trials, one held-out domain of a TextureMNIST-family dataset, at the demo's
-# CPU-sized settings (500 steps, batch 8 per domain, two runs at a time with one thread each), through upstream's
-# own sweep jobs; then the explanation metrics of each run's selected checkpoint and every table.
+# Every registered method (or --algorithms ...), three trials, one held-out domain of a TextureMNIST-family
+# dataset, at the demo's CPU-sized settings (500 steps, batch 8 per domain, two runs at a time with one thread
+# each), through upstream's own sweep jobs; then the explanation metrics of each run's selected checkpoint and every table.
 #
 #   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/method_comparison.sh DATASET RESULTS_DIR [demo options]
 #
@@ -17,7 +17,7 @@ fi
 dataset=$1 results=$2
 shift 2
 python=${PYTHON:-python}
-out="sweeps/out/$(echo "$dataset" | tr '[:upper:]' '[:lower:]')_all_methods_500steps_3trials"
+out="sweeps/out/$(basename "$results")_500steps_3trials"  # a folder per results folder
 mkdir -p "$results/runs"
 
 copy_finished() {  # finished runs only: a run still training has a partial results.jsonl

@@ -282,3 +282,62 @@ def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms
                                      task="domain_generalization", holdout_fraction=0.2, single_test_envs=True,
                                      hparams=hparams)
     return [sweep.Job(args, output_dir) for args in args_list if args["test_envs"] in test_envs]
+
+
+def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
+                                n_hparams: int, n_trials: int, steps: int | None, hparams: str | None) -> list[Any]:
+    """Single-source jobs as upstream ``Job``s: for each of upstream's single-test-environment arguments, the same
+    run with that environment as its only training domain (``test_envs`` = every other one) and the seed upstream's
+    ``seed_hash`` gives those test environments; md5-named folders as ``sweep launch`` makes them."""
+    import domainbed.datasets
+    from domainbed.lib import misc
+    from domainbed.scripts import sweep
+
+    jobs = []
+    for args in sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
+                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
+                                     task="domain_generalization", holdout_fraction=0.2, single_test_envs=True,
+                                     hparams=hparams):
+        source = args["test_envs"][0]
+        others = [e for e in range(domainbed.datasets.num_environments(args["dataset"])) if e != source]
+        args = dict(args, test_envs=others)
+        args["seed"] = misc.seed_hash(args["dataset"], args["algorithm"], others, args["hparams_seed"],
+                                      args["trial_seed"])
+        jobs.append(sweep.Job(args, output_dir))
+    return jobs
+
+
+def upstream_protocol_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
+                           n_hparams: int, n_trials: int, steps: int | None, hparams: str | None,
+                           pairs: bool) -> list[Any]:
+    """DomainBed's protocol as ``sweep launch`` makes it: one held-out domain per run (``pairs``: also every pair
+    of held-out domains, which leave-one-domain-out selection needs)."""
+    from domainbed.scripts import sweep
+
+    args_list = sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
+                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
+                                     task="domain_generalization", holdout_fraction=0.2,
+                                     single_test_envs=not pairs, hparams=hparams)
+    return [sweep.Job(args, output_dir) for args in args_list]
+
+
+def upstream_launch(jobs: list[Any], launcher: str) -> None:
+    """Launch the jobs not launched yet with upstream's launcher ``launcher`` (as ``sweep launch`` does)."""
+    from domainbed import command_launchers
+    from domainbed.scripts import sweep
+
+    if launcher not in command_launchers.REGISTRY:
+        from domainbed_align.errors import DomainbedAlignError
+
+        raise DomainbedAlignError(f"--command_launcher {launcher!r} is not one of DomainBed's "
+                                  f"{sorted(command_launchers.REGISTRY)}.")
+    sweep.Job.launch([job for job in jobs if job.state == sweep.Job.NOT_LAUNCHED],
+                     command_launchers.REGISTRY[launcher])
+
+
+
+def upstream_dataset_class(name: str) -> Any:
+    """DomainBed's dataset class ``name`` (ours included: the patch registers them): N_STEPS, ENVIRONMENTS, ..."""
+    import domainbed.datasets
+
+    return domainbed.datasets.get_dataset_class(name)

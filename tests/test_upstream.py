@@ -246,3 +246,33 @@ def test_tables_domainbed_layout_equals_collect_results(tmp_path):
     assert {key: ours.get(key) for key in theirs} == theirs
     numbers = [cell for cell in theirs.values() if cell != "X"]
     assert len(numbers) > 12 and any(k[0].endswith("cross-validation") and v != "X" for k, v in theirs.items())
+
+
+def test_single_source_protocol_runs_through_upstream_launcher_and_tabulates(tmp_path):
+    sweep = tmp_path / "single"
+    launch = run_python([str(TESTS_DIR.parent / "sweeps" / "paper_protocols.py"), "single_source", "--datasets",
+                         "Debug28", "--algorithms", "TimmERM", "--n_hparams", "1", "--n_trials", "1", "--steps", "2",
+                         "--hparams", '{"batch_size": 8}', "--data_dir", str(tmp_path), "--output_dir", str(sweep)],
+                        upstream_root(), cwd=tmp_path, timeout=1200)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(runs) == 3 and all((p / "done").exists() for p in runs)
+    firsts = [json.loads((p / "results.jsonl").read_text().splitlines()[0])["args"] for p in runs]
+    assert sorted(tuple(a["test_envs"]) for a in firsts) == [(0, 1), (0, 2), (1, 2)]
+    check = run_python("import json, sys; from domainbed.lib import misc\n"
+                       f"args = {firsts!r}\n"
+                       "print(all(a['seed'] == misc.seed_hash(a['dataset'], a['algorithm'], a['test_envs'], "
+                       "a['hparams_seed'], a['trial_seed']) for a in args))", upstream_root(), cwd=tmp_path)
+    assert check.stdout.strip() == "True", check.stderr[-2000:]
+    # relaunching launches nothing (every job is done)
+    again = run_python([str(TESTS_DIR.parent / "sweeps" / "paper_protocols.py"), "single_source", "--datasets",
+                        "Debug28", "--algorithms", "TimmERM", "--n_hparams", "1", "--n_trials", "1", "--steps", "2",
+                        "--hparams", '{"batch_size": 8}', "--data_dir", str(tmp_path), "--output_dir", str(sweep)],
+                       upstream_root(), cwd=tmp_path)
+    assert "3 runs (3 done)" in again.stdout and "Launched 0 jobs" in again.stdout
+    shown = run_python(["-m", "domainbed_align.tables", "--input_dir", str(sweep), "--layout", "single_source",
+                        "in_domain"], upstream_root(), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "Dataset: Debug28, single source, last checkpoint" in shown.stdout
+    assert "in-domain accuracy per domain" in shown.stdout
+    assert shown.stdout.count("| TimmERM     |") >= 3 + 3 + 1  # three sources in each matrix, one in-domain row

@@ -260,19 +260,25 @@ def training_summary(jobs: list) -> str:
 
 
 def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) -> int:
-    """What collect_results lacks: the explanation metrics of every run on its test environment
-    (``python -m domainbed_align.evaluate``), saved next to the sweep's table and printed."""
+    """What collect_results lacks: the explanation metrics of every run's selected checkpoint (the one whose accuracy
+    collect_results' training-domain validation table shows: ``evaluate --checkpoint selected``) on its test
+    environment, saved next to the sweep's table, and ``tables``' explanations layout of them."""
     records = output_dir.parent / f"{output_dir.name}.explanations.jsonl"
-    print(f"== explanation metrics of each run's true-class Grad-CAM on its test environment ({max_images} images "
-          f"each; random_*: random maps), written to {records}", flush=True)
+    print(f"== explanation metrics of each run's selected checkpoint (model_selected.pkl: training-domain "
+          f"validation's), true-class Grad-CAM on its test environment ({max_images} images each; random_*: random "
+          f"maps), written to {records}", flush=True)
     with open(records, "w") as handle:  # its progress lines (stderr) and any error message reach the console
         evaluated = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--input_dir", str(output_dir),
-                                    "--max_images", str(max_images)], env=env, stdout=handle)
+                                    "--checkpoint", "selected", "--max_images", str(max_images)], env=env,
+                                   stdout=handle)
     if evaluated.returncode != 0:
         return evaluated.returncode
-    from domainbed_align import evaluate
+    from domainbed_align import evaluate, tables
 
-    print(evaluate.markdown_table(evaluate.read_records(records)))  # the table `evaluate --records` prints
+    explanations = evaluate.read_records(records)
+    print(evaluate.markdown_table(explanations))  # the table `evaluate --records` prints
+    built = tables.build(tables.load_records(output_dir), ["explanations"], explanations)
+    print(tables.render(built, "markdown"))  # accuracy beside the same checkpoint's explanations, and the cost
     return 0
 
 

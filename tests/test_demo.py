@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import requires_upstream, run_python, save_align_run, upstream_root
 from domainbed_align import demo
@@ -82,24 +83,35 @@ def test_counts_must_be_positive(flag, capsys):
 def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
     sweep = tmp_path / "out" / "sweep"
     for seed, name in enumerate(("run_a", "run_b")):
-        save_align_run(sweep / name, data_dir, seed=seed)
+        model = save_align_run(sweep / name, data_dir, seed=seed)
+        checkpoint = torch.load(model, weights_only=False)
+        checkpoint["selection"] = {"method": "training-domain validation", "step": 100, "val_acc": 0.5}
+        torch.save(checkpoint, model.parent / "model_selected.pkl")
+        record = {"args": {**checkpoint["args"], "trial_seed": seed}, "step": 100, "step_time": 0.2,
+                  **{f"env{i}_{split}_acc": 0.5 for i in range(4) for split in ("in", "out")}}
+        (model.parent / "results.jsonl").write_text(json.dumps(record) + "\n")
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 0
     records = [json.loads(line) for line in (tmp_path / "out" / "sweep.explanations.jsonl").read_text().splitlines()]
     assert sorted(Path(r["run"]).name for r in records) == ["run_a", "run_b"]
     assert all(r["n_images"] == 4 and r["env_name"] == "photos" for r in records)
+    assert all(r["checkpoint"] == "selected" and r["step"] == 100 for r in records)
     printed = capsys.readouterr().out
     # The printed table is the one --records makes from the saved lines: both runs averaged in one row.
     row = next(line for line in printed.splitlines() if "| ALIGN |" in line)
     assert "| photos (test) | 2 | 8 |" in row
     mean = sum(r["insertion_auc"] for r in records) / 2
     assert f"{mean:.3f} ± " in row
+    # ... then tables' explanations layout: the selected checkpoint's accuracy beside its explanations
+    assert "explanations of the checkpoint training-domain validation selects" in printed
+    row = next(line for line in printed.splitlines() if line.startswith("| ALIGN ") and "50.0 ±" in line)
+    assert f"{mean:.3f} ±" in row
 
 
 def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
     sweep = tmp_path / "sweep"
-    sweep.mkdir()  # no run finished: no model.pkl
+    sweep.mkdir()  # no run finished: no model_selected.pkl
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 1
-    assert "domainbed-align: error: no */model.pkl in" in capfd.readouterr().err
+    assert "domainbed-align: error: no */model_selected.pkl in" in capfd.readouterr().err
 
 
 def test_launcher_runs_n_at_a_time_with_one_thread_each_and_returns_exit_codes(tmp_path):

@@ -201,18 +201,23 @@ def read_records(path: Path) -> list[dict]:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """Mean (± standard error over runs, when several) per algorithm and environment."""
+    """Mean (± standard error over runs, when several) per algorithm, environment and checkpoint kind (selected or
+    last, with the steps evaluated)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"])].append(record)
+        which = record.get("checkpoint", "last")  # records written before the field existed: model.pkl's
+        groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"], which)].append(record)
     columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps",
                *FOREGROUND, *MASKER)
-    lines = ["| dataset | algorithm | environment | runs | images | " + " | ".join(columns) + " |",
-             "|" + "---|" * (5 + len(columns))]
-    for (dataset, algorithm, env_name, split), group in sorted(groups.items()):
+    lines = ["| dataset | algorithm | environment | checkpoint | runs | images | " + " | ".join(columns) + " |",
+             "|" + "---|" * (6 + len(columns))]
+    for (dataset, algorithm, env_name, split, which), group in sorted(groups.items()):
         cells = [_mean_and_error([r.get(c) for r in group]) for c in columns]
         images = sum(r["n_images"] for r in group)
-        lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {len(group)} | {images} | "
+        steps = sorted({r.get("step") for r in group}, key=lambda step: (step is None, step))
+        shown = ", ".join("?" if step is None else str(step) for step in steps)
+        checkpoint = f"{which} (step {shown})"
+        lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {checkpoint} | {len(group)} | {images} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@
 # Run from the repository root (train.py records --data_dir and --output_dir, so they stay relative). Resumable:
 # rerun the same command; finished runs are kept, a half-done one is redone. While it trains, each finished run's
 # results.jsonl is copied to RESULTS_DIR/runs/<run>/ (commit them as they come); model files stay in sweeps/out/.
-# At the end: RESULTS_DIR/explanations.jsonl (`evaluate --checkpoint selected`) and RESULTS_DIR/tables.md.
+# At the end: RESULTS_DIR/explanations.jsonl (`evaluate --checkpoint selected`), RESULTS_DIR/tables.md and the
+# figures curves.png (every run) and maps.png (trial 0's runs, every environment).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash sweeps/method_comparison.sh DATASET RESULTS_DIR [demo options, e.g. --test_envs 2]" >&2
@@ -43,4 +44,6 @@ copy_finished
 mv "$results/explanations.jsonl.partial" "$results/explanations.jsonl"
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --explanations "$results/explanations.jsonl" \
   --output "$results/tables.md"
-echo "== tables: $results/tables.md"
+"$python" -m domainbed_align.figures curves --input_dir "$results/runs" --out "$results/curves.png"
+"$python" -m domainbed_align.figures maps --input_dir "$out" --envs all --images 6 --out "$results/maps.png"
+echo "== tables: $results/tables.md; figures: $results/curves.png, $results/maps.png"

@@ -98,7 +98,7 @@ def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
     printed = capsys.readouterr().out
     # The printed table is the one --records makes from the saved lines: both runs averaged in one row.
     row = next(line for line in printed.splitlines() if "| ALIGN |" in line)
-    assert "| photos (test) | 2 | 8 |" in row
+    assert "| photos (test) | selected (step 100) | 2 | 8 |" in row
     mean = sum(r["insertion_auc"] for r in records) / 2
     assert f"{mean:.3f} ± " in row
     # ... then tables' explanations layout: the selected checkpoint's accuracy beside its explanations

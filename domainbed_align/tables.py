@@ -325,6 +325,9 @@ def read_explanations(path: str | os.PathLike) -> list[dict]:
 def explanation_tables(records: list[dict], explanations: list[dict], names: Names) -> list[Table]:
     """Per dataset and held-out domain: the training-domain-validation-selected accuracy, the explanation metrics of
     that very checkpoint on the held-out domain, and the cost."""
+    from domainbed_align import registry
+
+    ours = registry.algorithm_names()
     selected = select(records, IID)
     evaluated = {(Path(e["run"]).name, e["env"]): e for e in explanations if e.get("split") == "test"}
     step_time = {run: float(np.mean([r["step_time"] for r in group if r["step"] > 0 and "step_time" in r] or
@@ -344,7 +347,8 @@ def explanation_tables(records: list[dict], explanations: list[dict], names: Nam
                 for run in runs.itertuples():
                     record = evaluated.get((run.run, env))
                     if record is None:
-                        problem = "not evaluated: run `evaluate --checkpoint selected` on this sweep"
+                        problem = ("not evaluated: run `evaluate --checkpoint selected` on this sweep" if algorithm
+                                   in ours else "DomainBed's own algorithms keep no model_selected.pkl")
                     elif record.get("checkpoint") != "selected" or record.get("step") != run.step:
                         problem = (f"evaluated the {record.get('checkpoint', 'last')} checkpoint (step "
                                    f"{record.get('step')}), not the selected step {run.step}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 from typing import Iterator
 
 import torch
@@ -33,9 +32,6 @@ PRETRAINED_TAGS = {
 MIN_AUTO_INPUT_SIZE = 56
 MIN_CAM_SIDE = 7  # what 'auto' asks of a stage
 MIN_SPATIAL_CAM_SIDE = 2  # what any explicitly named stage must give
-_HUB_HOST = ("huggingface.co", 443)
-# With these set a direct TCP probe says nothing about whether the hub (or its mirror) is reachable.
-_ROUTES_WE_CANNOT_PROBE = ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def create_backbone(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
@@ -72,23 +68,28 @@ def _weights_help(model_name: str, reason: str) -> str:
 
 
 def _fail_fast_if_hub_unreachable(model_name: str) -> None:
-    """timm retries an unreachable hub for ~47 s; answer in seconds when the weights cannot come."""
+    """timm retries an unreachable hub for ~47 s; answer in seconds when the weights cannot come. The probe is
+    huggingface_hub's own metadata request for the weights file (its endpoint, HF_ENDPOINT mirrors, proxies and
+    HF_HUB_ETAG_TIMEOUT), so it asks exactly what timm's download would."""
     import timm
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
     config = timm.models.get_pretrained_cfg(model_name)
     hub_id = config.hf_hub_id if config else None
-    if hub_id and any(isinstance(try_to_load_from_cache(hub_id, f), str)
-                      for f in ("model.safetensors", "pytorch_model.bin")):
+    if not hub_id:
+        return  # weights from a plain URL: timm reports what goes wrong there
+    files = ("model.safetensors", "pytorch_model.bin")
+    if any(isinstance(try_to_load_from_cache(hub_id, name), str) for name in files):
         return  # cached: timm loads it without the network
-    if os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's reading
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES  # its own reading
+    if offline or constants.HF_HUB_OFFLINE:
         raise PretrainedWeightsError(_weights_help(model_name, "HF_HUB_OFFLINE is set and they are not cached"))
-    if any(os.environ.get(name) for name in _ROUTES_WE_CANNOT_PROBE):
-        return  # a proxy or mirror decides reachability; timm reports what goes wrong there
     try:
-        socket.create_connection(_HUB_HOST, timeout=3).close()
-    except OSError as error:
-        raise PretrainedWeightsError(_weights_help(model_name, f"the hub is unreachable: {error}")) from None
+        get_hf_file_metadata(hf_hub_url(hub_id, files[0]), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as error:  # httpx / huggingface_hub errors: all mean the weights cannot come from here
+        reason = (str(error).strip().splitlines() or [""])[0][:150]
+        raise PretrainedWeightsError(_weights_help(model_name, f"the hub is unreachable: {type(error).__name__}: "
+                                                                f"{reason}")) from None
 
 
 class CamClassifier(nn.Module):

@@ -235,21 +235,33 @@ def test_missing_pretrained_weights_fail_fast_with_the_fix(monkeypatch, tmp_path
         create_backbone("resnet18", 5, pretrained=True, pretrained_file=str(tmp_path / "missing.pth"))
 
 
-def test_hub_probe_is_skipped_behind_a_proxy_or_mirror(monkeypatch, tmp_path):
+def test_hub_probe_is_huggingface_hubs_own_request_with_its_timeout(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+
     from domainbed_align import backbones
 
-    def no_direct_connection(*args, **kwargs):
-        raise AssertionError("probed huggingface.co directly although a proxy is configured")
+    asked = []
+
+    def unreachable(url, timeout=None, **kwargs):
+        asked.append((url, timeout))
+        raise OSError("Connection refused")
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read when huggingface_hub was imported (offline here)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(backbones.socket, "create_connection", no_direct_connection)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")  # returns: the proxy decides
-    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    with pytest.raises(PretrainedWeightsError, match="the hub is unreachable: OSError: Connection refused"):
+        backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")
+    url, timeout = asked[0]
+    assert url == huggingface_hub.hf_hub_url("timm/resnet18.tv_in1k", "model.safetensors")  # its endpoint
+    assert timeout == constants.HF_HUB_ETAG_TIMEOUT
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout=None, **kwargs: None)
+    backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")  # reachable: returns, timm downloads
     monkeypatch.setenv("HF_HUB_OFFLINE", "ON")  # huggingface_hub reads ON as true too
     with pytest.raises(PretrainedWeightsError, match="HF_HUB_OFFLINE is set"):
         backbones._fail_fast_if_hub_unreachable("resnet18.tv_in1k")
+    assert len(asked) == 1  # offline: no request at all
 
 
 def test_pretrained_file_is_loaded(tmp_path):

@@ -231,6 +231,14 @@ def _main_is_train() -> bool:
                                                                                      "train.py"))
 
 
+TRACEBACK_SWITCH = "DOMAINBED_ALIGN_TRACEBACK"
+
+
+def _tracebacks_wanted() -> bool:
+    """``DOMAINBED_ALIGN_TRACEBACK=1``: our errors too get Python's full traceback (for debugging)."""
+    return os.environ.get(TRACEBACK_SWITCH, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _install_excepthook() -> None:
     """Our errors already say what to do: show their message, not a traceback through upstream's train.py."""
     if getattr(sys.excepthook, _PATCHED_FLAG, False):
@@ -240,9 +248,9 @@ def _install_excepthook() -> None:
     def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
         from domainbed_align.errors import DomainbedAlignError, user_message
 
-        if isinstance(error, DomainbedAlignError):
+        if isinstance(error, DomainbedAlignError) and not _tracebacks_wanted():
             sys.stderr.write(f"domainbed-align: error: {user_message(error)}\n")
-        else:
+        else:  # anything unexpected keeps its traceback
             previous(kind, error, traceback)
 
     setattr(excepthook, _PATCHED_FLAG, True)

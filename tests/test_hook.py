@@ -171,3 +171,18 @@ def test_log_file_in_a_missing_folder_is_named_in_one_line(source, tmp_path):
     assert missing.stderr.strip().splitlines() == [
         f"domainbed-align: error: {str(tmp_path / 'typo')!r} is not a folder, so DomainBed cannot write "
         f"'results.txt' there; for collect_results give --input_dir the --output_dir that 'sweep launch' wrote to."]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_our_one_line_errors_can_show_their_traceback_and_others_always_do(source, tmp_path):
+    sweep = _sweep_output(tmp_path / "sweep", damaged=True)
+    import os
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOMAINBED_ALIGN_TRACEBACK", "1")
+        shown = run_python(["-c", READ_RECORDS, str(sweep)], source, cwd=tmp_path)
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "ResultsFileError" in shown.stderr
+    assert os.environ.get("DOMAINBED_ALIGN_TRACEBACK") is None
+    # an error that is not ours keeps its traceback, switch or not
+    other = run_python("import domainbed.algorithms\nraise KeyError('not ours')", source, cwd=tmp_path)
+    assert other.returncode == 1 and "Traceback" in other.stderr and "KeyError: 'not ours'" in other.stderr

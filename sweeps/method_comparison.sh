@@ -8,8 +8,8 @@
 # Run from the repository root (train.py records --data_dir and --output_dir, so they stay relative). Resumable:
 # rerun the same command; finished runs are kept, a half-done one is redone. While it trains, each finished run's
 # results.jsonl is copied to RESULTS_DIR/runs/<run>/ (commit them as they come); model files stay in sweeps/out/.
-# At the end: RESULTS_DIR/explanations.jsonl (`evaluate --checkpoint selected`), RESULTS_DIR/tables.md and the
-# figures curves.png (every run) and maps.png (trial 0's runs, every environment).
+# At the end: RESULTS_DIR/explanations.jsonl (`evaluate --checkpoint selected`, MAX_IMAGES held-out images per run,
+# default 200), RESULTS_DIR/tables.md and the figures curves.png (every run) and maps.png (trial 0's runs, every environment).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: bash sweeps/method_comparison.sh DATASET RESULTS_DIR [demo options, e.g. --test_envs 2]" >&2
@@ -39,7 +39,7 @@ trap 'kill $copier 2>/dev/null || true' EXIT
 "$python" -m domainbed_align.demo --dataset "$dataset" --algorithms all --n_trials 3 --output_dir "$out" \
   --skip_explanations "$@"
 copy_finished
-"$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
+"$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images "${MAX_IMAGES:-200}" \
   > "$results/explanations.jsonl.partial"
 mv "$results/explanations.jsonl.partial" "$results/explanations.jsonl"
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --explanations "$results/explanations.jsonl" \

@@ -358,7 +358,8 @@ def explanation_tables(records: list[dict], explanations: list[dict], names: Nam
                          "selected step": _plain_cell(list(runs.step), digits=0)}
                 for key, label in EXPLANATION_COLUMNS.items():
                     values = [m.get(key) for m in matched]
-                    cells[label] = (problem or "not on this dataset") if problem or None in values or not values \
+                    missing = "no masker" if key.startswith("masker") else "not on this dataset"
+                    cells[label] = (problem or missing) if problem or None in values or not values \
                         else _plain_cell(values)
                 times = [step_time.get(run) for run in runs.run]
                 cells["step time (s)"] = _plain_cell(times, digits=3)

@@ -374,7 +374,8 @@ def explanation_tables(records: list[dict], explanations: list[dict], names: Nam
                 f"Dataset: {dataset}, held out: {env_name}, explanations of the checkpoint training-domain "
                 f"validation selects (model_selected.pkl)", rows, ["Algorithm"], columns,
                 ["Accuracy: percent, the held-out domain's `in` split at the selected checkpoint; explanation "
-                 "metrics: `evaluate` on the whole held-out domain, true-class Grad-CAM, of the same checkpoint; "
+                 "metrics: `evaluate` on the held-out domain (its --max_images subset), true-class Grad-CAM, of the "
+                 "same checkpoint; "
                  "mean ± standard error over trials (ddof 1). Step time: train.py's `step_time` on the machine "
                  "that trained (not a benchmark)."]))
     return tables

@@ -349,3 +349,14 @@ def upstream_dataset_class(name: str) -> Any:
     import domainbed.datasets
 
     return domainbed.datasets.get_dataset_class(name)
+
+
+def domainbed_importable() -> bool:
+    """Whether ``domainbed`` can be imported, putting ``$DOMAINBED_ROOT`` on sys.path first when it is not."""
+    import importlib.util
+
+    root = os.environ.get("DOMAINBED_ROOT")
+    if importlib.util.find_spec("domainbed") is None and root and os.path.isdir(os.path.join(root, "domainbed")):
+        sys.path.insert(0, root)
+    return importlib.util.find_spec("domainbed") is not None
+

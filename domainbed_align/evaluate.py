@@ -249,12 +249,9 @@ def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
 
 
 def _require_domainbed(what: str) -> None:
-    import importlib.util
+    from domainbed_align import _hook
 
-    root = os.environ.get("DOMAINBED_ROOT")
-    if importlib.util.find_spec("domainbed") is None and root and (Path(root) / "domainbed").is_dir():
-        sys.path.insert(0, root)
-    if importlib.util.find_spec("domainbed") is None:
+    if not _hook.domainbed_importable():
         raise CheckpointError(f"{what} needs DomainBed: run from your DomainBed clone (python -m "
                               f"domainbed_align.evaluate ...) or set DOMAINBED_ROOT to it.")
 

@@ -126,12 +126,9 @@ class Names:
 
 
 def _upstream_modules() -> tuple[Any, Any] | None:
-    import importlib.util
+    from domainbed_align import _hook
 
-    root = os.environ.get("DOMAINBED_ROOT")
-    if importlib.util.find_spec("domainbed") is None and root and (Path(root) / "domainbed").is_dir():
-        sys.path.insert(0, root)
-    if importlib.util.find_spec("domainbed") is None:
+    if not _hook.domainbed_importable():
         return None
     import domainbed.algorithms
     import domainbed.datasets

@@ -226,11 +226,35 @@ def _patch_misc(module: types.ModuleType) -> None:
 
 
 def _patch_command_launchers(module: types.ModuleType) -> None:
-    """Our launchers (slurm, submitit_local, parallel) join upstream's; a name upstream already has stays its."""
+    """Our launchers (slurm, submitit_local, parallel) join upstream's; a name upstream already has stays its.
+    Upstream's ``local`` and ``multi_gpu`` are wrapped to record their runs as queued by this process first, so
+    that ``sweep status`` / ``delete_incomplete`` know a run upstream's own sweep has yet to start is live."""
     from domainbed_align import launchers
 
     for name, launcher in launchers.REGISTRY.items():
         module.REGISTRY.setdefault(name, launcher)
+    for name in ("local", "multi_gpu"):
+        original = module.REGISTRY.get(name)
+        if callable(original) and not getattr(original, _PATCHED_FLAG, False):
+            module.REGISTRY[name] = _recording(original, name)
+
+
+def _recording(launcher: Any, name: str) -> Any:
+    @functools.wraps(launcher)
+    def launch(commands: list[str]) -> Any:
+        from domainbed_align import launchers, liveness
+
+        for command in commands:
+            try:
+                run_dir = launchers.run_dir_of(command)
+            except Exception:  # a command without --output_dir: nothing to record
+                continue
+            if os.path.isdir(run_dir):
+                liveness.write_job_record(run_dir, **liveness.launcher_record(name))
+        return launcher(commands)
+
+    setattr(launch, _PATCHED_FLAG, True)
+    return launch
 
 
 def _main_is_train() -> bool:

@@ -183,3 +183,21 @@ def test_our_sweep_declares_upstreams_arguments_names_defaults_and_required_flag
             assert action.type.__name__ == expected["type"], name
         assert (action.nargs == 0) == expected["store_true"], name
     assert declared["--datasets"].default == ["D"] and declared["--algorithms"].default == ["A"]
+
+
+def test_runs_upstreams_own_sweep_has_yet_to_start_are_live_and_never_deleted(tmp_path):
+    """Upstream's sweep + its serial local launcher: the queued runs' folders exist before they start."""
+    args = sweep_args(tmp_path, steps=30)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(upstream_root()), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    launch = subprocess.Popen([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *args,
+                               "--command_launcher", "local", "--skip_confirmation"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sweep = tmp_path / "sweep"
+    _wait_until(lambda: _trained_a_checkpoint(sweep) is not None, 600, "the first run to train")
+    status = ours("status", args)
+    assert " 0 failed" in status.stdout and " queued" in status.stdout, status.stdout  # running, or queued: live
+    kept = ours("delete_incomplete", [*args, "--skip_confirmation"])
+    assert "About to delete 0 jobs" in kept.stdout and len(list(sweep.iterdir())) == 3, kept.stdout
+    assert launch.wait(timeout=900) == 0, launch.stderr[-2000:]
+    assert "3 runs: 3 done" in ours("status", args).stdout

@@ -60,9 +60,10 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["domainbed_align", "domainbed_align.*"]),
-    # pandas (+ tabulate for markdown, jinja2 for LaTeX): every table; matplotlib: every figure
+    # pandas (+ tabulate for markdown, jinja2 for LaTeX): every table; matplotlib: every figure; submitit: the
+    # slurm and submitit_local launchers; tqdm: sweep progress
     install_requires=["torch>=2.1", "torchvision>=0.16", "timm>=1.0.3", "numpy", "pandas", "tabulate", "jinja2",
-                      "matplotlib"],
+                      "matplotlib", "submitit", "tqdm"],
     extras_require={
         # What upstream DomainBed imports at module level (it has no setup.py of its own).
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],

@@ -16,7 +16,10 @@ the finder wraps that module's loader and patches the module right after its bod
   instead of a JSONDecodeError traceback that names no file;
 - ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
   --input_dir``, in one line instead of a traceback; when train.py opens its ``out.txt`` it records the run's
-  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.selection`).
+  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.selection`), and takes the
+  run's lock for the life of the process (:mod:`domainbed_align.liveness`: how ``sweep status`` tells running);
+- ``command_launchers``: our ``slurm``, ``submitit_local`` and ``parallel`` launchers join ``REGISTRY``
+  (:mod:`domainbed_align.launchers`).
 
 Everything is idempotent, and nothing here may break interpreter start-up.
 """
@@ -32,7 +35,7 @@ import types
 from typing import Any
 
 _TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets", "domainbed.lib.reporting",
-            "domainbed.lib.misc")
+            "domainbed.lib.misc", "domainbed.command_launchers")
 _PATCHED_FLAG = "_domainbed_align_patched"
 
 
@@ -93,7 +96,7 @@ def patch_module(module: types.ModuleType) -> None:
         return
     patchers = {"domainbed.algorithms": _patch_algorithms, "domainbed.hparams_registry": _patch_hparams,
                 "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting,
-                "domainbed.lib.misc": _patch_misc}
+                "domainbed.lib.misc": _patch_misc, "domainbed.command_launchers": _patch_command_launchers}
     patchers[module.__name__](module)
     setattr(module, _PATCHED_FLAG, True)
     _install_excepthook()
@@ -213,12 +216,45 @@ def _patch_misc(module: types.ModuleType) -> None:
                     f"collect_results give --input_dir the --output_dir that 'sweep launch' wrote to.")
             super().__init__(fname, *args, **kwargs)
             if os.path.basename(fname) == "out.txt" and _main_is_train():  # train.py's log: its --output_dir
-                from domainbed_align import selection
+                from domainbed_align import liveness, selection
 
+                liveness.hold_run_lock(folder)  # held until the process ends: `sweep status` sees it running
                 selection.note_train_output_dir(folder)
 
     Tee.__module__, Tee.__qualname__ = original.__module__, original.__qualname__
     module.Tee = Tee
+
+
+def _patch_command_launchers(module: types.ModuleType) -> None:
+    """Our launchers (slurm, submitit_local, parallel) join upstream's; a name upstream already has stays its.
+    Upstream's ``local`` and ``multi_gpu`` are wrapped to record their runs as queued by this process first, so
+    that ``sweep status`` / ``delete_incomplete`` know a run upstream's own sweep has yet to start is live."""
+    from domainbed_align import launchers
+
+    for name, launcher in launchers.REGISTRY.items():
+        module.REGISTRY.setdefault(name, launcher)
+    for name in ("local", "multi_gpu"):
+        original = module.REGISTRY.get(name)
+        if callable(original) and not getattr(original, _PATCHED_FLAG, False):
+            module.REGISTRY[name] = _recording(original, name)
+
+
+def _recording(launcher: Any, name: str) -> Any:
+    @functools.wraps(launcher)
+    def launch(commands: list[str]) -> Any:
+        from domainbed_align import launchers, liveness
+
+        for command in commands:
+            try:
+                run_dir = launchers.run_dir_of(command)
+            except Exception:  # a command without --output_dir: nothing to record
+                continue
+            if os.path.isdir(run_dir):
+                liveness.write_job_record(run_dir, **liveness.launcher_record(name))
+        return launcher(commands)
+
+    setattr(launch, _PATCHED_FLAG, True)
+    return launch
 
 
 def _main_is_train() -> bool:
@@ -293,7 +329,9 @@ def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms
 
 
 def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
-                                n_hparams: int, n_trials: int, steps: int | None, hparams: str | None) -> list[Any]:
+                                n_hparams: int, n_trials: int, steps: int | None, hparams: str | None,
+                                n_hparams_from: int = 0, task: str = "domain_generalization",
+                                holdout_fraction: float = 0.2) -> list[Any]:
     """Single-source jobs as upstream ``Job``s: for each of upstream's single-test-environment arguments, the same
     run with that environment as its only training domain (``test_envs`` = every other one) and the seed upstream's
     ``seed_hash`` gives those test environments; md5-named folders as ``sweep launch`` makes them."""
@@ -303,9 +341,9 @@ def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[s
 
     jobs = []
     for args in sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
-                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
-                                     task="domain_generalization", holdout_fraction=0.2, single_test_envs=True,
-                                     hparams=hparams):
+                                     n_hparams_from=n_hparams_from, n_hparams=n_hparams, steps=steps,
+                                     data_dir=data_dir, task=task, holdout_fraction=holdout_fraction,
+                                     single_test_envs=True, hparams=hparams):
         source = args["test_envs"][0]
         others = [e for e in range(domainbed.datasets.num_environments(args["dataset"])) if e != source]
         args = dict(args, test_envs=others)

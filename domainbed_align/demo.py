@@ -128,25 +128,12 @@ def default_output_dir(dataset: str, full: bool, steps: int | None, n_hparams: i
 
 
 def launch_in_parallel(commands: list[str], env: dict[str, str], parallel: int) -> list[int]:
-    """Run upstream's job commands (shell strings, as its ``local`` launcher does), ``parallel`` at a time; with
-    more than one at a time each gets one torch thread (two runs on two cores beat one run on two). Returns the
-    exit codes in order."""
-    if parallel > 1:
-        env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    running: dict[int, subprocess.Popen] = {}
-    codes: dict[int, int] = {}
-    pending = list(enumerate(commands))
-    while pending or running:
-        while pending and len(running) < parallel:
-            index, command = pending.pop(0)
-            running[index] = subprocess.Popen(command, shell=True, env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL)  # train.py keeps out.txt / err.txt
-        time.sleep(1)
-        for index, process in list(running.items()):
-            if process.poll() is not None:
-                codes[index] = process.returncode
-                del running[index]
-    return [codes[i] for i in range(len(commands))]
+    """Run upstream's job commands ``parallel`` at a time with the ``parallel`` launcher's machinery; with more than
+    one at a time each gets one torch thread (two runs on two cores beat one run on two). Returns the exit codes."""
+    from domainbed_align import launchers
+
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if parallel > 1 else {}
+    return launchers.run_parallel(commands, [one_thread] * parallel, env, "demo")
 
 
 def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: bool, steps: int | None,
@@ -180,7 +167,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     if prepared.returncode != 0:
         return prepared.returncode  # prepare has printed its one-line reason
     sys.path.insert(0, str(domainbed_root))
-    from domainbed_align import _hook
+    from domainbed_align import _hook, liveness
 
     jobs = _hook.upstream_sweep_jobs(
         str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
@@ -196,7 +183,12 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     print(f"   hparams: {json.dumps(config['hparams']) or 'defaults'}; steps: {config['steps'] or 'default'}; "
           f"test envs: {config['test_envs'] or 'each in turn'}; output: {output_dir}", flush=True)
     for job in jobs:  # a run an interrupted demo left half-done cannot resume in DomainBed: redo it
-        if os.path.isdir(job.output_dir) and not os.path.exists(os.path.join(job.output_dir, "done")):
+        state = liveness.run_state(job.output_dir)
+        if state.live:
+            print(f"error: {job.output_dir} is {state.state} (another demo or sweep on the same folder): wait for "
+                  f"it, or stop it, then run the demo again", file=sys.stderr)
+            return 2
+        if state.state == liveness.FAILED:
             shutil.rmtree(job.output_dir)
     to_run = [job for job in jobs if not os.path.exists(os.path.join(job.output_dir, "done"))]
     for job in to_run:

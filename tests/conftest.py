@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,30 @@ def save_align_run(folder: Path, data_dir: Path, seed: int = 0, hparams_seed: in
     torch.save({"args": args, "model_input_shape": (3, 56, 56), "model_num_classes": 10, "model_num_domains": 3,
                 "model_hparams": hparams, "model_dict": algorithm.state_dict()}, folder / "model.pkl")
     return folder / "model.pkl"
+
+
+# --- a real one-node Slurm cluster (tests/slurm_cluster.sh), opt-in ------------------------------------------
+CLUSTER_SCRIPT = Path(__file__).resolve().parent / "slurm_cluster.sh"
+SLURM_SWITCH = "DOMAINBED_ALIGN_TEST_SLURM"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node cluster on localhost for the session (opt-in: it needs root and Debian's slurm-wlm + munge)."""
+    if os.environ.get(SLURM_SWITCH) != "1":
+        pytest.skip(f"real-Slurm tests are opt-in: as root, `bash tests/slurm_cluster.sh install` then "
+                    f"{SLURM_SWITCH}=1 (CI does both)")
+    folder = Path(tempfile.mkdtemp(prefix="domainbed-align-slurm-"))  # not under pytest's 0700 folders: munged
+    folder.chmod(0o755)  # (another user) must reach its socket
+    started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start", str(folder)], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"the test cluster did not start: {started.stderr.strip()[-500:]}")
+    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "PATH")}
+    os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+    os.environ["PATH"] = f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    yield folder
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(folder)], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    for key, value in saved.items():
+        if value is not None:
+            os.environ[key] = value

@@ -115,24 +115,17 @@ def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
 
 
 def test_launcher_runs_n_at_a_time_with_one_thread_each_and_returns_exit_codes(tmp_path):
-    log = tmp_path / "log"
-    script = tmp_path / "job.py"
-    script.write_text("import os, sys, time\n"
-                      "with open(sys.argv[1], 'a') as f:\n"
-                      "    f.write(f\"start {time.time()} {os.environ.get('OMP_NUM_THREADS')}\\n\")\n"
-                      "time.sleep(1.5)\n"
-                      "with open(sys.argv[1], 'a') as f:\n"
-                      "    f.write(f'end {time.time()} -\\n')\n")
-    commands = [f"{sys.executable} {script} {log}; exit {code}" for code in (0, 3, 0, 0)]
-    assert demo.launch_in_parallel(commands, dict(os.environ), 2) == [0, 3, 0, 0]
-    events = sorted((float(time), kind, threads) for kind, time, threads in
-                    (line.split() for line in log.read_text().splitlines()))
-    assert [threads for _, kind, threads in events if kind == "start"] == ["1"] * 4  # OMP_NUM_THREADS=1 each
-    running, most = 0, 0
-    for _, kind, _ in events:
-        running += 1 if kind == "start" else -1
-        most = max(most, running)
-    assert most == 2  # two at a time, never three
+    from test_launchers import TESTS, fake_command, max_overlap, seen
+
+    runs = [tmp_path / f"run{i}" for i in range(4)]
+    for run in runs:
+        run.mkdir()
+    commands = [fake_command(run, sleep=1.5, exit_code=code) for run, code in zip(runs, (0, 3, 0, 0))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    assert demo.launch_in_parallel(commands, env, 2) == [0, 3, 0, 0]
+    views = [seen(run) for run in runs]
+    assert [v["threads"] for v in views] == ["1"] * 4  # OMP_NUM_THREADS=1 each
+    assert max_overlap([(v["start"], v["end"]) for v in views]) == 2  # two at a time, never three
 
 
 @requires_upstream

@@ -1,0 +1,216 @@
+"""DomainBed's sweep, with the paper's protocols, run states for every launcher, and nothing lost.
+
+    python -m domainbed_align.sweep launch            --data_dir D --output_dir O --command_launcher L [...]
+    python -m domainbed_align.sweep status            --data_dir D --output_dir O [...]
+    python -m domainbed_align.sweep delete_incomplete --data_dir D --output_dir O [...]
+
+Upstream's arguments, names and defaults (``domainbed.scripts.sweep``: its parser sits under ``__main__``, so they
+are declared again here), and upstream's own jobs (``make_args_list`` and ``Job``, imported from the user's
+DomainBed): a run lands in the folder ``sweep launch`` would give it. Added:
+
+- ``--protocol single_source``: each run trains on one domain and tests on every other (``test_envs`` = the
+  others); the default ``domainbed`` is upstream's.
+- ``status``: each run done, running, queued, failed (with its log) or not launched (:mod:`domainbed_align.liveness`).
+- ``delete_incomplete`` deletes failed runs only, never a live (running or queued) one. Upstream's deletes every
+  folder without ``done``, queued and running jobs of an asynchronous launcher included: do not use it with
+  ``slurm``.
+- ``launch`` waits for its jobs with a progress bar and ends with the failed runs and their logs (exit code 1 when
+  any failed); ``--detach`` (slurm) returns once the jobs are submitted: follow them with ``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import Any, Sequence
+
+from domainbed_align import liveness
+from domainbed_align.errors import DomainbedAlignError, user_message
+
+
+def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domainbed_align.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["launch", "status", "delete_incomplete"])
+    # upstream's arguments, defaults and required flags (domainbed/scripts/sweep.py at b93c22a)
+    p.add_argument("--datasets", nargs="+", type=str, default=datasets)
+    p.add_argument("--algorithms", nargs="+", type=str, default=algorithms)
+    p.add_argument("--task", type=str, default="domain_generalization")
+    p.add_argument("--n_hparams_from", type=int, default=0)
+    p.add_argument("--n_hparams", type=int, default=20)
+    p.add_argument("--output_dir", type=str, required=True)
+    p.add_argument("--data_dir", type=str, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_trials", type=int, default=3)
+    p.add_argument("--command_launcher", type=str, default=None,
+                   help="required for launch (upstream's: local, dummy, multi_gpu; ours: parallel, submitit_local, "
+                        "slurm)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--hparams", type=str, default=None)
+    p.add_argument("--holdout_fraction", type=float, default=0.2)
+    p.add_argument("--single_test_envs", action="store_true")
+    p.add_argument("--skip_confirmation", action="store_true")
+    # ours
+    p.add_argument("--protocol", choices=["domainbed", "single_source"], default="domainbed",
+                   help="domainbed: upstream's test environments; single_source: train on one domain, test on the rest")
+    p.add_argument("--detach", action="store_true", help="launch: return once submitted (slurm); see status")
+    p.add_argument("--poll_seconds", type=float, default=5.0, help="launch: how often the progress bar looks")
+    return p
+
+
+def make_jobs(options: argparse.Namespace) -> list[Any]:
+    """Upstream ``Job``s for the options: ``sweep launch``'s own (domainbed) or single-source ones."""
+    from domainbed.scripts import sweep
+
+    from domainbed_align import _hook
+
+    if options.protocol == "single_source":
+        return _hook.upstream_single_source_jobs(
+            options.output_dir, options.data_dir, options.datasets, options.algorithms, options.n_hparams,
+            options.n_trials, options.steps, options.hparams, n_hparams_from=options.n_hparams_from,
+            task=options.task, holdout_fraction=options.holdout_fraction)
+    args_list = sweep.make_args_list(
+        n_trials=options.n_trials, dataset_names=options.datasets, algorithms=options.algorithms,
+        n_hparams_from=options.n_hparams_from, n_hparams=options.n_hparams, steps=options.steps,
+        data_dir=options.data_dir, task=options.task, holdout_fraction=options.holdout_fraction,
+        single_test_envs=options.single_test_envs, hparams=options.hparams)
+    return [sweep.Job(args, options.output_dir) for args in args_list]
+
+
+def run_states(jobs: list[Any]) -> list[liveness.RunState]:
+    """Each job's state (one squeue call for every recorded Slurm job)."""
+    records = [liveness.read_job_record(job.output_dir) or {} for job in jobs]
+    slurm = liveness.slurm_states(record.get("slurm_job_id") for record in records)
+    return [liveness.run_state(job.output_dir, slurm) for job in jobs]
+
+
+def _describe(job: Any) -> str:
+    a = job.train_args
+    return f"{a['dataset']} {a['algorithm']} test_envs={a['test_envs']} hparams_seed={a['hparams_seed']} " \
+           f"trial_seed={a['trial_seed']}"
+
+
+def print_status(jobs: list[Any], states: list[liveness.RunState], every_run: bool = True) -> None:
+    if every_run:
+        for job, state in zip(jobs, states):
+            print(f"{state.state:12s} {job.output_dir} {_describe(job)}")
+    counts = {name: sum(s.state == name for s in states) for name in
+              (liveness.DONE, liveness.RUNNING, liveness.QUEUED, liveness.FAILED, liveness.NOT_LAUNCHED)}
+    print(f"{len(jobs)} runs: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    print_failures(jobs, states)
+
+
+def print_failures(jobs: list[Any], states: list[liveness.RunState]) -> None:
+    failed = [(job, state) for job, state in zip(jobs, states) if state.state == liveness.FAILED]
+    if failed:
+        print(f"failed runs ({len(failed)}): remove them with delete_incomplete, then launch again")
+        for job, state in failed:
+            print(f"  {job.output_dir} ({_describe(job)}): {state.why}; log: {state.log}")
+
+
+def _confirmed(options: argparse.Namespace) -> bool:
+    if options.skip_confirmation:
+        return True
+    try:
+        answer = input("Are you sure? (y/n) ")
+    except EOFError:
+        answer = ""
+    if answer.lower().strip()[:1] != "y":
+        print("Nevermind!")
+        return False
+    return True
+
+
+def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
+    from domainbed import command_launchers
+    from domainbed.scripts import sweep
+
+    if not options.command_launcher:
+        raise DomainbedAlignError("launch needs --command_launcher (upstream's local, dummy, multi_gpu; ours: "
+                                  "parallel, submitit_local, slurm).")
+    if options.command_launcher not in command_launchers.REGISTRY:
+        raise DomainbedAlignError(f"--command_launcher {options.command_launcher!r} is not one of "
+                                  f"{sorted(command_launchers.REGISTRY)}.")
+    states = run_states(jobs)
+    print_status(jobs, states, every_run=False)
+    to_launch = [job for job, state in zip(jobs, states) if state.state == liveness.NOT_LAUNCHED]
+    print(f"About to launch {len(to_launch)} jobs.")
+    if not to_launch or not _confirmed(options):
+        return 0
+    if options.detach:
+        os.environ["DOMAINBED_ALIGN_DETACH"] = "1"
+    for job in to_launch:  # queued from now on: this process will start them (launchers add their own details)
+        os.makedirs(job.output_dir, exist_ok=True)
+        liveness.write_job_record(job.output_dir, **liveness.launcher_record(options.command_launcher))
+    failure: list[BaseException] = []
+
+    def run_launcher() -> None:
+        try:
+            sweep.Job.launch(to_launch, command_launchers.REGISTRY[options.command_launcher])
+        except BaseException as error:  # reported below, after the progress bar
+            failure.append(error)
+
+    launcher = threading.Thread(target=run_launcher, daemon=True)
+    launcher.start()
+    import tqdm
+
+    with tqdm.tqdm(total=len(to_launch), desc="runs ended", unit="run") as bar:
+        while launcher.is_alive():
+            launcher.join(options.poll_seconds)
+            ended = sum(s.state in (liveness.DONE, liveness.FAILED) for s in run_states(to_launch))
+            bar.update(ended - bar.n)
+    if failure:
+        raise failure[0]
+    if options.command_launcher == "dummy":
+        return 0
+    states = run_states(to_launch)
+    if any(state.live for state in states):
+        print(f"{sum(s.live for s in states)} runs still queued or running (detached): follow them with "
+              f"'python -m domainbed_align.sweep status' and the same arguments")
+    print_failures(to_launch, states)
+    return 1 if any(state.state == liveness.FAILED for state in states) else 0
+
+
+def delete_incomplete(options: argparse.Namespace, jobs: list[Any]) -> int:
+    states = run_states(jobs)
+    to_delete = [job for job, state in zip(jobs, states) if state.state == liveness.FAILED]
+    live = sum(state.live for state in states)
+    print(f"About to delete {len(to_delete)} jobs (failed or killed); keeping {live} live (running or queued).")
+    if not to_delete or not _confirmed(options):
+        return 0
+    for job in to_delete:
+        shutil.rmtree(job.output_dir)
+    print(f"Deleted {len(to_delete)} jobs!")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from domainbed_align import _hook
+
+    if not _hook.domainbed_importable():
+        print("error: no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", file=sys.stderr)
+        return 2
+    _hook.install()
+    import domainbed.algorithms
+    import domainbed.datasets
+
+    defaults = [d for d in domainbed.datasets.DATASETS if "Debug" not in d], list(domainbed.algorithms.ALGORITHMS)
+    options = parser(*defaults).parse_args(argv)
+    try:
+        jobs = make_jobs(options)
+        if options.command == "status":
+            print_status(jobs, run_states(jobs))
+            return 0
+        if options.command == "delete_incomplete":
+            return delete_incomplete(options, jobs)
+        return launch(options, jobs)
+    except DomainbedAlignError as error:
+        print(f"error: {user_message(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

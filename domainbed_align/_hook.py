@@ -367,21 +367,6 @@ def upstream_protocol_jobs(output_dir: str, data_dir: str, datasets: list[str], 
     return [sweep.Job(args, output_dir) for args in args_list]
 
 
-def upstream_launch(jobs: list[Any], launcher: str) -> None:
-    """Launch the jobs not launched yet with upstream's launcher ``launcher`` (as ``sweep launch`` does)."""
-    from domainbed import command_launchers
-    from domainbed.scripts import sweep
-
-    if launcher not in command_launchers.REGISTRY:
-        from domainbed_align.errors import DomainbedAlignError
-
-        raise DomainbedAlignError(f"--command_launcher {launcher!r} is not one of DomainBed's "
-                                  f"{sorted(command_launchers.REGISTRY)}.")
-    sweep.Job.launch([job for job in jobs if job.state == sweep.Job.NOT_LAUNCHED],
-                     command_launchers.REGISTRY[launcher])
-
-
-
 def upstream_dataset_class(name: str) -> Any:
     """DomainBed's dataset class ``name`` (ours included: the patch registers them): N_STEPS, ENVIRONMENTS, ..."""
     import domainbed.datasets

@@ -33,9 +33,9 @@ DEMO_WHY = (
     "one held-out domain (photos) instead of four, 500 steps instead of DomainBed's 5000 and batch 8 per training "
     "domain, so that ALIGN's three phases all happen on a 2-core CPU in about 35 minutes: classifier warm-up "
     "(steps 0-249; warmup_steps 250 instead of the default 1000, which suits 5000-step runs), masker warm-up "
-    "(250-349, masker_warmup_steps 100) and alignment (350-499); two runs at a time with one torch thread each. "
-    "One trial: the numbers show the method at work, not a ranking (results/texturemnist_500steps/ has three "
-    "trials of the same runs).")
+    "(250-349, masker_warmup_steps 100) and alignment (350-499); two runs at a time with one torch thread each.")
+ONE_TRIAL_WHY = ("One trial: the numbers show the method at work, not a ranking (results/texturemnist_all_methods/ "
+                 "has three trials of the same runs).")
 
 
 def _environment(domainbed_root: Path) -> dict[str, str]:
@@ -179,7 +179,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     print(f"== {label}: {', '.join(algorithms)} on {dataset}, {total} runs, {config['parallel']} at a time",
           flush=True)
     if not full:
-        print(f"   why: {DEMO_WHY}", flush=True)
+        print(f"   why: {DEMO_WHY}" + (f" {ONE_TRIAL_WHY}" if config["n_trials"] == 1 else ""), flush=True)
     print(f"   hparams: {json.dumps(config['hparams']) or 'defaults'}; steps: {config['steps'] or 'default'}; "
           f"test envs: {config['test_envs'] or 'each in turn'}; output: {output_dir}", flush=True)
     for job in jobs:  # a run an interrupted demo left half-done cannot resume in DomainBed: redo it

@@ -50,8 +50,8 @@ def hold_run_lock(run_dir: str) -> None:
     run_dir = os.path.abspath(run_dir)
     if run_dir in _held:
         return
-    handle = open(os.path.join(run_dir, LOCK_FILE), "a+")
     try:
+        handle = open(os.path.join(run_dir, LOCK_FILE), "a+")
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
@@ -59,6 +59,10 @@ def hold_run_lock(run_dir: str) -> None:
         handle.close()
         raise RunAlreadyTraining(f"{run_dir} is being trained right now by {holder}; wait for it, or stop it, "
                                  f"before starting this run again.") from None
+    except OSError as error:  # a file system without locks (some network mounts): train anyway, untracked
+        sys.stderr.write(f"domainbed-align: warning: no lock in {run_dir} ({error.strerror}): 'sweep status' "
+                         f"cannot tell this run is training; delete_incomplete may remove it while it runs\n")
+        return
     results = os.path.join(run_dir, "results.jsonl")
     if os.path.exists(results) and not os.path.exists(os.path.join(run_dir, "done")):
         attempt = 1

@@ -11,10 +11,11 @@
   split). Upstream's ``sweep`` cannot make these jobs; they are upstream ``Job``s all the same (same argument
   format, ``seed_hash`` seeds, md5-named folders), launched with upstream's launchers.
 
-It launches the jobs not launched yet with ``--command_launcher`` (DomainBed's: local, dummy, multi_gpu), then, when
-the launcher waited for them (local, multi_gpu), prints the commands that tabulate them: collect_results (domainbed),
-``evaluate --checkpoint selected`` and ``tables``. A run left incomplete (killed) must be deleted before a relaunch,
-as with upstream's sweep. Needs DomainBed importable (``DOMAINBED_ROOT`` or run from the clone) and a GPU for the
+It launches the jobs not launched yet with ``--command_launcher`` (DomainBed's local, dummy, multi_gpu, or ours:
+parallel, submitit_local, slurm) through ``domainbed_align.sweep``'s launch (progress bar, failed runs with their
+logs), then prints the commands that tabulate them: collect_results (domainbed), ``evaluate --checkpoint selected``
+and ``tables``. A failed or killed run is removed with ``python -m domainbed_align.sweep delete_incomplete`` (same
+datasets/algorithms/protocol arguments) before a relaunch; it never deletes a live run. Needs DomainBed importable (``DOMAINBED_ROOT`` or run from the clone) and a GPU for the
 real datasets (download them with ``python -m domainbed.scripts.download``).
 
 ``--estimate``: the number of runs and GPU-hours = runs x steps x TimmERM's step on the H200 (results/bench/
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="default: each dataset's N_STEPS (DomainBed's 5000)")
     p.add_argument("--hparams", help="JSON, as sweep's --hparams")
     p.add_argument("--pairs", action="store_true", help="domainbed: also held-out pairs (for leave-one-out)")
-    p.add_argument("--command_launcher", default="local")
+    p.add_argument("--command_launcher", default="local",
+                   help="DomainBed's (local, dummy, multi_gpu) or ours (parallel, submitit_local, slurm)")
+    p.add_argument("--detach", action="store_true", help="slurm: return once submitted (then: domainbed_align.sweep "
+                                                         "status --protocol ...)")
     p.add_argument("--estimate", action="store_true", help="count the runs and estimate GPU-hours; launch nothing")
     options = p.parse_args(argv)
     root = os.environ.get("DOMAINBED_ROOT")
@@ -106,11 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  total    {total:7.1f} GPU-hours (estimate: training steps on one H200, the bench's 3 x 32 batch "
               f"scaled by each run's training domains; no evaluation or data loading)")
         return 0
-    try:
-        _hook.upstream_launch(jobs, options.command_launcher)
+    from domainbed_align import sweep
+
+    try:  # our sweep's launch: progress bar, failed runs with their logs, --detach (slurm)
+        code = sweep.launch(argparse.Namespace(command_launcher=options.command_launcher, skip_confirmation=True,
+                                               detach=options.detach, poll_seconds=5.0), jobs)
     except DomainbedAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if code:
+        return code
     out = options.output_dir
     print("then:\n" + (f"  python -m domainbed.scripts.collect_results --input_dir {out}\n"
                        if options.protocol == "domainbed" else "") +

@@ -269,7 +269,7 @@ def test_single_source_protocol_runs_through_upstream_launcher_and_tabulates(tmp
                         "Debug28", "--algorithms", "TimmERM", "--n_hparams", "1", "--n_trials", "1", "--steps", "2",
                         "--hparams", '{"batch_size": 8}', "--data_dir", str(tmp_path), "--output_dir", str(sweep)],
                        upstream_root(), cwd=tmp_path)
-    assert "3 runs (3 done)" in again.stdout and "Launched 0 jobs" in again.stdout
+    assert "3 runs (3 done)" in again.stdout and "About to launch 0 jobs" in again.stdout
     shown = run_python(["-m", "domainbed_align.tables", "--input_dir", str(sweep), "--layout", "single_source",
                         "in_domain"], upstream_root(), cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections import defaultdict
@@ -225,11 +224,10 @@ def markdown_table(records: list[dict]) -> str:
 def _mean_and_error(values: list[float | None]) -> str:
     if any(value is None for value in values):  # e.g. the foreground columns of a dataset without masks
         return "-"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.3f}"
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-    return f"{mean:.3f} ± {spread:.3f}"
+    from domainbed_align.tables import mean_and_error
+
+    mean, spread = mean_and_error(values)
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {spread:.3f}"
 
 
 def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:

@@ -222,6 +222,20 @@ def _wait(jobs: list[Any], commands: list[str]) -> None:
             liveness.write_job_record(run_dir_of(command), error=_error_summary(error))
 
 
+def _until_slurm_ends(job_ids: list[str], timeout_s: float = 120.0) -> None:
+    """submitit's result() returns once a job has written its outcome, while Slurm may list it running a while
+    longer (completing): wait until Slurm ends it too, so that run states agree with the launcher's report."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            states = liveness.slurm_states(job_ids)
+        except liveness.SlurmUnavailable:  # a busy controller: ask again
+            states = None
+        if states is not None and not any(states.get(i) in liveness.SLURM_LIVE_STATES for i in job_ids):
+            return
+        time.sleep(1.0)
+
+
 def _error_summary(error: Exception) -> str:
     """The line that says why (submitit's message wraps the job's traceback and log paths around it)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -256,6 +270,7 @@ def slurm_launcher(commands: list[str]) -> None:
     print(f"submitted {len(jobs)} runs as Slurm job array {jobs[0].job_id.split('_')[0]}", flush=True)
     if not config["detach"]:
         _wait(jobs, commands)
+        _until_slurm_ends([str(job.job_id) for job in jobs])
 
 
 def submitit_local_launcher(commands: list[str]) -> None:

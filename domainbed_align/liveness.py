@@ -136,16 +136,35 @@ def _process_alive(pid: object) -> bool:
         return True
 
 
+class SlurmUnavailable(DomainbedAlignError):
+    """squeue could not say which jobs Slurm still has: their runs' states are unknown, so none may be judged."""
+
+
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """Slurm's state of each job id (``123_4`` for an array task) that squeue still lists; {} without Slurm."""
+    """Slurm's state of each job id (``123_4`` for an array task) that squeue still lists.
+
+    Raises :class:`SlurmUnavailable` when squeue cannot answer: guessing "no longer listed" would show live runs
+    as failed, and ``delete_incomplete`` would delete them."""
     ids = sorted({str(i) for i in job_ids if i})
     if not ids:
         return {}
+    # -r: one line per array task; without it a pending array is one compressed line, 123_[0-2]
+    command = ["squeue", "-h", "-r", "--states=all", "-j", ",".join(ids), "-o", "%i|%T"]
+    jobs = f"{len(ids)} Slurm job{'s' if len(ids) > 1 else ''} ({ids[0]}{', ...' if len(ids) > 1 else ''})"
     try:
-        listing = subprocess.run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i|%T"],
-                                 capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+        listing = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SlurmUnavailable(f"runs here were submitted as {jobs}, but squeue is not on PATH: run this where "
+                               f"Slurm's commands are (the states of those runs are unknown; nothing was changed)")
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SlurmUnavailable(f"squeue did not answer about {jobs} ({error}): their runs' states are unknown and "
+                               f"nothing was changed; try again when Slurm answers")
+    if listing.returncode != 0:
+        if "Invalid job id" in listing.stderr:  # squeue's answer when it knows none of them any more
+            return {}
+        message = listing.stderr.strip() or listing.stdout.strip() or "no message"
+        raise SlurmUnavailable(f"squeue failed (exit code {listing.returncode}: {message}) about {jobs}: their "
+                               f"runs' states are unknown and nothing was changed; try again when Slurm answers")
     states = {}
     for line in listing.stdout.splitlines():
         job_id, _, state = line.partition("|")

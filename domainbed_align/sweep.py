@@ -160,13 +160,21 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     with tqdm.tqdm(total=len(to_launch), desc="runs ended", unit="run") as bar:
         while launcher.is_alive():
             launcher.join(options.poll_seconds)
-            ended = sum(s.state in (liveness.DONE, liveness.FAILED) for s in run_states(to_launch))
+            try:
+                ended = sum(s.state in (liveness.DONE, liveness.FAILED) for s in run_states(to_launch))
+            except liveness.SlurmUnavailable:  # a busy controller: the next poll asks again
+                continue
             bar.update(ended - bar.n)
     if failure:
         raise failure[0]
     if options.command_launcher == "dummy":
         return 0
-    states = run_states(to_launch)
+    try:
+        states = run_states(to_launch)
+    except liveness.SlurmUnavailable as error:
+        print(f"error: {user_message(error)} (the jobs were submitted: follow them with "
+              f"'python -m domainbed_align.sweep status' and the same arguments)", file=sys.stderr)
+        return 1
     if any(state.live for state in states):
         print(f"{sum(s.live for s in states)} runs still queued or running (detached): follow them with "
               f"'python -m domainbed_align.sweep status' and the same arguments")

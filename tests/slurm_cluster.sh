@@ -35,6 +35,14 @@ start() {
     command -v $tool >/dev/null || { echo "error: $tool not found: run 'bash $0 install' (root, apt)" >&2; exit 3; }
   done
   [ "$(id -u)" = 0 ] || { echo "error: the test cluster needs root (slurmd, SlurmUser=root)" >&2; exit 3; }
+  local port
+  for port in 6817 6818; do  # another cluster's daemons would answer this one's clients
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "error: port $port is taken (another Slurm daemon?): stop it ('bash $0 stop DIR' for a test cluster," \
+        "or pkill slurmctld slurmd) and start again" >&2
+      exit 5
+    fi
+  done
   mkdir -p "$dir/munge" "$dir/state" "$dir/spool" "$dir/log" "$dir/bin"
   # munge without systemd: its own folder, owned by the munge user
   chown munge: "$dir/munge"; chmod 755 "$dir/munge"  # munged: the socket folder must be searchable by all
@@ -80,7 +88,7 @@ EOF
 #!/usr/bin/env bash
 ids=""; while [ $# -gt 0 ]; do case "$1" in -j) ids=$2; shift 2;; *) shift;; esac; done
 echo "JobID|State|NodeList"
-squeue -h --states=all -j "$ids" -o '%i|%T|%N' 2>/dev/null || true
+squeue -h -r --states=all -j "$ids" -o '%i|%T|%N' 2>/dev/null || true
 EOF
   chmod +x "$dir/bin/sacct"
   export SLURM_CONF="$dir/slurm.conf"

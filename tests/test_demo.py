@@ -57,6 +57,13 @@ def test_a_folder_with_foreign_runs_is_refused_before_anything_runs(tmp_path, mo
     assert "Use another --output_dir" in err and (sweep / "full_run").is_dir()  # nothing deleted
 
 
+def test_why_names_the_held_out_domains_of_the_dataset():
+    assert demo.demo_why("TextureMNIST", [[demo.PHOTOS]]).startswith("photos held out instead of each of the 4 ")
+    spurious = demo.demo_why("SpuriousTextureMNIST", [[demo.DEFAULT_TEST_ENV["SpuriousTextureMNIST"]]])
+    assert spurious.startswith("match10 held out instead of each of the 3 domains") and "photos" not in spurious
+    assert demo.demo_why("TextureMNIST", [[0], [2]]).startswith("textures, space held out")
+
+
 def test_default_folders_differ_per_setting():
     folders = {demo.default_output_dir("TextureMNIST", False, 200, 1, 1),
                demo.default_output_dir("TextureMNIST", True, None, 5, 3),

@@ -3,6 +3,7 @@ the hook does for train.py). The Slurm tests run on a real one-node cluster (tes
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -148,6 +149,43 @@ def test_states_from_the_launch_record(tmp_path):
     assert cancelled.state == liveness.FAILED and "CANCELLED" in cancelled.why
 
 
+def _squeue_stand_in(folder: Path, body: str) -> str:
+    """A PATH holding only a `squeue` that runs ``body`` (bash; its arguments go to args.txt)."""
+    folder.mkdir()
+    script = folder / "squeue"
+    script.write_text(f"#!/bin/bash\necho \"$@\" > {shlex.quote(str(folder / 'args.txt'))}\n{body}\n")
+    script.chmod(0o755)
+    return str(folder)
+
+
+def test_slurm_states_lists_array_tasks_and_never_guesses(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", _squeue_stand_in(tmp_path / "ok", "printf '7_0|PENDING\\n7_1|RUNNING\\n'"))
+    assert liveness.slurm_states(["7_1", "7_0", None]) == {"7_0": "PENDING", "7_1": "RUNNING"}
+    # -r: one line per array task (without it a pending array is one line, 7_[0-1], and no task is found)
+    assert "-r" in (tmp_path / "ok" / "args.txt").read_text().split()
+    # squeue's answer for a single id it no longer knows: the job has ended
+    monkeypatch.setenv("PATH", _squeue_stand_in(
+        tmp_path / "gone", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1"))
+    assert liveness.slurm_states(["7_1"]) == {}
+    # anything else: the states are unknown, and a live run must not be shown failed (delete_incomplete deletes)
+    monkeypatch.setenv("PATH", _squeue_stand_in(
+        tmp_path / "down", "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1"))
+    run = tmp_path / "run"
+    run.mkdir()
+    liveness.write_job_record(str(run), **liveness.launcher_record("slurm", slurm_job_id="7_1"))
+    with pytest.raises(liveness.SlurmUnavailable, match="Unable to contact slurm controller.*nothing was changed"):
+        liveness.run_state(str(run))
+    from domainbed_align import sweep  # needs no DomainBed for deleting
+
+    job = type("Job", (), {"output_dir": str(run), "train_args": {}})()
+    with pytest.raises(liveness.SlurmUnavailable):
+        sweep.delete_incomplete(argparse.Namespace(skip_confirmation=True), [job])
+    assert run.is_dir()  # nothing deleted
+    monkeypatch.setenv("PATH", str(tmp_path / "ok" / "nothing here"))
+    with pytest.raises(liveness.SlurmUnavailable, match="squeue is not on PATH"):
+        liveness.run_state(str(run))
+
+
 # --- local launchers --------------------------------------------------------------------------------------------
 def test_parallel_launcher_runs_n_at_once_with_quoting_and_reports_exit_codes(tmp_path, fake_env, monkeypatch):
     monkeypatch.setenv("DOMAINBED_ALIGN_JOBS", "2")
@@ -197,6 +235,25 @@ def test_slurm_array_runs_each_command_whole_and_fails_a_nonzero_exit(tmp_path, 
     assert all(seen(run)["hparams"] == hparams and seen(run)["python"] == sys.executable for run in runs)
     failed = liveness.run_state(str(runs[2]))
     assert "FAILED" in failed.why and "exited with code 4" in records[2]["error"]
+
+
+def test_slurm_pending_array_tasks_are_queued_until_released(tmp_path, fake_env, slurm_cluster, monkeypatch):
+    monkeypatch.setenv("DOMAINBED_ALIGN_DETACH", "1")
+    monkeypatch.setenv("DOMAINBED_ALIGN_SLURM_ADDITIONAL", '{"hold": true}')  # submitted held: pending
+    runs = [tmp_path / f"held {i}" for i in range(3)]
+    for run in runs:
+        run.mkdir()
+    launchers.slurm_launcher([fake_command(run) for run in runs])
+    array = liveness.read_job_record(str(runs[0]))["slurm_job_id"].split("_")[0]
+    try:  # one squeue call for them all (as sweep's status makes): each task's own state, not the array's
+        slurm = liveness.slurm_states(liveness.read_job_record(str(run))["slurm_job_id"] for run in runs)
+        assert [liveness.run_state(str(run), slurm).state for run in runs] == [liveness.QUEUED] * 3
+    finally:
+        subprocess.run(["scontrol", "release", array], check=True)
+    deadline = time.time() + 90
+    while any(liveness.run_state(str(run)).state != liveness.DONE for run in runs) and time.time() < deadline:
+        time.sleep(0.5)
+    assert [liveness.run_state(str(run)).state for run in runs] == [liveness.DONE] * 3
 
 
 def test_slurm_cancelled_job_shows_failed(tmp_path, fake_env, slurm_cluster, monkeypatch):

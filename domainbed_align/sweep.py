@@ -32,6 +32,9 @@ from domainbed_align import liveness
 from domainbed_align.errors import DomainbedAlignError, user_message
 
 
+FOLLOW_WITH_STATUS = "follow them with 'python -m domainbed_align.sweep status' and the same arguments"
+
+
 def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m domainbed_align.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["launch", "status", "delete_incomplete"])
@@ -172,12 +175,10 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     try:
         states = run_states(to_launch)
     except liveness.SlurmUnavailable as error:
-        print(f"error: {user_message(error)} (the jobs were submitted: follow them with "
-              f"'python -m domainbed_align.sweep status' and the same arguments)", file=sys.stderr)
+        print(f"error: {user_message(error)} (the jobs were submitted: {FOLLOW_WITH_STATUS})", file=sys.stderr)
         return 1
     if any(state.live for state in states):
-        print(f"{sum(s.live for s in states)} runs still queued or running (detached): follow them with "
-              f"'python -m domainbed_align.sweep status' and the same arguments")
+        print(f"{sum(s.live for s in states)} runs still queued or running (detached): {FOLLOW_WITH_STATUS}")
     print_failures(to_launch, states)
     return 1 if any(state.state == liveness.FAILED for state in states) else 0
 

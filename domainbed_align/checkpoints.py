@@ -5,6 +5,7 @@ Needs no DomainBed and no network: the weights are in the file, so the backbone 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def read_checkpoint(model_pkl: str | os.PathLike, device: str | torch.device = "
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file: give a DomainBed run's model.pkl (train.py writes it into "
                               f"--output_dir when the run ends, unless --skip_model_save).")
+    allowing = _allowing_numpy_scalars()  # outside the try: an old torch is not a damaged file
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_types()):
+        with allowing:
             checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch/pickle/zip raise many types; all mean "not a readable checkpoint"
         reason = (str(error).strip().splitlines() or [""])[0][:200]
@@ -79,16 +81,29 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     return algorithm.to(device).eval()
 
 
+def _allowing_numpy_scalars() -> contextlib.AbstractContextManager:
+    """``weights_only`` loading that also accepts :func:`_numpy_scalar_types`: scoped to the load where torch has
+    ``safe_globals`` (2.5), process-wide on torch 2.4 (``add_safe_globals``; data types only, so harmless)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        return scoped(_numpy_scalar_types())
+    torch.serialization.add_safe_globals(_numpy_scalar_types())
+    return contextlib.nullcontext()
+
+
 def _numpy_scalar_types() -> list:
     """numpy scalar reconstruction, dtype classes and tuple: data, not code (DomainBed's hparam draws are numpy
     floats)."""
+    import _codecs
+
     import numpy
 
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
-    dtypes = getattr(numpy, "dtypes", None)
-    dtype_classes = [getattr(dtypes, name) for name in getattr(dtypes, "__all__", [])] if dtypes else []
-    # tuple: a dataset's input_shape with a mask channel (step.ShapeWithMaskChannel) pickles as tuple(...)
-    return [scalar, numpy.dtype, *dtype_classes, tuple]
+    # every dtype's class (numpy.dtypes lists them from numpy 1.25 on; type(dtype) gives them on any numpy)
+    dtype_classes = list({type(numpy.dtype(code)) for code in numpy.typecodes["All"]})
+    # tuple: a dataset's input_shape with a mask channel (step.ShapeWithMaskChannel) pickles as tuple(...);
+    # _codecs.encode: numpy 1.x pickles a scalar's bytes through it (str -> bytes, no code)
+    return [scalar, numpy.dtype, *dtype_classes, tuple, _codecs.encode]

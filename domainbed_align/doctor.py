@@ -1,6 +1,6 @@
 """``python -m domainbed_align.doctor``: is this environment ready to run ALIGN through DomainBed?
 
-Checks where ``domainbed`` resolves from (and at which commit), whether our registration hook is active and
+Checks every dependency against its tested floor, where ``domainbed`` resolves from (and at which commit), whether our registration hook is active and
 ALIGN registered, whether upstream's import-time dependencies are installed, and whether the ``python`` on PATH
 (the literal command sweeps launch) is this interpreter. Exits 1 with the fix when something is off.
 """
@@ -86,8 +86,23 @@ def check_dependencies(report: Report) -> bool:
     return True
 
 
+def check_floors(report: Report) -> bool:
+    """Every dependency of ours against its floor (:mod:`domainbed_align.floors`), one line each."""
+    from domainbed_align.floors import FLOORS, below_floor, installed_version
+
+    ok = True
+    for name, floor in FLOORS.items():
+        problem = below_floor(name)
+        if problem:
+            ok = False
+            report.fail(problem.split(": pip install")[0], f"{sys.executable} -m pip install --upgrade '{name}>={floor}'")
+        else:
+            report.ok(f"{name} {installed_version(name)} (tested from {floor})")
+    return ok
+
+
 def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool) -> None:
-    from domainbed_align import ALGORITHM_NAMES, _hook
+    from domainbed_align import _hook
 
     if _hook.is_installed():
         report.ok("the registration hook (domainbed_align_hook.pth) is active in this interpreter")
@@ -97,6 +112,7 @@ def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool
                     "or pip --target does not run .pth files; `python -S` skips them)")
     if not (domainbed_ok and dependencies_ok):
         return
+    from domainbed_align import ALGORITHM_NAMES  # imports torch: only once the floors hold
     try:
         import domainbed.algorithms as algorithms
         import domainbed.hparams_registry as registry
@@ -144,8 +160,9 @@ def check_python_on_path(report: Report) -> None:
 def main() -> int:
     report = Report()
     print(f"domainbed-align doctor (python {sys.version.split()[0]} at {sys.executable})")
+    floors_ok = check_floors(report)
     domainbed_ok = check_domainbed(report)
-    dependencies_ok = check_dependencies(report)
+    dependencies_ok = check_dependencies(report) and floors_ok
     check_registration(report, domainbed_ok, dependencies_ok)
     check_python_on_path(report)
     print("all good" if not report.failures else f"{report.failures} problem(s) found")

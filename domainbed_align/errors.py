@@ -22,6 +22,10 @@ def user_message(error: DomainbedAlignError) -> str:
     return last.split(prefix, 1)[1] if prefix in last else text
 
 
+class DependencyVersionError(DomainbedAlignError, ImportError):
+    """torch or timm older than the release this package is tested with (:mod:`domainbed_align.floors`)."""
+
+
 class HParamError(DomainbedAlignError, ValueError):
     """An unknown, missing or ill-typed hyperparameter."""
 

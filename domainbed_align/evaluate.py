@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from domainbed_align import metrics, selection
+from domainbed_align import records as results_files
 from domainbed_align.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
 
@@ -152,8 +153,8 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
     return {"n_images": len(order), **{key: (means[key] if key in measured else None) for key in means}}
 
 
-def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dict]:
-    """One record per evaluated environment of one run."""
+def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool | None = None) -> Iterable[dict]:
+    """One record per evaluated environment of one run (``finished``: whether its run finished, None: unknown)."""
     from domainbed_align.checkpoints import algorithm_from_checkpoint, read_checkpoint
 
     checkpoint = read_checkpoint(model_pkl, options.device)
@@ -170,7 +171,8 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace) -> Iterable[dic
         figures = evaluate_environment(algorithm, entry["environment"], entry["indices"], options.max_images,
                                        options.batch_size, options.explain, options.steps, options.fractions,
                                        options.seed)
-        yield {"run": str(model_pkl.parent), "algorithm": args["algorithm"], "dataset": args["dataset"],
+        yield {"run": str(model_pkl.parent), "finished": finished,
+               "algorithm": args["algorithm"], "dataset": args["dataset"],
                "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
                "trial_seed": args["trial_seed"], "checkpoint": which, "step": step, "env": entry["env"],
                "env_name": entry["env_name"],
@@ -199,9 +201,19 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def finished_runs(models: Sequence[Path]) -> tuple[dict[Path, bool | None], dict[Path, str]]:
+    """(run folder -> whether the run finished, None when the folder is no run folder (a model file copied out of
+    its run: nothing tells), the unfinished run folders -> why), by :func:`domainbed_align.records.unfinished_runs`."""
+    folders = list(dict.fromkeys(model.parent for model in models))
+    runs = [folder for folder in folders if folder.is_dir() and results_files.is_run_folder(folder)]
+    why = results_files.unfinished_runs(runs)
+    finished = {folder: (folder not in why if folder in runs else None) for folder in folders}
+    return finished, why
+
+
 def markdown_table(records: list[dict]) -> str:
     """Mean (± standard error over runs, when several) per algorithm, environment and checkpoint kind (selected or
-    last, with the steps evaluated)."""
+    last, with the steps evaluated); a row that counts an unfinished run (``finished`` false) is marked †."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         which = record.get("checkpoint", "last")  # records written before the field existed: model.pkl's
@@ -215,9 +227,13 @@ def markdown_table(records: list[dict]) -> str:
         images = sum(r["n_images"] for r in group)
         steps = sorted({r.get("step") for r in group}, key=lambda step: (step is None, step))
         shown = ", ".join("?" if step is None else str(step) for step in steps)
-        checkpoint = f"{which} (step {shown})"
+        checkpoint = f"{which} (step {shown})" + (" †" if any(r.get("finished") is False for r in group) else "")
         lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {checkpoint} | {len(group)} | {images} | "
                      + " | ".join(cells) + " |")
+    unfinished = sorted({Path(r["run"]).name for r in records if r.get("finished") is False})
+    if unfinished:
+        lines.append(f"\n†: counts unfinished runs (no DomainBed `done` file; --include_unfinished): "
+                     f"{', '.join(unfinished)}.")
     return "\n".join(lines)
 
 
@@ -267,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", nargs="+", type=Path, help="model.pkl file(s) of DomainBed runs")
     source.add_argument("--input_dir", type=Path, help="a sweep's output folder (every */model.pkl in it, or "
-                                                       "*/model_selected.pkl with --checkpoint selected)")
+                                                       "*/model_selected.pkl with --checkpoint selected; its finished "
+                                                       "runs'), or a results folder holding them in runs/")
     source.add_argument("--records", type=Path, help="tabulate records an earlier run printed (a .jsonl file); "
                                                      "implies --format table")
     p.add_argument("--checkpoint", choices=tuple(CHECKPOINT_FILES), default="last",
@@ -285,6 +302,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=_fractions, default=metrics.DEFAULT_FRACTIONS,
                    help="pixel shares for sufficiency/comprehensiveness (ERASER: 0.01,0.05,0.1,0.2,0.5)")
     p.add_argument("--hparams_seed", type=int, help="only runs with this hparams_seed (0: DomainBed's defaults)")
+    p.add_argument("--include_unfinished", action="store_true",
+                   help="with --input_dir: also runs without DomainBed's `done` file (killed, failed, still running; "
+                        "by default left out, in one line on stderr); their records say \"finished\": false and the "
+                        "table marks them †")
     p.add_argument("--seed", type=int, default=0, help="seeds the image subset and the random maps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
@@ -314,13 +335,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.records:
             print(markdown_table(read_records(options.records)))
             return 0
-        models = list(options.model) if options.model else find_models(options.input_dir, options.checkpoint)
-        records = []
+        if options.model:
+            models = list(options.model)
+        else:
+            models = find_models(results_files.sweep_folder(options.input_dir), options.checkpoint)
+        finished, why = finished_runs(models)
+        if why:  # one line: how many runs, and why; named files (--model) are evaluated as asked
+            counted = bool(options.model or options.include_unfinished)
+            fix = ('their records say "finished": false' if counted else
+                   '--include_unfinished evaluates them (their records then say "finished": false)')
+            summary = results_files.unfinished_summary(why, len(finished), counted, fix)
+            if not counted:
+                models = [model for model in models if model.parent not in why]
+                if not models:
+                    raise CheckpointError(f"no finished run under {options.input_dir}: {summary}")
+            print(f"domainbed-align: note: {summary}", file=sys.stderr, flush=True)
+        records, failed = [], []
         for model_pkl in models:
-            for record in evaluate_model(model_pkl, options):
-                records.append(record)
-                if options.format == "jsonl":
-                    print(json.dumps(record), flush=True)
+            try:
+                for record in evaluate_model(model_pkl, options, finished[model_pkl.parent]):
+                    records.append(record)
+                    if options.format == "jsonl":
+                        print(json.dumps(record), flush=True)
+            except CheckpointError as error:  # one damaged run must not cost the others' records
+                failed.append(str(error))
+                print(f"domainbed-align: error: {error}", file=sys.stderr, flush=True)
+        if failed and not records:
+            if len(failed) > 1:
+                print(f"domainbed-align: error: none of the {len(models)} models could be evaluated (above).",
+                      file=sys.stderr)
+            return 1
         if not records and options.hparams_seed is not None:
             raise CheckpointError(f"no run has hparams_seed {options.hparams_seed}.")
     except DomainbedAlignError as error:
@@ -328,6 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if options.format == "table":
         print(markdown_table(records))
+    if failed:  # the records above are complete for the others; the exit status says some are missing
+        print(f"domainbed-align: error: {len(failed)} of {len(models)} models could not be evaluated (named above); "
+              f"the output holds the other {len(models) - len(failed)}.", file=sys.stderr)
+        return 1
     return 0
 
 

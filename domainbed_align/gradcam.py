@@ -62,7 +62,8 @@ def linear_head_grad_cam(activations: torch.Tensor, class_weights: torch.Tensor,
 def normalize_per_sample(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Min-max normalise each map of ``[N, ...]`` to [0, 1] (a constant map becomes all zeros)."""
     flat = maps.flatten(1)
-    low, high = flat.aminmax(dim=1, keepdim=True)  # one reduction kernel for both
+    # amin and amax, not aminmax: aminmax has no derivative before torch 2.12 (same values, same gradients)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     return ((flat - low) / (high - low + eps)).view_as(maps)
 
 

@@ -95,8 +95,9 @@ BACKBONE_HPARAMS = (
            "backbone stage whose Grad-CAM is used (timm feature_info module name, e.g. 'layer4'); 'auto' = "
            "the deepest stage whose map is at least 7x7 (ResNet: layer4 at 224 px, layer3 at 112, layer2 at 56)."),
     HParam("mixed_precision", str, "auto", None,
-           "'auto' = bf16 autocast on CUDA and none on CPU; 'bf16' or 'off' to force.",
-           choices=("auto", "bf16", "off")),
+           "'auto' = bf16 autocast on GPUs with native bf16 (compute capability >= 8.0, ROCm), float32 elsewhere; "
+           "'bf16', 'fp16' (with a gradient scaler) or 'off' (float32) to force.",
+           choices=("auto", "bf16", "fp16", "off")),
     HParam("channels_last", bool, True, None,
            "use channels_last memory format on CUDA (no effect on CPU)."),
 )

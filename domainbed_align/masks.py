@@ -8,7 +8,10 @@ Each image of the chosen environments goes through the run's dataset as train.py
 (e.g. DomainBed's 224x224 resize), through the masker; the soft mask is resized (bilinear) back to the image's own
 size and written as an 8-bit grayscale PNG (round(255 m)) in :mod:`domainbed_align.mask_folder`'s layout, so
 it lines up with the original file whatever transform a later run applies. ``manifest.json`` records the run, its
-step and what was written. On datasets with ground-truth masks (the TextureMNIST family) the exported masks are
+step and what was written. The folder is built beside ``--output_dir`` under a temporary name and renamed into place
+complete (:mod:`domainbed_align.atomic`): a killed export leaves no folder that could pass for the user's own masks.
+``--output_dir`` must be new (or empty): masks written into an existing folder, e.g. an image-folder root, would be
+loaded as images. On datasets with ground-truth masks (the TextureMNIST family) the exported masks are
 read back and their IoU with the ground truth (mask > 0.5) is reported per environment, mean ± standard error.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,12 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainbed_align import metrics
+from domainbed_align import atomic, metrics
 from domainbed_align.checkpoints import algorithm_from_checkpoint, read_checkpoint
 from domainbed_align.errors import CheckpointError, DomainbedAlignError
 from domainbed_align.mask_folder import environment_keys, mask_path, read_mask
 
 MANIFEST = "manifest.json"
+
+
+class MaskExportError(DomainbedAlignError):
+    """An --output_dir that masks export must not write into."""
 
 
 def image_size(environment: Any, index: int, transformed: torch.Tensor) -> tuple[int, int]:
@@ -59,10 +67,10 @@ def export(model_pkl: Path, output_dir: Path, data_dir: str | None = None, envs:
     """Write the masks of ``model_pkl``'s masker for its dataset's environments (``envs``: 'all', 'train' for the
     training environments or 'test') into ``output_dir``; returns the manifest (with IoUs where the dataset has
     ground truth)."""
-    from tqdm import tqdm
-
     from domainbed_align.evaluate import dataset_of_run
 
+    output_dir = Path(output_dir)
+    _check_new_folder(output_dir)  # before the model is even read: a refusal costs nothing
     checkpoint = read_checkpoint(model_pkl, device)
     algorithm = algorithm_from_checkpoint(checkpoint, device)
     if not hasattr(algorithm, "masker"):
@@ -76,6 +84,29 @@ def export(model_pkl: Path, output_dir: Path, data_dir: str | None = None, envs:
         "model": str(model_pkl), "algorithm": checkpoint["args"]["algorithm"], "dataset": checkpoint["args"]["dataset"],
         "step": algorithm.steps_done, "test_envs": test_envs, "format": "8-bit grayscale PNG, soft (round(255 m)), "
         "at each image's own size (bilinear)", "environments": {}}
+    try:
+        with atomic.building_folder(output_dir) as building:
+            _write_masks(algorithm, dataset, chosen, test_envs, building, manifest, batch_size, device, progress)
+            atomic.write_text(building / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    except atomic.FolderExists:  # it appeared while the masks were computed
+        _check_new_folder(output_dir)
+        raise
+    return manifest
+
+
+def _check_new_folder(output_dir: Path) -> None:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        what = "is a file" if not output_dir.is_dir() else "exists and is not empty"
+        raise MaskExportError(
+            f"--output_dir {str(output_dir)!r} {what}: masks export writes a new folder (masks written among other "
+            f"files, e.g. into an image folder, would be read as images). Give a new --output_dir, or remove that "
+            f"one first (rm -r {shlex.quote(str(output_dir))}) if it is an earlier export.")
+
+
+def _write_masks(algorithm: Any, dataset: Any, chosen: list[int], test_envs: list[int], output_dir: Path,
+                 manifest: dict, batch_size: int, device: str, progress: bool) -> None:
+    from tqdm import tqdm
+
     for env in chosen:
         environment, name = dataset.datasets[env], dataset.ENVIRONMENTS[env]
         keys = environment_keys(environment)
@@ -97,9 +128,6 @@ def export(model_pkl: Path, output_dir: Path, data_dir: str | None = None, envs:
             entry["iou"] = float(np.mean(ious))
             entry["iou_se"] = float(np.std(ious, ddof=1) / math.sqrt(len(ious))) if len(ious) > 1 else 0.0
         manifest["environments"][name] = entry
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
 
 
 def parser() -> argparse.ArgumentParser:
@@ -125,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           options.device)
     except DomainbedAlignError as error:
         print(f"domainbed-align: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. a full disk: the temporary folder is gone, --output_dir untouched
+        print(f"domainbed-align: error: masks export failed ({error}); {str(options.output_dir)!r} was not "
+              f"written.", file=sys.stderr)
         return 1
     for name, entry in manifest["environments"].items():
         iou = f"; IoU with the ground truth {entry['iou']:.3f} ± {entry['iou_se']:.3f}" if "iou" in entry else ""

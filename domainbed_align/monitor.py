@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, TextIO
 
 WINDOW = 100  # update() calls; DomainBed's checkpoints are 100-300 steps apart on its datasets
+# Divergence that stays finite (the non-finite guard catches the rest): the cross-entropy over 1000 times its value
+# at the first step (at least 1.0, so that a near-perfect pretrained start is no hair trigger) at every step of
+# DIVERGENCE_WINDOW. Healthy runs stay within a few times ln(classes); an lr of 1e6 reaches 1e11 within 20 steps.
+DIVERGENCE_FACTOR = 1000.0
+DIVERGENCE_WINDOW = 10
 ZERO_MAP_LIMIT = 0.5
 EMPTY_MASK = 0.02
 FULL_MASK = 0.98
@@ -57,8 +62,16 @@ class CollapseMonitor:
         self.fired: list[str] = []  # the messages printed, in order
         self._runs = [deque(maxlen=window) for _ in RULES]  # steps at which each rule held, consecutively
         self._done: set[str] = set()  # names of the rules (and warn_once names) that fired
+        self._first_ce: float | None = None
+        self._diverging = 0  # consecutive steps over the divergence threshold
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the divergence warning has fired: the trainer reports it (``diverged``) at every later step."""
+        return "diverged" in self._done
 
     def observe(self, step: int, floats: Mapping[str, float]) -> None:
+        self._observe_divergence(step, floats)
         for index, rule in enumerate(RULES):
             run = self._runs[index]
             if rule.key not in floats or not rule.active(floats) or not rule.holds(floats[rule.key]):
@@ -67,6 +80,21 @@ class CollapseMonitor:
             run.append(step)
             if len(run) == self.window:
                 self.warn_once(rule.name, step, rule.message.format(first=run[0], last=run[-1]))
+
+    def _observe_divergence(self, step: int, floats: Mapping[str, float]) -> None:
+        ce = floats.get("ce")
+        if ce is None:
+            return
+        if self._first_ce is None:
+            self._first_ce = ce
+        threshold = DIVERGENCE_FACTOR * max(self._first_ce, 1.0)
+        self._diverging = self._diverging + 1 if ce > threshold else 0
+        if self._diverging == DIVERGENCE_WINDOW:
+            self.warn_once("diverged", step, (
+                f"the training cross-entropy was over {DIVERGENCE_FACTOR:.0f} times its first value "
+                f"({self._first_ce:.3g}) in each of steps {step - DIVERGENCE_WINDOW + 1}-{step} (now {ce:.3g}): the run "
+                f"has diverged and its accuracies mean nothing; results.jsonl marks it ('diverged' 1.0), and tables "
+                f"and sweep status show it. Lower 'lr' (and the lambda_* weights), then train it again."))
 
     def warn_once(self, name: str, step: int, message: str) -> None:
         """Print ``message`` unless a warning called ``name`` was printed already in this run."""

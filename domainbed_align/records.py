@@ -1,9 +1,11 @@
-"""Readable errors for the sweep output that DomainBed's ``collect_results`` reads (no DomainBed import).
+"""Readable errors for the sweep output that DomainBed's ``collect_results`` reads (DomainBed is imported only to
+learn the default ``N_STEPS`` of one of its datasets).
 
 ``train.py`` appends one JSON line per checkpoint to ``<run>/results.jsonl``; a run killed while writing leaves
 a partial last line, and upstream's reader then stops every table with a JSONDecodeError traceback that names
 no file. :func:`check_results_files` finds every damaged line in a sweep folder and says what to do; it reads
-only and never edits a file (a damaged run stays for the user to inspect).
+only and never edits a file (a damaged run stays for the user to inspect). Below: what ``tables`` and ``evaluate``
+read, each damaged line with its whole reason, and which runs are finished (liveness' run states).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
+from domainbed_align import liveness
 from domainbed_align.errors import ResultsFileError
 
 RESULTS_FILE = "results.jsonl"
@@ -82,3 +86,132 @@ def check_results_files(input_dir: str | os.PathLike) -> None:
         f"leaves a partial last line. Fix: delete the damaged line (the run's earlier checkpoints stay valid; "
         f"without a 'done' file 'sweep launch' counts it as incomplete), or delete the run's folder and run "
         f"'sweep launch' again to redo it. Nothing was changed.")
+
+
+# --- reading a sweep for the tables: whole reasons, and which runs are finished --------------------------------------
+def read_results(path: str | os.PathLike) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """``([(line number, checkpoint record)], [(line number, reason)])`` of one results.jsonl: the lines that are
+    train.py checkpoint records, and the damaged ones with their whole reason (line 0: the file cannot be read).
+    A line without its final newline is damaged: the kill that cut it may have cut the record too."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError as error:
+        return [], [(0, f"cannot be read ({error.strerror or type(error).__name__})")]
+    except UnicodeDecodeError as error:
+        return [], [(0, f"not UTF-8 text ({error.reason} at byte {error.start})")]
+    records, damaged = [], []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line.rstrip("\r\n"))  # the newline is no part of a cut-off record
+        except json.JSONDecodeError as error:
+            damaged.append((number, f"not JSON: {error.msg} (column {error.colno})"))
+            continue
+        if not isinstance(record, dict):
+            damaged.append((number, f"a JSON {type(record).__name__}, not a record"))
+        elif not {"args", "step"} <= record.keys():
+            damaged.append((number, "not a train.py checkpoint record (no 'args' or 'step')"))
+        elif not line.endswith("\n"):
+            damaged.append((number, "cut off: no final newline"))
+        else:
+            records.append((number, record))
+    return records, damaged
+
+
+def sweep_folder(input_dir: str | os.PathLike) -> Path:
+    """The folder holding the run folders: ``input_dir`` itself, or its ``runs/`` when ``input_dir`` is one of this
+    project's ``results/`` folders (which keep the runs there beside tables.md and a README)."""
+    folder = Path(input_dir)
+    runs = folder / "runs"
+    if runs.is_dir() and not any(is_run_folder(child) for child in folder.iterdir() if child.is_dir()):
+        return runs
+    return folder
+
+
+RUN_FILES = (RESULTS_FILE, "done", "out.txt", "err.txt", liveness.LOCK_FILE, liveness.JOB_FILE)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a file train.py or a launcher writes (a model file copied out of its run does not)."""
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def run_folders(folder: str | os.PathLike) -> list[Path]:
+    """The run folders of a sweep folder (those holding any file train.py or a launcher writes), in ``os.listdir``
+    order, as collect_results reads them."""
+    folder = Path(folder)
+    return [folder / name for name in os.listdir(folder) if (folder / name).is_dir() and is_run_folder(folder / name)]
+
+
+def final_step(record: dict) -> int | None:
+    """The step of train.py's last checkpoint for this record's run (``args.steps or dataset.N_STEPS``, minus one),
+    or None when the dataset's default is unknown here (one of DomainBed's, and DomainBed is not importable)."""
+    steps = record["args"].get("steps")
+    if not steps:
+        name = record["args"].get("dataset")
+        try:
+            from domainbed_align import _hook
+            from domainbed_align.data import DATASETS
+
+            if name in DATASETS:
+                steps = DATASETS[name].N_STEPS
+            elif _hook.domainbed_importable():
+                steps = _hook.upstream_dataset_class(name).N_STEPS
+        except (ImportError, NotImplementedError, AttributeError):  # get_dataset_class: NotImplementedError
+            return None
+    return int(steps) - 1 if steps else None
+
+
+# why a run is not counted, by liveness state (one word group each, for the one-line summary)
+UNFINISHED_WHY = {liveness.FAILED: "killed or failed", liveness.RUNNING: "still running",
+                  liveness.QUEUED: "queued", liveness.NOT_LAUNCHED: "not launched"}
+SQUEUE_SILENT = "state unknown (squeue did not answer)"
+
+
+def unfinished_runs(folders: Iterable[Path]) -> dict[Path, str]:
+    """Why each run folder that is not finished is not (:data:`UNFINISHED_WHY`'s words); finished ones are absent.
+
+    Finished: DomainBed's ``done`` file (:func:`domainbed_align.liveness.run_state`), or, for a copy that kept only
+    results.jsonl (as this project's ``results/`` folders do), a run no process holds whose last readable line is
+    train.py's last checkpoint (``args.steps - 1``): the tables read nothing train.py writes after it."""
+    pending = [folder for folder in folders if not (folder / "done").exists()]
+    job_ids = [(liveness.read_job_record(str(folder)) or {}).get("slurm_job_id") for folder in pending]
+    try:
+        slurm: dict[str, str] | None = liveness.slurm_states(job_ids)  # one squeue call for the whole sweep
+    except liveness.SlurmUnavailable:
+        slurm = None
+    why = {}
+    for folder, job_id in zip(pending, job_ids):
+        if job_id and slurm is None:
+            why[folder] = SQUEUE_SILENT
+            continue
+        state = liveness.run_state(str(folder), slurm or {})
+        if state.state == liveness.DONE:
+            continue
+        if state.state == liveness.FAILED:
+            readable = readable_records(folder)
+            last = readable[-1] if readable else None
+            if last is not None and "args" in last and last.get("step") == final_step(last):
+                continue  # results.jsonl complete; only the marker is missing (a copy)
+        why[folder] = UNFINISHED_WHY.get(state.state, f"state {state.state}")  # e.g. a lock nobody can check
+    return why
+
+
+def grouped_names(why: dict[str, str], shown: int = 3) -> str:
+    """``"9 killed or failed (a, b, c, and 6 more); 1 still running (d)"``: runs grouped by why, a few named."""
+    groups: dict[str, list[str]] = {}
+    for name, reason in why.items():
+        groups.setdefault(reason, []).append(name)
+    parts = []
+    for reason, names in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        names = sorted(names)
+        listed = ", ".join(names[:shown]) + (f", and {len(names) - shown} more" if len(names) > shown else "")
+        parts.append(f"{len(names)} {reason} ({listed})")
+    return "; ".join(parts)
+
+
+def unfinished_summary(why: dict[Path, str], total: int, counted: bool, fix: str) -> str:
+    """One line: how many runs are unfinished, grouped by why, a few named; ``counted``: whether they are in."""
+    runs = f"{len(why)} of {total} run{'s' if total != 1 else ''}"
+    verb = "counting" if counted else "left out"
+    groups = grouped_names({folder.name: reason for folder, reason in why.items()})
+    return f"{verb} {runs}, unfinished (no DomainBed `done` file): {groups}; {fix}."

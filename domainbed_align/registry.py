@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from domainbed_align.floors import require_runtime
 from domainbed_align.hparams import HParam
+
+require_runtime()  # every use of our algorithms passes here: torch or timm below its floor is named first
 
 T = TypeVar("T", bound=type)
 

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from domainbed_align import atomic
+
 IID, LODO, ORACLE = ("training-domain validation set", "leave-one-domain-out cross-validation",
                      "test-domain validation set (oracle)")  # upstream's names for its selection methods
 SELECTION_METHODS = (IID, LODO, ORACLE)
@@ -115,10 +117,29 @@ class SelectedCheckpointKeeper:
                       "model_num_domains": num_domains, "model_hparams": hparams, "model_dict": dict(state),
                       "selection": {"method": METHOD, "step": record["step"], "val_acc": accuracy}}
         path = self.folder / SELECTED_FILE
-        partial = path.with_name(path.name + ".partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, path)  # a run killed while saving keeps the previous selected checkpoint whole
+        try:  # atomic: a run killed while saving keeps the previous selected checkpoint whole
+            with atomic.replacing(path) as handle:
+                torch.save(checkpoint, handle)
+        except OSError as error:  # full disk, quota: the file is an extra, the training goes on
+            self._write_failed(algorithm, path, error)
+            return None
         return path
+
+    def _write_failed(self, algorithm: Any, path: Path, error: OSError) -> None:
+        """The earlier selected checkpoint is no longer the selected one: removed (a later improvement writes the file
+        again), so that nothing reads it as the selection."""
+        try:
+            path.unlink()
+            removed = f"the earlier {SELECTED_FILE} (no longer the selected checkpoint) was removed; "
+        except FileNotFoundError:
+            removed = ""
+        except OSError:
+            removed = f"the earlier {SELECTED_FILE} could not be removed either: do not use it; "
+        cause = f"{error.strerror or type(error).__name__}" + (f" [Errno {error.errno}]" if error.errno else "")
+        algorithm.monitor.warn_once(
+            "selected_write", algorithm.steps_done,
+            f"could not write {path} ({cause}); training continues: {removed}the next checkpoint that improves "
+            f"validation accuracy tries again. Free some space (or quota) for the selected checkpoint to be kept.")
 
     def _newest_record(self) -> dict | None:
         """The last complete line appended since the previous call (None when none was)."""

@@ -10,10 +10,11 @@ DomainBed): a run lands in the folder ``sweep launch`` would give it. Added:
 
 - ``--protocol single_source``: each run trains on one domain and tests on every other (``test_envs`` = the
   others); the default ``domainbed`` is upstream's.
-- ``status``: each run done, running, queued, failed (with its log) or not launched (:mod:`domainbed_align.liveness`).
-- ``delete_incomplete`` deletes failed runs only, never a live (running or queued) one. Upstream's deletes every
-  folder without ``done``, queued and running jobs of an asynchronous launcher included: do not use it with
-  ``slurm``.
+- ``status``: each run done, running, queued, failed (with its log), not launched, or unknown (its lock cannot be
+  checked on this file system, and nothing proves it ended) (:mod:`domainbed_align.liveness`).
+- ``delete_incomplete`` deletes failed runs only, never a live (running or queued) or unknown one, and judges each
+  run again, under its lock, immediately before removing it. Upstream's deletes every folder without ``done``,
+  queued and running jobs of an asynchronous launcher included: do not use it with ``slurm``.
 - ``launch`` waits for its jobs with a progress bar and ends with the failed runs and their logs (exit code 1 when
   any failed); ``--detach`` (slurm) returns once the jobs are submitted: follow them with ``status``.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import threading
 import time
@@ -100,8 +100,7 @@ def print_status(jobs: list[Any], states: list[liveness.RunState], every_run: bo
     if every_run:
         for job, state in zip(jobs, states):
             print(f"{state.state:12s} {job.output_dir} {_describe(job)}")
-    counts = {name: sum(s.state == name for s in states) for name in
-              (liveness.DONE, liveness.RUNNING, liveness.QUEUED, liveness.FAILED, liveness.NOT_LAUNCHED)}
+    counts = {name: sum(s.state == name for s in states) for name in liveness.STATES}
     print(f"{len(jobs)} runs: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
     print_failures(jobs, states)
 
@@ -111,6 +110,11 @@ def print_failures(jobs: list[Any], states: list[liveness.RunState]) -> None:
     if failed:
         print(f"failed runs ({len(failed)}): remove them with delete_incomplete, then launch again")
         for job, state in failed:
+            print(f"  {job.output_dir} ({_describe(job)}): {state.why}; log: {state.log}")
+    unknown = [(job, state) for job, state in zip(jobs, states) if state.state == liveness.UNKNOWN]
+    if unknown:
+        print(f"runs in an unknown state ({len(unknown)}; delete_incomplete keeps them):")
+        for job, state in unknown:
             print(f"  {job.output_dir} ({_describe(job)}): {state.why}; log: {state.log}")
 
 
@@ -160,6 +164,7 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     launcher.start()
     import tqdm
 
+    blind = False
     with tqdm.tqdm(total=len(to_launch), desc="runs ended", unit="run") as bar:
         while launcher.is_alive():
             launcher.join(options.poll_seconds)
@@ -167,7 +172,13 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
                 ended = sum(s.state in (liveness.DONE, liveness.FAILED) for s in run_states(to_launch))
             except liveness.SlurmUnavailable:  # a busy controller: the next poll asks again
                 continue
-            bar.update(ended - bar.n)
+            except Exception as error:  # the bar is only a view: whatever breaks it must not stop the launcher
+                if not blind:
+                    bar.write(f"warning: progress cannot be read ({type(error).__name__}: {error}); the runs go on",
+                              file=sys.stderr)
+                    blind = True
+                continue
+            bar.update(max(0, ended - bar.n))
     if failure:
         raise failure[0]
     if options.command_launcher == "dummy":
@@ -180,20 +191,35 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     if any(state.live for state in states):
         print(f"{sum(s.live for s in states)} runs still queued or running (detached): {FOLLOW_WITH_STATUS}")
     print_failures(to_launch, states)
-    return 1 if any(state.state == liveness.FAILED for state in states) else 0
+    return 1 if any(state.state in (liveness.FAILED, liveness.UNKNOWN) for state in states) else 0
 
 
 def delete_incomplete(options: argparse.Namespace, jobs: list[Any]) -> int:
     states = run_states(jobs)
     to_delete = [job for job, state in zip(jobs, states) if state.state == liveness.FAILED]
     live = sum(state.live for state in states)
-    print(f"About to delete {len(to_delete)} jobs (failed or killed); keeping {live} live (running or queued).")
+    unknown = sum(state.state == liveness.UNKNOWN for state in states)
+    print(f"About to delete {len(to_delete)} jobs (failed or killed); keeping {live} live (running or queued)" +
+          (f" and {unknown} whose state is unknown (see status)." if unknown else "."))
     if not to_delete or not _confirmed(options):
         return 0
+    # the confirmation may have taken minutes: Slurm is asked again, and each run judged again under its lock
+    slurm = liveness.slurm_states((liveness.read_job_record(job.output_dir) or {}).get("slurm_job_id")
+                                  for job in to_delete)
+    deleted, trouble = 0, 0
     for job in to_delete:
-        shutil.rmtree(job.output_dir)
-    print(f"Deleted {len(to_delete)} jobs!")
-    return 0
+        try:
+            state = liveness.delete_if_failed(job.output_dir, slurm)
+        except OSError as error:
+            print(f"could not delete {job.output_dir} ({error.strerror or error}): remove it by hand", file=sys.stderr)
+            trouble += 1
+            continue
+        if state.state == liveness.FAILED:
+            deleted += 1
+        else:
+            print(f"kept {job.output_dir}: it is {state.state} now{f' ({state.why})' if state.why else ''}")
+    print(f"Deleted {deleted} jobs!")
+    return 1 if trouble else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

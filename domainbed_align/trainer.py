@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed_align import hparams as hparams_lib
+from domainbed_align import precision
 from domainbed_align import selection
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
@@ -37,6 +38,12 @@ Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 NO_ANNOTATIONS = ("{name} trains on annotation masks, but this run has none (hparam 'gt_masks' is false, or the "
                   "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Give a mask folder "
                   "(hparam mask_dir) or use a dataset with masks (TextureMNIST, SpuriousTextureMNIST).")
+
+
+def overflow_key(optimizer_name: str) -> str:
+    """The results.jsonl key of an optimizer's skipped fp16 steps: ``fp16_overflow`` (classifier),
+    ``masker_fp16_overflow`` (ALIGN's masker)."""
+    return "fp16_overflow" if optimizer_name == "classifier" else f"{optimizer_name}_fp16_overflow"
 
 
 class ExplanationGuidedAlgorithm(nn.Module):
@@ -102,6 +109,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
         self._channels_last_applied = False
+        self._grad_scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: one per optimizer (see step_optimizer)
         # what train.py's save_checkpoint writes beside the weights, for model_selected.pkl (selection.py)
         self._checkpoint_fields = (input_shape, num_classes, num_domains, hparams)
         output_dir = selection.train_output_dir()
@@ -136,13 +144,13 @@ class ExplanationGuidedAlgorithm(nn.Module):
         with self.autocast(images):
             loss, terms = self.classifier_loss(step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        floats = self.checked_floats({"loss": loss, **terms}, self.classifier.parameters(), "grad_norm",
-                                     "classifier step")  # raises before the weights change
-        self.optimizer.step()
+        self.scaled(loss, "classifier", images).backward()
+        floats = self.step_optimizer(self.optimizer, "classifier", {"loss": loss, **terms},
+                                     self.classifier.parameters(), "grad_norm", "classifier step")
         with self.autocast(images):
             floats.update(self.after_classifier_step(step))
         self.monitor.observe(self.steps_done, floats)
+        floats["diverged"] = float(self.monitor.diverged)  # every step, so results.jsonl marks a diverged run
         self.steps_done += 1
         return floats
 
@@ -216,24 +224,60 @@ class ExplanationGuidedAlgorithm(nn.Module):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def precision(self, device: torch.device) -> str:
+        """The precision this run trains in on ``device``: "bf16", "fp16" or "fp32" (:mod:`domainbed_align.precision`)."""
+        return precision.resolve(self.hparams["mixed_precision"], device)
+
     def autocast(self, images: torch.Tensor, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-        """The trainer's precision for work on ``images``: bf16 autocast or nothing (``mixed_precision``).
+        """The trainer's precision for work on ``images``: bf16 or fp16 autocast, or nothing (``mixed_precision``).
         ``cache_enabled`` False for CUDA-graph capture, which must not keep autocast's cast weights."""
-        mode = self.hparams["mixed_precision"]
-        if mode == "bf16" or (mode == "auto" and images.is_cuda):
-            return torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
-        return contextlib.nullcontext()
+        return precision.autocast(self.precision(images.device), images.device, cache_enabled)
+
+    def scaled(self, loss: torch.Tensor, optimizer_name: str, images: torch.Tensor) -> torch.Tensor:
+        """``loss`` as its backward pass must see it: multiplied by the fp16 gradient scale of ``optimizer_name``'s
+        scaler (created on first use), unchanged in bf16 and fp32."""
+        scaler = self._grad_scalers.get(optimizer_name)
+        if scaler is None:
+            scaler = precision.grad_scaler(self.precision(images.device), images.device)
+            if scaler is None:
+                return loss
+            self._grad_scalers[optimizer_name] = scaler
+        return scaler.scale(loss)
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, optimizer_name: str,
+                       terms: Mapping[str, torch.Tensor | float], parameters: Any, norm_name: str,
+                       where: str) -> dict[str, float]:
+        """After a backward pass of :meth:`scaled`: the checked floats of ``terms`` (:meth:`checked_floats`), then
+        the optimizer step. In fp16 the gradients are unscaled first; a step whose gradients overflowed is skipped
+        by the scaler (reported as :func:`overflow_key` 1.0, its gradient norm as 0.0), not an error."""
+        scaler = self._grad_scalers.get(optimizer_name)
+        if scaler is None:
+            floats = self.checked_floats(terms, parameters, norm_name, where)
+            optimizer.step()
+            return floats
+        scaler.unscale_(optimizer)
+        floats = self.checked_floats(terms, parameters, norm_name, where, gradient_overflow_allowed=True)
+        overflow = not math.isfinite(floats[norm_name])
+        if overflow:
+            floats[norm_name] = 0.0
+        floats[overflow_key(optimizer_name)] = float(overflow)
+        scaler.step(optimizer)  # skipped by the scaler when unscale_ found an inf or NaN
+        scaler.update()
+        return floats
 
     def checked_floats(self, terms: Mapping[str, torch.Tensor | float], parameters: Any, norm_name: str,
-                       where: str) -> dict[str, float]:
+                       where: str, gradient_overflow_allowed: bool = False) -> dict[str, float]:
         """The loss terms and the gradient norm of ``parameters`` (as ``norm_name``) as floats, read back in one
         host sync; a non-finite one raises :class:`NonFiniteLossError` naming it, the step and ``where``.
 
         Called after ``backward()`` and before ``optimizer.step()``, so a diverged step never reaches the weights.
+        ``gradient_overflow_allowed`` (fp16 with a scaler): a non-finite gradient of finite losses is returned, not
+        raised, for the scaler to skip the step.
         """
-        gradients = [p.grad for p in parameters if p.grad is not None]
-        if gradients:
-            terms = {**terms, norm_name: torch.nn.utils.get_total_norm(gradients)}
+        gradients = [p.grad.detach() for p in parameters if p.grad is not None]
+        if gradients:  # torch.nn.utils.get_total_norm's value (that function needs torch >= 2.6)
+            norms = torch.stack([torch.linalg.vector_norm(gradient) for gradient in gradients])
+            terms = {**terms, norm_name: torch.linalg.vector_norm(norms)}
         tensor_names = [k for k, v in terms.items() if isinstance(v, torch.Tensor)]
         floats = {k: float(v) for k, v in terms.items() if not isinstance(v, torch.Tensor)}
         if tensor_names:
@@ -241,6 +285,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
             floats.update(zip(tensor_names, stacked.tolist()))
         floats = {k: floats[k] for k in terms}
         bad = [k for k, v in floats.items() if not math.isfinite(v)]
+        if gradient_overflow_allowed and bad == [norm_name]:
+            return floats
         if bad:
             losses = [k for k in bad if k != norm_name]
             culprit = (f"non-finite {', '.join(f'{k}={floats[k]}' for k in losses)}" if losses else

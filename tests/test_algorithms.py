@@ -112,7 +112,8 @@ def test_timm_erm_is_cross_entropy_only():
     torch.manual_seed(0)
     erm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
     out = erm.update(_batches())
-    assert set(out) == {"loss", "ce", "grad_norm"} and out["loss"] == out["ce"] and out["grad_norm"] > 0
+    assert set(out) == {"loss", "ce", "grad_norm", "diverged"} and out["loss"] == out["ce"] and out["grad_norm"] > 0
+    assert out["diverged"] == 0.0
     assert not hasattr(erm, "masker")
 
 
@@ -359,7 +360,8 @@ def test_masker_warmup_trains_the_masker_and_leaves_the_classifier_on_dres_path(
 
 def test_dre_reports_its_terms_and_has_no_masker():
     out = _dre().update(_batches())
-    assert {"loss", "ce", "reg", "reg_consistency", "reg_sparsity", "reg_mixed_ce", "zero_cams", "grad_norm"} == set(out)
+    assert {"loss", "ce", "reg", "reg_consistency", "reg_sparsity", "reg_mixed_ce", "zero_cams", "grad_norm",
+            "diverged"} == set(out)
     assert 0.0 <= out["zero_cams"] <= 1.0 and out["reg_consistency"] > 0
     assert not hasattr(_dre(), "masker")
 

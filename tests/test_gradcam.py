@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import trained_looking_batchnorm
+from domainbed_align import floors
 from domainbed_align.backbones import CamClassifier, create_backbone
 from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, normalize_per_sample, true_class_scores
 from domainbed_align.losses import alignment_bce
@@ -14,6 +15,44 @@ def _classifier(size: int, layer: str, seed: int = 0, drop_rate: float = 0.0) ->
     backbone = create_backbone("resnet18", num_classes=4, in_chans=3, pretrained=False, drop_rate=drop_rate)
     trained_looking_batchnorm(backbone)
     return CamClassifier(backbone, native_size=size, input_size=size, gradcam_layer=layer).eval()
+
+
+def _normalize_gradient_by_hand(maps: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor:
+    """d/dx of sum_i w_i (x_i - lo) / (hi - lo + eps) per row, where a min or max shared by k elements passes 1/k of
+    its gradient to each of them (amin/amax's rule)."""
+    expected = torch.empty_like(maps)
+    for row, (x, w) in enumerate(zip(maps, weights)):
+        low, high = x.min(), x.max()
+        spread = high - low + eps
+        at_low, at_high = (x == low).double(), (x == high).double()
+        through_low = (w * (-1 / spread + (x - low) / spread ** 2)).sum()
+        through_high = (w * (-(x - low) / spread ** 2)).sum()
+        expected[row] = w / spread + at_low / at_low.sum() * through_low + at_high / at_high.sum() * through_high
+    return expected
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_normalize_per_sample_gradient_matches_the_formula_ties_included(ties):
+    # the form every Grad-CAM loss goes through: it must have a derivative on every torch we support (aminmax has
+    # none before torch 2.12), with the same values and gradients
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 12, generator=generator, dtype=torch.float64)
+    if ties:
+        maps[:, :3] = maps.min(dim=1, keepdim=True).values - 0.5  # three tied minima
+        maps[:, -2:] = maps.max(dim=1, keepdim=True).values + 0.5  # two tied maxima
+    maps.requires_grad_(True)
+    weights = torch.randn(3, 12, generator=generator, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((normalize_per_sample(maps, eps=1e-7) * weights).sum(), maps)
+    torch.testing.assert_close(gradient, _normalize_gradient_by_hand(maps.detach(), weights, 1e-7))
+    if not ties:  # finite differences are defined away from ties
+        assert torch.autograd.gradcheck(lambda m: normalize_per_sample(m, eps=1e-7), (maps,))
+    low, high = maps.aminmax(dim=1, keepdim=True)
+    if floors.release(torch.__version__) >= (2, 12):  # where aminmax has a derivative, it agrees
+        (reference,) = torch.autograd.grad((((maps - low) / (high - low + 1e-7)) * weights).sum(), maps)
+        torch.testing.assert_close(gradient, reference)
+    else:  # why gradcam.py does not use it
+        with pytest.raises(RuntimeError, match="derivative for aten::aminmax is not implemented"):
+            torch.autograd.grad((((maps - low) / (high - low + 1e-7)) * weights).sum(), maps)
 
 
 def test_normalize_per_sample_by_hand():

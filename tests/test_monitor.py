@@ -33,3 +33,36 @@ def test_mask_rules_wait_for_the_masker():
     assert len(fired) == 2
     assert "under 2% of the pixels" in fired[0] and "'lambda_sparsity' (lower)" in fired[0]
     assert "over 98% of the pixels" in fired[1] and "'lambda_sparsity' (higher)" in fired[1]
+
+
+def test_a_finite_divergence_warns_once_after_ten_steps_over_a_thousand_times_the_first_loss():
+    monitor = CollapseMonitor("TimmERM", stream=io.StringIO())
+    healthy = [{"ce": 2.3}, {"ce": 40.0}, {"ce": 900.0}]  # a bad start, but under 1000 x 2.3
+    exploding = [{"ce": 5e3}] * 9 + [{"ce": 1.0}] + [{"ce": 4.4e11}] * 10  # the run of 9 is broken by one good step
+    fired = _feed(monitor, healthy + exploding)
+    assert len(fired) == 1 and monitor.diverged
+    assert fired[0].startswith("domainbed_align warning: TimmERM at step 22: the training cross-entropy was over 1000 "
+                               "times its first value (2.3) in each of steps 13-22 (now 4.4e+11)")
+    assert "Lower 'lr'" in fired[0]
+
+
+def test_a_near_perfect_first_loss_is_no_hair_trigger():
+    monitor = CollapseMonitor("TimmERM", stream=io.StringIO())
+    assert _feed(monitor, [{"ce": 0.001}] + [{"ce": 50.0}] * 30) == [] and not monitor.diverged
+
+
+def test_a_run_with_lr_1e6_is_reported_diverged_in_its_floats():
+    import torch
+
+    from domainbed_align import hparams as hparams_lib
+    from domainbed_align.algorithms import TimmERM
+
+    torch.manual_seed(0)
+    algorithm = TimmERM((3, 28, 28), 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28", lr=1e6))
+    algorithm.monitor.stream = io.StringIO()
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 28, 28, generator=generator), torch.tensor([0, 1, 2, 0])) for _ in range(2)]
+    reports = [algorithm.update(batches) for _ in range(25)]
+    assert reports[0]["diverged"] == 0.0 and reports[-1]["diverged"] == 1.0
+    assert max(report["ce"] for report in reports) > 1e4  # finite, so the non-finite guard stayed silent
+    assert "has diverged" in algorithm.monitor.stream.getvalue()

@@ -44,3 +44,95 @@ def test_intact_folder_passes_and_missing_folder_is_named(tmp_path):
     check_results_files(tmp_path)  # no error
     with pytest.raises(ResultsFileError, match="'.*nowhere' is not a folder"):
         check_results_files(tmp_path / "nowhere")
+
+
+# --- what tables and evaluate read: whole reasons, finished runs -------------------------------------------------
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from domainbed_align import liveness
+from domainbed_align.records import read_results, sweep_folder, unfinished_runs, unfinished_summary
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock_file):
+    """A trainer's lock on ``lock_file``, held by another process (as train.py holds it) until the block ends: a
+    POSIX record lock and a flock both, so any version of liveness' check sees it taken."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "handle = open(sys.argv[1], 'a+')\n"
+                               "fcntl.lockf(handle, fcntl.LOCK_EX); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+                               "print('held', flush=True); time.sleep(600)", str(lock_file)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _run(root, name, steps, last_step, done=False, steps_arg=None):
+    """A run folder with checkpoints 0, 100, ... up to ``last_step`` of a train.py run of ``steps`` steps."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"args": {"dataset": "TextureMNIST", "steps": steps_arg if steps_arg is not None else steps},
+                         "step": step}) + "\n" for step in [*range(0, last_step, 100), last_step]]
+    (folder / "results.jsonl").write_text("".join(lines))
+    (folder / "err.txt").write_text("")
+    if done:
+        (folder / "done").write_text("done")
+    return folder
+
+
+def test_read_results_gives_every_reason_whole(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"args": {}, "step": 0}\n{"args": {}, "step": 1, "env0_in\n[1]\n{"step": 2}\n'
+                    '{"args": {}, "step": 3}')
+    records, damaged = read_results(path)
+    assert [(number, record["step"]) for number, record in records] == [(1, 0)]
+    assert damaged == [(2, "not JSON: Unterminated string starting at (column 25)"),
+                       (3, "a JSON list, not a record"),
+                       (4, "not a train.py checkpoint record (no 'args' or 'step')"),
+                       (5, "cut off: no final newline")]
+    path.write_bytes(b'\xff\n')
+    assert read_results(path) == ([], [(0, "not UTF-8 text (invalid start byte at byte 0)")])
+
+
+def test_finished_is_done_or_a_complete_copy_and_every_other_run_says_why(tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = {
+        "done": _run(sweep, "done", 500, 300, done=True),  # `done` is enough, whatever results.jsonl holds
+        "copy": _run(sweep, "copy", 500, 499),  # results.jsonl alone, up to train.py's last step (499)
+        "default_steps": _run(sweep, "default_steps", 5001, 5000, steps_arg=0),  # no --steps: N_STEPS 5001
+        "killed": _run(sweep, "killed", 500, 400),
+        "cut_copy": _run(sweep, "cut_copy", 500, 300),
+        "running": _run(sweep, "running", 500, 499),  # at its last line, before `done`: still training
+        "queued": sweep / "queued",
+    }
+    (runs["killed"] / liveness.LOCK_FILE).write_text("pid 1\n")  # free: the kernel dropped it at the kill
+    (runs["running"] / liveness.LOCK_FILE).write_text("pid 2\n")
+    runs["queued"].mkdir()
+    liveness.write_job_record(str(runs["queued"]), launcher="local", host=socket.gethostname(),
+                              launcher_pid=os.getpid())  # its launcher (this process) is alive
+    with lock_held_elsewhere(runs["running"] / liveness.LOCK_FILE):
+        why = unfinished_runs(runs.values())
+    assert {folder.name: reason for folder, reason in why.items()} == {
+        "killed": "killed or failed", "cut_copy": "killed or failed", "running": "still running", "queued": "queued"}
+    line = unfinished_summary(why, len(runs), counted=False, fix="--include_unfinished counts them")
+    assert line == ("left out 4 of 7 runs, unfinished (no DomainBed `done` file): 2 killed or failed (cut_copy, "
+                    "killed); 1 queued (queued); 1 still running (running); --include_unfinished counts them.")
+    assert "\n" not in line
+
+
+def test_a_results_folder_stands_for_its_runs(tmp_path):
+    _run(tmp_path / "results" / "runs", "a", 500, 499)
+    (tmp_path / "results" / "README.md").write_text("")
+    assert sweep_folder(tmp_path / "results") == tmp_path / "results" / "runs"
+    assert sweep_folder(tmp_path / "results" / "runs") == tmp_path / "results" / "runs"
+    _run(tmp_path / "sweep", "runs", 500, 499)  # a run folder that happens to be named runs: not a results folder
+    _run(tmp_path / "sweep", "b", 500, 499)
+    assert sweep_folder(tmp_path / "sweep") == tmp_path / "sweep"

@@ -71,7 +71,7 @@ def test_the_first_best_checkpoint_is_kept_with_its_step_and_weights(in_train_py
     assert not torch.equal(weights[1]["backbone.fc.weight"], weights[3]["backbone.fc.weight"])
     assert loaded.steps_done == 2  # warm-up progress of step 1's weights
     assert checkpoint["model_input_shape"] == SHAPE and checkpoint["model_num_domains"] == 2
-    assert not (in_train_py / (selection.SELECTED_FILE + ".partial")).exists()
+    assert sorted(p.name for p in in_train_py.iterdir()) == ["model_selected.pkl", "results.jsonl"]  # no temporary
 
 
 def test_an_earlier_attempts_lines_do_not_count(in_train_py):
@@ -110,3 +110,33 @@ def test_validation_accuracy_is_upstreams_mean_over_training_environments():
     assert selection.selected_record(records)["step"] == 1
     assert selection.checkpoint_step({"selection": {"step": 4}}, records) == 4
     assert selection.checkpoint_step({}, records) == 2
+
+
+def test_a_failed_write_warns_once_and_training_goes_on(in_train_py, monkeypatch, capsys):
+    """model_selected.pkl is an extra: a full disk or a quota must not end the run (train.py calls state_dict())."""
+    real_save = torch.save
+    full = {"disk": True}
+
+    def save(obj, handle, *args, **kwargs):
+        if full["disk"]:
+            if hasattr(handle, "write"):
+                handle.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    _simulate(in_train_py, [[0.2, 0.2, 0.0]])  # a first selected checkpoint, written
+    monkeypatch.setattr(selection.torch, "save", save)
+    (in_train_py / "results.jsonl").unlink()
+    algorithm, _ = _simulate(in_train_py, [[0.3, 0.3, 0.0], [0.4, 0.4, 0.0]])  # two improvements, both fail
+    warnings = [line for line in capsys.readouterr().err.splitlines() if selection.SELECTED_FILE in line]
+    assert len(warnings) == 1, warnings
+    assert str(in_train_py / selection.SELECTED_FILE) in warnings[0] and "No space left on device" in warnings[0]
+    assert "training continues" in warnings[0]
+    # the earlier file is not the selection any more: gone, and no half-written file or temporary is left
+    assert [p.name for p in in_train_py.iterdir()] == ["results.jsonl"]
+    full["disk"] = False  # space again: the next improvement is kept
+    with open(in_train_py / "results.jsonl", "a") as handle:
+        handle.write(json.dumps(_record(2, [0.5, 0.5, 0.0]), sort_keys=True) + "\n")
+    algorithm.update(_batches(2))
+    algorithm.state_dict()
+    assert read_checkpoint(in_train_py / selection.SELECTED_FILE)["selection"]["step"] == 2

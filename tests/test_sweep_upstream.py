@@ -201,3 +201,20 @@ def test_runs_upstreams_own_sweep_has_yet_to_start_are_live_and_never_deleted(tm
     assert "About to delete 0 jobs" in kept.stdout and len(list(sweep.iterdir())) == 3, kept.stdout
     assert launch.wait(timeout=900) == 0, launch.stderr[-2000:]
     assert "3 runs: 3 done" in ours("status", args).stdout
+
+
+def test_train_py_refuses_a_finished_folder_with_the_command_to_rerun_it(tmp_path):
+    """Upstream's train.py appends: a second training in a finished folder would give steps 0 1 2 0 1 2, keep `done`
+    (status says done while it trains) and be tabulated twice."""
+    run = tmp_path / "run"
+    train = ["-m", "domainbed.scripts.train", "--dataset", "Debug28", "--algorithm", "ERM", "--hparams", HPARAMS,
+             "--steps", "3", "--checkpoint_freq", "1", "--data_dir", str(tmp_path / "data"), "--output_dir", str(run)]
+    first = run_python(train, upstream_root())
+    assert first.returncode == 0 and (run / "done").exists(), first.stderr[-2000:]
+    again = run_python(train, upstream_root())
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    (line,) = [line for line in again.stderr.splitlines() if "domainbed-align" in line]
+    assert line.startswith("domainbed-align: error: ") and "finished run ('done' is there)" in line
+    assert f"mv {run} {run}.old && python -m domainbed.scripts.train --dataset Debug28" in line
+    steps = [json.loads(text)["step"] for text in (run / "results.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]

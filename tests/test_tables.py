@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 
 from domainbed_align import tables
+from test_records import lock_held_elsewhere
 
 DATASET = "TextureMNIST"  # ours: environment names without DomainBed (textures, medical, space, photos)
 
 
 def write_run(sweep: Path, name: str, algorithm: str, test_envs, trial: int, hparams_seed: int, steps_accs,
-              step_time: float = 0.1) -> Path:
-    """A run folder as train.py leaves it: one line per checkpoint. ``steps_accs``: {step: {key: value}} where
-    keys are e.g. 'out1' (env1_out_acc) or 'in3'; unspecified accuracies are 0."""
+              step_time: float = 0.1, done: bool = True) -> Path:
+    """A run folder as train.py leaves it: one line per checkpoint, and ``done`` when it finished. ``steps_accs``:
+    {step: {key: value}} where keys are e.g. 'out1' (env1_out_acc) or 'in3'; unspecified accuracies are 0."""
     folder = sweep / name
     folder.mkdir(parents=True)
     lines = []
@@ -34,6 +35,9 @@ def write_run(sweep: Path, name: str, algorithm: str, test_envs, trial: int, hpa
                 record[f"env{env}_{split}_acc"] = accs.get(f"{split}{env}", 0.0)
         lines.append(json.dumps(record) + "\n")
     (folder / "results.jsonl").write_text("".join(lines))
+    (folder / "err.txt").write_text("")  # train.py tees stderr here from its start
+    if done:
+        (folder / "done").write_text("done")
     return folder
 
 
@@ -91,8 +95,8 @@ def test_a_damaged_line_is_skipped_with_one_warning_naming_file_and_line(sweep):
     warnings = []
     records = tables.load_records(sweep, warn=warnings.append)
     assert len(warnings) == 2
-    assert any(str(sweep / "a" / "results.jsonl") + " line 4 " in w for w in warnings)
-    assert any(str(sweep / "c" / "results.jsonl") + " line 1 " in w for w in warnings)
+    assert any(str(sweep / "a" / "results.jsonl") + " line 4: " in w for w in warnings)
+    assert any(str(sweep / "c" / "results.jsonl") + " line 1: " in w for w in warnings)
     assert len(records) == 3 + 2 + 1 + 1 + 1 + 1 + 1  # every other line is still read
 
 
@@ -175,3 +179,181 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert tables.main(["--input_dir", str(tmp_path / "empty")]) == 1
     assert "no readable results.jsonl line" in capsys.readouterr().err
+
+
+# --- finished runs only, marks, --max_step (issues 25 and 26) ------------------------------------------------------
+def _shown(markdown: str, cell: str) -> bool:
+    """Whether a markdown table row has this cell (padding stripped)."""
+    return any(cell in [c.strip() for c in row.split("|")] for row in markdown.splitlines() if row.startswith("|"))
+
+
+def _killed_and_running(sweep):
+    """Two ALIGN runs without `done` (trial 2): 'k' killed (its lock file free, as the kernel leaves it after
+    kill -9), 'r' still training (its lock held by another process). Either would pull ALIGN's mean to 20."""
+    from domainbed_align import liveness
+
+    for name in ("k", "r"):
+        folder = write_run(sweep, name, "ALIGN", [3], 2, 0, {0: {"out0": .9, "in3": .2}}, done=False)
+        (folder / liveness.LOCK_FILE).write_text("pid 1 on elsewhere\n")
+    return lock_held_elsewhere(sweep / "r" / liveness.LOCK_FILE)
+
+
+def test_unfinished_runs_are_left_out_in_one_line_or_counted_and_marked(sweep, capsys):
+    with _killed_and_running(sweep):
+        assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed"]) == 0
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert line == ("domainbed-align: note: left out 2 of 9 runs, unfinished (no DomainBed `done` file): 1 "
+                        "killed or failed (k); 1 still running (r); --include_unfinished counts them, their cells "
+                        "marked †.")
+        assert _shown(captured.out, f"65.0 ± {100 * np.std([.6, .7]) / math.sqrt(2):.1f}")  # ALIGN: f and g alone
+        assert not any("†" in row for row in captured.out.splitlines() if row.startswith("|"))
+        assert "Left out 2 of 9 runs" in captured.out  # under the tables too: tables.md says what it left out
+        assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed", "--include_unfinished"]) == 0
+        counted = capsys.readouterr()
+    assert counted.err.count("\n") == 1 and "counting 2 of 9 runs" in counted.err
+    # trial 2 (runs k and r: one hparam draw, whose records DomainBed pools) selects 0.2
+    assert _shown(counted.out, f"50.0 ± {100 * np.std([.6, .7, .2]) / math.sqrt(3):.1f} †")
+    align = [row for row in counted.out.splitlines() if row.startswith("| ALIGN ")]
+    assert align and all("†" in row for row in align if "±" in row)
+    assert not any("†" in row for row in counted.out.splitlines() if row.startswith("| TimmERM "))
+    assert "†: counts unfinished runs (no DomainBed `done` file; --include_unfinished): 1 killed or failed (k); " \
+           "1 still running (r)." in counted.out
+
+
+def test_a_truncated_line_marks_every_cell_that_reads_its_run_and_the_warning_is_whole(sweep):
+    with open(sweep / "f" / "results.jsonl", "a") as handle:  # ALIGN trial 0: killed while writing step 3
+        handle.write('{"step": 3, "env0_in')
+    warnings = []
+    records = tables.load_records(sweep, warn=warnings.append)
+    (warning,) = warnings
+    path = sweep / "f" / "results.jsonl"
+    assert warning == (f"{path} line 2: not JSON: Unterminated string starting at (column 13); skipped, every cell "
+                       f"that reads this run is marked ‡.")
+    explanations = [_explanation(run, 2) for run in "fg"]
+    built = tables.build(records, ["domainbed", "explanations"], explanations)
+    iid = _cells(built, f"{DATASET}, model selection method: {tables.IID}", "ALIGN")
+    assert iid["photos"]["marks"] == "‡"
+    assert _cells(built, f"{DATASET}, model selection method: {tables.IID}", "TimmERM")["photos"]["marks"] == ""
+    averages = _cells(built, "Averages, model selection method: " + tables.ORACLE, "ALIGN")
+    assert averages[DATASET]["marks"] == "‡" and averages["Avg"]["marks"] == "‡"
+    align = _cells(built, "explanations of the checkpoint", "ALIGN")
+    assert align["accuracy"]["marks"] == "‡" and align["insertion AUC"]["marks"] == "‡"
+    markdown = tables.render(built, "markdown")
+    assert _shown(markdown, "65.0 ± 3.5 ‡")  # np.std([.6, .7]) / sqrt(2)
+    assert f"‡: reads a run with a damaged results.jsonl line, skipped: {path} line 2: not JSON: Unterminated " \
+           f"string starting at (column 13)." in markdown
+    latex = tables.render(built, "latex")
+    assert "65.0 $\\pm$ 3.5 $^\\ddagger$" in latex and "‡" not in latex
+    tidy = pd.read_csv(io.StringIO(tables.render(built, "csv")), keep_default_na=False)
+    assert set(tidy[(tidy.Algorithm == "ALIGN") & (tidy["mean"] != "")].marks) == {"‡"}
+
+
+def test_the_same_accuracy_reads_the_same_in_every_layout(tmp_path):
+    # results/texturemnist_all_methods' DRE: a mean of exactly 62.75 % in decimal; the mean of the percentages
+    # lands above it and the percentage of the mean below, so the two rounded differently (62.8 against 62.7)
+    fractions = [0.5925, 0.64875, 0.64125]
+    assert f"{np.mean([100 * f for f in fractions]):.1f}" != f"{100 * np.mean(fractions):.1f}"  # the trap
+    upstream = f"{100 * np.mean(fractions):.1f}"  # collect_results' format_mean
+    sweep = tmp_path / "s"
+    for trial, accuracy in enumerate(fractions):
+        write_run(sweep, f"r{trial}", "DRE", [3], trial, 0, {499: {"out0": .5, "in3": accuracy}})
+    explanations = [_explanation(f"r{trial}", 499) for trial in range(3)]
+    records = sorted(tables.load_records(sweep), key=lambda r: r["_run"])  # summed in this order, as listed
+    built = tables.build(records, ["domainbed", "explanations"], explanations)
+    shown = {table.title: table.frame("markdown") for table in built}
+    iid = shown[f"Dataset: {DATASET}, model selection method: {tables.IID}"].set_index("Algorithm").loc["DRE"]
+    explained = next(frame for title, frame in shown.items() if "explanations" in title).set_index("Algorithm")
+    assert iid["photos"].split(" ± ")[0] == upstream
+    assert explained.loc["DRE", "accuracy"].split(" ± ")[0] == upstream
+    assert "standard error uses ddof 1 where DomainBed's uses ddof 0" in " ".join(built[-1].notes)
+
+
+def test_max_step_selects_among_the_checkpoints_up_to_it(sweep, tmp_path, capsys):
+    built = tables.build(tables.load_records(sweep, max_step=0), ["domainbed"])
+    iid = _cells(built, f"{DATASET}, model selection method: {tables.IID}", "TimmERM")
+    # step 0 only: trial 0 has runs a (val .3, in3 .9) and b (val .5, in3 .1): b; trials 1, 2 have no step 0
+    assert iid["photos"]["mean"] == pytest.approx(10.0) and iid["photos"]["n"] == 1
+    assert not any(row["Algorithm"] == "ALIGN" for table in built for row in table.rows)  # no step 0
+    assert tables.main(["--input_dir", str(sweep), "--max_step", "1", "--layout", "domainbed"]) == 0
+    out = capsys.readouterr().out
+    assert _shown(out, "50.0 ± 0.0")  # trial 0 alone: a at step 1 (val .6 beats b's .5): .5
+    assert "Only checkpoints at or before step 1 (--max_step 1)" in out
+    single = tmp_path / "single"
+    write_run(single, "t", "ALIGN", [1, 2, 3], 0, 0, {0: {"out0": 0.1}, 5: {"out0": 0.9}})
+    last = next(t for t in tables.build(tables.load_records(single, max_step=4), ["single_source"])
+                if "no selection" in t.title)
+    assert last.rows[0]["cells"]["textures"]["mean"] == pytest.approx(10.0)  # the last checkpoint up to step 4
+    for bad in ("-1", "1.5", "all"):
+        with pytest.raises(SystemExit):
+            tables.main(["--input_dir", str(sweep), "--max_step", bad])
+        assert f"'{bad}' is not a step: give a whole number >= 0" in capsys.readouterr().err
+    assert tables.main(["--input_dir", str(sweep), "--max_step", "0", "--layout", "explanations"]) == 1
+
+
+def test_input_dir_may_be_a_results_folder_with_its_runs_in_runs(sweep, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    sweep.rename(results / "runs")
+    (results / "README.md").write_text("what these runs are\n")
+    assert tables.main(["--input_dir", str(results / "runs"), "--layout", "domainbed"]) == 0
+    from_runs = capsys.readouterr().out
+    assert tables.main(["--input_dir", str(results), "--layout", "domainbed"]) == 0
+    assert capsys.readouterr().out == from_runs and _shown(from_runs, "53.3 ± 11.9")
+
+
+def test_only_unfinished_runs_is_one_error_saying_how_to_count_them(tmp_path, capsys):
+    write_run(tmp_path / "s", "k", "ALIGN", [3], 0, 0, {0: {"out0": .9, "in3": .2}}, done=False)
+    assert tables.main(["--input_dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "(1 unfinished run left out: --include_unfinished counts them)" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("folder, step, extra", [("texturemnist_all_methods", 200, []),
+                                                 ("h200_texturemnist", 1400, ["--include_unfinished"])])
+def test_max_step_equals_collect_results_on_a_copy_cut_at_that_step(tmp_path, folder, step, extra):
+    """Our --max_step N on a committed sweep, against upstream's collect_results on a copy whose results.jsonl files
+    were cut at step N (upstream counts every run, finished or not: hence --include_unfinished for the cut runs)."""
+    from conftest import REPO, hook_active, run_python, upstream_root
+    from test_upstream import _collect_results_cells
+
+    if upstream_root() is None or not hook_active():
+        pytest.skip("needs upstream DomainBed (DOMAINBED_ROOT) and the package installed (its hook)")
+    runs = REPO / "results" / folder / "runs"
+    cut, whole, shortened = tmp_path / "cut", tmp_path / "whole", 0  # copies: collect_results writes results.txt
+    for run in sorted(path for path in runs.iterdir() if path.is_dir()):
+        lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        assert kept  # every run has checkpoints up to the cut
+        shortened += len(kept) < len(lines)
+        for copy, text in ((cut, "".join(kept)), (whole, "".join(lines))):
+            (copy / run.name).mkdir(parents=True)
+            (copy / run.name / "results.jsonl").write_text(text)
+    assert shortened >= len(list(cut.iterdir())) // 2
+
+    def collect_results(folder):
+        collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(folder)], upstream_root(),
+                             cwd=tmp_path)
+        assert collect.returncode == 0, collect.stderr[-3000:]
+        return _collect_results_cells(collect.stdout)
+
+    theirs = collect_results(cut)
+
+    def ours(*options):
+        shown = run_python(["-m", "domainbed_align.tables", "--input_dir", str(runs), "--layout", "domainbed",
+                            "--format", "csv", *extra, *options], upstream_root(), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        cells = {}
+        for row in pd.read_csv(io.StringIO(shown.stdout), keep_default_na=False).itertuples():
+            cells[(row.table, row.Algorithm, str(row.column))] = (
+                "X" if row.mean == "" else f"{float(row.mean):.1f}" if row.se == "" else
+                f"{float(row.mean):.1f} +/- {float(row.se):.1f}")
+        return cells
+
+    at_step = ours("--max_step", str(step))
+    assert len(theirs) >= 3 * 2 * 5 and {key: at_step.get(key) for key in theirs} == theirs
+    assert sum(cell != "X" for cell in theirs.values()) >= 3 * 5  # numbers, not only empty cells
+    everything = ours()
+    assert {key: everything.get(key) for key in theirs} == collect_results(whole)  # without --max_step: every record
+    assert any(everything[key] != cell for key, cell in theirs.items())  # the cut changes the tables

@@ -55,6 +55,39 @@ def test_train_align_through_upstream_train_py(tmp_path, dataset):
     assert maps.shape == (2, side, side) and torch.allclose(maps.flatten(1).amax(1), torch.ones(2), atol=1e-3)
 
 
+def test_a_batch_larger_than_a_training_split_is_refused_instead_of_hanging(tmp_path):
+    # Debug28's splits hold about 13 examples and the default batch is 64: upstream's loader would wait forever
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", "Debug28",
+                         "--steps", "2", "--output_dir", str(tmp_path / "o")], upstream_root(), cwd=tmp_path,
+                        timeout=300)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr  # train.py tees stderr into stdout (and into err.txt)
+    assert "Traceback" not in output
+    assert output.count("domainbed-align: error: batch_size 64 is larger than a training split of 13 examples") == 1
+    assert "would never yield one and the run would hang" in (tmp_path / "o" / "err.txt").read_text()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--algorithm", "ALIGNN", "--dataset", "Debug28"], "unknown algorithm 'ALIGNN' (did you mean 'ALIGN'?)"),
+    (["--dataset", "TextureMNISt"], "unknown dataset 'TextureMNISt' (did you mean 'TextureMNIST'?)"),
+    (["--dataset", "Debug28", "--hparams", '{"batch_size": 8,}'], "--hparams is not valid JSON (Expecting"),
+    (["--dataset", "Debug28", "--hparams", '{"lambda_align": "high"}'], "hparam 'lambda_align' of ALIGN must be"),
+    (["--dataset", "Debug28", "--hparams", '{"lambda_algin": 3}'],
+     "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)"),
+    (["--dataset", "TextureMNIST"], "--data_dir is missing: give the folder TextureMNIST is in"),
+    (["--dataset", "Debug28", "--test_envs", "3"], "--test_envs 3: Debug28 has environments 0-2"),
+], ids=["algorithm", "dataset", "json", "type", "name", "data_dir", "test_envs"])
+def test_train_py_names_a_bad_argument_before_loading_any_data(tmp_path, arguments, message):
+    if "--algorithm" not in arguments:
+        arguments = ["--algorithm", "ALIGN", *arguments]
+    result = run_python(["-m", "domainbed.scripts.train", *arguments, "--output_dir", str(tmp_path / "o")],
+                        upstream_root(), cwd=tmp_path, timeout=120)
+    output = result.stdout + result.stderr  # train.py tees stderr into stdout
+    assert result.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert output.count(f"domainbed-align: error: {message}") == 1, output[-2000:]
+    assert "HParams:" not in result.stdout  # refused before train.py lists the hparams or loads data
+
+
 def test_typo_in_hparams_stops_train_py_with_one_message(tmp_path):
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", "Debug28",
                          "--hparams", '{"lambda_algin": 3, "batch_size": 8}', "--output_dir", str(tmp_path / "o")],
@@ -197,6 +230,7 @@ def _synthetic_debug28_sweep(sweep, seed=0):
                                 record[f"env{env}_{split}_acc"] = rng.randint(0, 8) / 8
                         lines.append(json.dumps(record, sort_keys=True) + "\n")
                     (folder / "results.jsonl").write_text("".join(lines))
+                    (folder / "done").write_text("done")  # finished, as train.py marks it (tables count only those)
 
 
 def _collect_results_cells(text):

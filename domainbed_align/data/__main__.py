@@ -1,10 +1,10 @@
-"""Command line: ``python -m domainbed_align.data prepare --data_dir DIR``."""
+"""Command line: ``python -m domainbed_align.data prepare --data_dir DIR [--datasets NAME ...]``."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .prepare import COMPONENTS, MissingSourceError, prepare
+from .prepare import COMPONENTS, DATASET_COMPONENTS, MissingSourceError, components_for, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,14 +12,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m domainbed_align.data",
         description="Offline data preparation for domainbed_align (nothing is downloaded).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="write MNIST (idx), background textures and VLCSMini into DIR; "
-                                       "idempotent and atomic")
+    p = sub.add_parser("prepare", help="write MNIST (idx), background textures and VLCSMini into DIR (or only what "
+                                       "--datasets need); idempotent and atomic")
     p.add_argument("--data_dir", required=True, help="DomainBed's --data_dir")
-    p.add_argument("--only", nargs="+", choices=COMPONENTS, default=list(COMPONENTS),
-                   help="prepare only these components (default: all)")
+    which = p.add_mutually_exclusive_group()
+    reads = "; ".join(f"{name}: {' + '.join(comps)}" for name, comps in DATASET_COMPONENTS.items())
+    which.add_argument("--datasets", nargs="+", choices=tuple(DATASET_COMPONENTS), metavar="NAME",
+                       help=f"prepare only what these datasets read, and need only their source packages ({reads})")
+    which.add_argument("--only", nargs="+", choices=COMPONENTS,
+                       help="prepare only these components (default: all)")
     args = parser.parse_args(argv)
+    components = components_for(args.datasets) if args.datasets else (args.only or list(COMPONENTS))
     try:
-        prepare(args.data_dir, args.only)
+        prepare(args.data_dir, components)
     except MissingSourceError as e:
         # One clear line, no traceback: the user only has to install a package.
         print(f"error: {e}", file=sys.stderr)

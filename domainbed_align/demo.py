@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from domainbed_align import atomic
 from domainbed_align.errors import DomainbedAlignError
 from domainbed_align.records import readable_records
 
@@ -177,7 +177,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     if prepared != 0:
         return prepared  # prepare has printed its one-line reason
     sys.path.insert(0, str(domainbed_root))
-    from domainbed_align import _hook, liveness
+    from domainbed_align import _hook
 
     jobs = _hook.upstream_sweep_jobs(
         str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
@@ -193,14 +193,9 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
               (f" {ONE_TRIAL_WHY}" if config["n_trials"] == 1 else ""), flush=True)
     print(f"   hparams: {json.dumps(config['hparams']) or 'defaults'}; steps: {config['steps'] or 'default'}; "
           f"test envs: {config['test_envs'] or 'each in turn'}; output: {output_dir}", flush=True)
-    for job in jobs:  # a run an interrupted demo left half-done cannot resume in DomainBed: redo it
-        state = liveness.run_state(job.output_dir)
-        if state.live:
-            print(f"error: {job.output_dir} is {state.state} (another demo or sweep on the same folder): wait for "
-                  f"it, or stop it, then run the demo again", file=sys.stderr)
-            return 2
-        if state.state == liveness.FAILED:
-            shutil.rmtree(job.output_dir)
+    cleared = clear_failed_runs([job.output_dir for job in jobs])
+    if cleared != 0:
+        return cleared
     to_run = [job for job in jobs if not os.path.exists(os.path.join(job.output_dir, "done"))]
     for job in to_run:
         os.makedirs(job.output_dir, exist_ok=True)
@@ -223,7 +218,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     table = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir",
                             str(output_dir)], env=env, capture_output=True, text=True)
     print(table.stdout)
-    output_dir.parent.joinpath(f"{output_dir.name}.table.txt").write_text(table.stdout)
+    atomic.write_text(output_dir.parent / f"{output_dir.name}.table.txt", table.stdout)
     if table.returncode != 0:
         print(table.stderr, file=sys.stderr)
         return table.returncode
@@ -231,6 +226,33 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     if skip_explanations:
         return 0
     return explanation_table(output_dir, env, config["explained_images"])
+
+
+def clear_failed_runs(run_dirs: list[str]) -> int:
+    """Delete the runs an interrupted demo left failed (DomainBed cannot resume one: it is redone), each judged again
+    under its lock right before it goes (``liveness.delete_if_failed``: one that started meanwhile is kept). Returns
+    0, or 2 after one line on stderr when a run is live or unknown (another demo or sweep on the same folder) or
+    cannot be judged or deleted."""
+    from domainbed_align import liveness
+
+    for run_dir in run_dirs:
+        try:
+            state = liveness.delete_if_failed(run_dir)
+        except liveness.SlurmUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
+            print(f"error: the failed run {run_dir} could not be deleted ({error.strerror or error}): delete it by "
+                  f"hand, then run the demo again", file=sys.stderr)
+            return 2
+        if state.live:
+            print(f"error: {run_dir} is {state.state} (another demo or sweep on the same folder): wait for it, or "
+                  f"stop it, then run the demo again", file=sys.stderr)
+            return 2
+        if state.state == liveness.UNKNOWN:  # never trained into: a second trainer could be writing it
+            print(f"error: {run_dir}: state unknown ({state.why})", file=sys.stderr)
+            return 2
+    return 0
 
 
 def _environment_names(dataset: str) -> list[str]:
@@ -281,12 +303,18 @@ def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) ->
     print(f"== explanation metrics of each run's selected checkpoint (model_selected.pkl: training-domain "
           f"validation's), true-class Grad-CAM on its test environment ({max_images} images each; random_*: random "
           f"maps), written to {records}", flush=True)
-    with open(records, "w") as handle:  # its progress lines (stderr) and any error message reach the console
-        evaluated = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--input_dir", str(output_dir),
-                                    "--checkpoint", "selected", "--max_images", str(max_images)], env=env,
-                                   stdout=handle)
-    if evaluated.returncode != 0:
-        return evaluated.returncode
+    try:
+        # replaced only by a complete evaluation: an earlier file is never left half-rewritten
+        with atomic.replacing(records, "w") as handle:  # its progress lines (stderr) and errors reach the console
+            evaluated = subprocess.run([sys.executable, "-m", "domainbed_align.evaluate", "--input_dir",
+                                        str(output_dir), "--checkpoint", "selected", "--max_images", str(max_images)],
+                                       env=env, stdout=handle)
+            if evaluated.returncode != 0:
+                raise _EvaluateFailed(evaluated.returncode)
+    except _EvaluateFailed as failed:
+        print(f"error: evaluate stopped (exit code {failed.code}, its message above): {records} was not written",
+              file=sys.stderr)
+        return failed.code
     from domainbed_align import evaluate, tables
 
     explanations = evaluate.read_records(records)
@@ -294,6 +322,14 @@ def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) ->
     built = tables.build(tables.load_records(output_dir), ["explanations"], explanations)
     print(tables.render(built, "markdown"))  # accuracy beside the same checkpoint's explanations, and the cost
     return 0
+
+
+class _EvaluateFailed(Exception):
+    """evaluate exited non-zero: its partial output must not replace the records file."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def _positive_int(text: str) -> int:

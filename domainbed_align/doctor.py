@@ -1,8 +1,9 @@
 """``python -m domainbed_align.doctor``: is this environment ready to run ALIGN through DomainBed?
 
 Checks every dependency against its tested floor, where ``domainbed`` resolves from (and at which commit), whether our registration hook is active and
-ALIGN registered, whether upstream's import-time dependencies are installed, and whether the ``python`` on PATH
-(the literal command sweeps launch) is this interpreter. Exits 1 with the fix when something is off.
+ALIGN registered, whether upstream's import-time dependencies are installed, whether the ``python`` on PATH
+(the literal command sweeps launch) is this interpreter, and every ``DOMAINBED_ALIGN_*`` setting that is set.
+Exits 1 with the fix when something is off.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 PINNED_COMMIT = "b93c22a"
 # Modules upstream DomainBed imports at module level (datasets.py, scripts) besides torch/torchvision.
@@ -157,6 +159,24 @@ def check_python_on_path(report: Report) -> None:
         report.ok(f"`python` on PATH ({found}) is this interpreter's environment")
 
 
+def check_settings(report: Report, environ: Mapping[str, str] | None = None) -> bool:
+    """Every ``DOMAINBED_ALIGN_*`` variable that is set, and every key of the launcher config file: its value, or
+    what is wrong with it (an unknown name, a wrong type, a value out of range) and the fix."""
+    from domainbed_align import settings
+
+    found = settings.findings(environ)
+    if not found:
+        report.ok("no DOMAINBED_ALIGN_* setting is set: every default applies "
+                  "(`python -m domainbed_align.settings` lists them)")
+    for finding in found:
+        if finding.error is not None:
+            report.fail(finding.error.problem, finding.error.fix)
+        else:
+            test_only = finding.setting is not None and finding.setting.scope == settings.TEST
+            report.ok(f"{finding.name} = {finding.parsed!r}" + (" (a test-suite switch)" if test_only else ""))
+    return not any(finding.error for finding in found)
+
+
 def main() -> int:
     report = Report()
     print(f"domainbed-align doctor (python {sys.version.split()[0]} at {sys.executable})")
@@ -165,6 +185,7 @@ def main() -> int:
     dependencies_ok = check_dependencies(report) and floors_ok
     check_registration(report, domainbed_ok, dependencies_ok)
     check_python_on_path(report)
+    check_settings(report)
     print("all good" if not report.failures else f"{report.failures} problem(s) found")
     return 1 if report.failures else 0
 

@@ -17,7 +17,8 @@ images would be one class).
 
 Output: one JSON line per (run, environment) on stdout (``split`` "test": a whole test environment; "out": a
 training environment's held-out split; ``zero_maps``: the share of images whose Grad-CAM is zero everywhere, which
-ranks no pixel above another: the metrics then take the pixels in a fixed scrambled order, like a random map), or
+ranks no pixel above another: the metrics then take the pixels in a fixed scrambled order, like a random map;
+``diverged``: whether the run's last results.jsonl record says ``diverged`` > 0, null without one), or
 with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every
 run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
 ``--records FILE`` tabulates saved JSON lines. On datasets with ground-truth foreground masks (TextureMNIST,
@@ -164,14 +165,17 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool 
     algorithm = algorithm_from_checkpoint(checkpoint, options.device)
     # which weights: the checkpoint training-domain validation selected (model_selected.pkl) or the last one
     which = "selected" if "selection" in checkpoint else "last"
-    step = selection.checkpoint_step(checkpoint, readable_records(model_pkl.parent))
+    results = readable_records(model_pkl.parent)
+    step = selection.checkpoint_step(checkpoint, results)
+    # whether the run diverged (its last record: tables marks the same runs §); None: no results.jsonl to tell
+    diverged = results_files.diverged(results[-1]) if results else None
     for entry in evaluation_images(checkpoint, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
               f"({entry['split']})", file=sys.stderr, flush=True)
         figures = evaluate_environment(algorithm, entry["environment"], entry["indices"], options.max_images,
                                        options.batch_size, options.explain, options.steps, options.fractions,
                                        options.seed)
-        yield {"run": str(model_pkl.parent), "finished": finished,
+        yield {"run": str(model_pkl.parent), "finished": finished, "diverged": diverged,
                "algorithm": args["algorithm"], "dataset": args["dataset"],
                "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
                "trial_seed": args["trial_seed"], "checkpoint": which, "step": step, "env": entry["env"],
@@ -213,7 +217,8 @@ def finished_runs(models: Sequence[Path]) -> tuple[dict[Path, bool | None], dict
 
 def markdown_table(records: list[dict]) -> str:
     """Mean (± standard error over runs, when several) per algorithm, environment and checkpoint kind (selected or
-    last, with the steps evaluated); a row that counts an unfinished run (``finished`` false) is marked †."""
+    last, with the steps evaluated); a row that counts an unfinished run (``finished`` false) is marked †, one that
+    counts a run that diverged (``diverged`` true) §."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         which = record.get("checkpoint", "last")  # records written before the field existed: model.pkl's
@@ -227,13 +232,19 @@ def markdown_table(records: list[dict]) -> str:
         images = sum(r["n_images"] for r in group)
         steps = sorted({r.get("step") for r in group}, key=lambda step: (step is None, step))
         shown = ", ".join("?" if step is None else str(step) for step in steps)
-        checkpoint = f"{which} (step {shown})" + (" †" if any(r.get("finished") is False for r in group) else "")
+        marks = ("†" if any(r.get("finished") is False for r in group) else "") + \
+            ("§" if any(r.get("diverged") for r in group) else "")
+        checkpoint = f"{which} (step {shown})" + (f" {marks}" if marks else "")
         lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {checkpoint} | {len(group)} | {images} | "
                      + " | ".join(cells) + " |")
     unfinished = sorted({Path(r["run"]).name for r in records if r.get("finished") is False})
     if unfinished:
         lines.append(f"\n†: counts unfinished runs (no DomainBed `done` file; --include_unfinished): "
                      f"{', '.join(unfinished)}.")
+    diverged = sorted({Path(r["run"]).name for r in records if r.get("diverged")})
+    if diverged:
+        lines.append(f"\n§: counts runs that diverged (their results.jsonl's last record says `diverged` > 0; see "
+                     f"each run's err.txt): {', '.join(diverged)}.")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from domainbed_align import atomic  # noqa: E402
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError  # noqa: E402
 
 TILE_INCHES = 1.0
@@ -241,9 +242,29 @@ def _maps(options: argparse.Namespace) -> str:
         role = "held out" if env in first["test_envs"] else "training domain"
         blocks.append((f"{dataset.ENVIRONMENTS[env]} ({role}), images {chosen}",
                        environment_rows(runs, environment, chosen, options.device)))
-    maps_figure(blocks).savefig(options.out, dpi=120)
+    save(maps_figure(blocks), options.out)
     return (f"{options.out}: {first['dataset']}; " + "; ".join(title for title, _ in blocks) + "; rows: " +
             "; ".join(label.replace("\n", " ") for label, *_ in blocks[0][1]))
+
+
+def figure_format(out: Path) -> str | None:
+    """The format ``out``'s suffix names (None: no suffix, matplotlib's default, PNG), or why it cannot be written."""
+    suffix = out.suffix.lstrip(".").lower()
+    if not suffix:
+        return None
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(f"--out {out}: matplotlib cannot write .{suffix} files; use one of "
+                         f"{', '.join('.' + name for name in sorted(supported))} (e.g. .png)")
+    return suffix
+
+
+def save(figure: Figure, out: Path) -> None:
+    """Render to a temporary file beside ``out``, then rename it over ``out`` (atomic.replacing): a reader never sees
+    half a PNG, and a failed render leaves an earlier figure as it was. A file handle carries no suffix, so the format
+    is passed."""
+    with atomic.replacing(out) as handle:
+        figure.savefig(handle, format=figure_format(out), dpi=120)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
         argv = ["maps", *argv]  # the earlier form, `figures --model ... --out ...`
     options = parser().parse_args(argv)
+    try:
+        figure_format(options.out)  # before any work: a suffix matplotlib cannot write is one line, not a traceback
+    except ValueError as error:
+        parser().error(str(error))
     try:
         if options.command == "maps":
             from domainbed_align import evaluate
@@ -264,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from domainbed_align import tables
 
             records = tables.load_records(options.input_dir)
-            curves_figure(records, tables.Names(records)).savefig(options.out, dpi=120)
+            save(curves_figure(records, tables.Names(records)), options.out)
             print(f"{options.out}: training curves of {len({r['_run'] for r in records})} runs")
     except (DomainbedAlignError, ResultsFileError) as error:
         print(f"domainbed-align: error: {error}", file=sys.stderr)

@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from domainbed_align import atomic
+
 DOMAINBED_COMMIT = "b93c22a"
 OUTPUT_FILES = ("summary.json", "tests.txt", "bench.json", "tables.md", "maps.png", "curves.png", "runs.tar.gz",
                 "logs.tar.gz")
@@ -162,8 +164,8 @@ class Outputs:
         self.max_file_bytes = max_file_bytes
         self.left_out: list[str] = []
         folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(".*.partial"):  # a write of an earlier check that was killed
-            leftover.unlink()
+        for name in OUTPUT_FILES:  # writes of an earlier check on this host that was killed
+            atomic.remove_leftovers(folder / name)
         strangers = sorted(p.name for p in folder.iterdir() if p.name not in OUTPUT_FILES)
         if strangers:  # the device tool brings back 8 files at most: others would crowd out ours
             raise SystemExit(f"error: the output folder {folder} already holds {', '.join(strangers[:5])}: give the "
@@ -175,9 +177,7 @@ class Outputs:
         if len(data) > self.max_file_bytes:
             self.left_out.append(f"{name} ({len(data)} bytes, over the {self.max_file_bytes}-byte limit)")
             return False
-        partial = self.folder / f".{name}.partial"  # renamed at once: a kill never leaves half a file of that name
-        partial.write_bytes(data)
-        os.replace(partial, self.folder / name)
+        atomic.write_bytes(self.folder / name, data)  # a kill never leaves half a file of that name
         return True
 
     def put_file(self, name: str, source: Path) -> bool:
@@ -659,7 +659,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=1, default=str)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic.write_text(args.json, text + "\n")
     return 1 if problems else 0
 
 
@@ -676,7 +676,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     import domainbed.algorithms
     import domainbed.datasets
 
-    from domainbed_align import sweep
+    from domainbed_align import settings, sweep
     from domainbed_align.errors import DomainbedAlignError, user_message
 
     options = sweep.parser(list(domainbed.datasets.DATASETS), list(domainbed.algorithms.ALGORITHMS)).parse_args([
@@ -687,7 +687,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     jobs = _hook.upstream_sweep_jobs(args.output_dir, args.data_dir, args.dataset, list(args.algorithms),
                                      [[args.test_env]], 1, args.n_trials, args.steps, args.hparams)
     print(f"{len(jobs)} runs ({', '.join(args.algorithms)} x {args.n_trials} trials, test env {args.test_env}), "
-          f"{os.environ.get('DOMAINBED_ALIGN_JOBS', 'default')} at a time; e.g. {jobs[0].command_str}", flush=True)
+          f"{settings.value('jobs') or 'default'} at a time; e.g. {jobs[0].command_str}", flush=True)
     try:
         return sweep.launch(options, jobs)
     except DomainbedAlignError as error:
@@ -709,22 +709,19 @@ def cmd_carry(args: argparse.Namespace) -> int:
         print(f"error: {git} is not a git repository holding DomainBed's commit {DOMAINBED_COMMIT}: pass a clone or "
               f"mirror of facebookresearch/DomainBed (git fetch it first)", file=sys.stderr)
         return 2
-    partial = target.parent / f"{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    wheels = partial / "wheels"
-    wheels.mkdir(parents=True)
     try:
-        _build_carry(repo, target, partial, wheels, git)
+        # the old carry stays in place (its wheels are reused) until the new one replaces it in one rename
+        with atomic.building_folder(target, replace=True) as partial:
+            wheels = partial / "wheels"
+            wheels.mkdir()
+            _build_carry(repo, target, partial, wheels, git)
     except CarryError as error:
-        shutil.rmtree(partial, ignore_errors=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
+    except OSError as error:  # e.g. a full disk: nothing half-built is left, the previous carry is untouched
+        print(f"error: could not write {target} ({type(error).__name__}: {error}); the previous carry, if any, is "
+              f"unchanged: free the space or fix the permissions, then run carry again", file=sys.stderr)
+        return 2
     manifest = json.loads((target / "MANIFEST.json").read_text())
     tree = manifest["tree_bytes"]
     print(f"carry ready: {target.relative_to(repo) if target.is_relative_to(repo) else target} "

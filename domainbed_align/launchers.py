@@ -7,109 +7,32 @@ by upstream) and runs each one whole through ``bash -c`` with this interpreter (
 ``sys.executable``), so quoting survives; a non-zero exit is a failed job, recorded in the run's folder
 (:mod:`domainbed_align.liveness`). Settings, none of them in code: environment variables ``DOMAINBED_ALIGN_<KEY>``
 (upper case), or a JSON file named by ``DOMAINBED_ALIGN_LAUNCHER_CONFIG`` (lower-case keys; the environment wins).
-See :data:`SETTINGS`.
+See :data:`SETTINGS` and ``python -m domainbed_align.settings``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from domainbed_align import liveness
+from domainbed_align import settings as declared
 from domainbed_align.errors import DomainbedAlignError
 
-CONFIG_VARIABLE = "DOMAINBED_ALIGN_LAUNCHER_CONFIG"
-# key: (type, default, what it sets); None: unset (the cluster's own default)
-SETTINGS: dict[str, tuple[type, Any, str]] = {
-    "jobs": (int, None, "parallel, submitit_local: runs at once (default: one per GPU x jobs_per_gpu, else one per "
-                        "CPU core / threads_per_job)"),
-    "threads_per_job": (int, None, "parallel, submitit_local: OMP/MKL threads per run (default: cores / jobs)"),
-    "gpus": (str, None, "parallel, submitit_local: GPU ids to share out, e.g. '0,1', or 'none' (default: every "
-                        "visible GPU)"),
-    "jobs_per_gpu": (int, 1, "parallel, submitit_local: runs sharing one GPU"),
-    "timeout_min": (int, 1440, "slurm, submitit_local: each run's time limit in minutes (explicit: submitit_local's "
-                               "own default is 2)"),
-    "slurm_partition": (str, None, "slurm: partition (default: the cluster's default partition)"),
-    "slurm_gpus_per_task": (int, 0, "slurm: GPUs per run (default none: GPUs are asked for, never assumed)"),
-    "slurm_cpus_per_task": (int, 1, "slurm: CPUs per run"),
-    "slurm_mem_gb": (float, None, "slurm: memory per run in GB (default: the cluster's)"),
-    "slurm_array_parallelism": (int, 256, "slurm: array tasks running at once"),
-    "slurm_setup": (list, [], "slurm: shell lines run before each job (environment variable: one line per line)"),
-    "slurm_additional": (dict, {}, "slurm: further sbatch options, e.g. {\"account\": \"x\", \"qos\": \"y\"}"),
-    "detach": (bool, False, "slurm: return once submitted instead of waiting for the jobs"),
-}
+CONFIG_VARIABLE = declared.CONFIG_VARIABLE
+# key -> its declaration (type, default, what it sets, range): :mod:`domainbed_align.settings` declares them all
+SETTINGS = {key: setting for key, setting in declared.SETTINGS.items() if setting.scope == declared.LAUNCHER}
+LauncherConfigError = declared.SettingsError  # the name this module raised before settings.py read every setting
 
 
-class LauncherConfigError(DomainbedAlignError):
-    pass
-
-
-_KINDS = {int: "an integer", float: "a number", bool: "a boolean (1/0, true/false)", list: "a list of lines",
-          dict: "a JSON object", str: "a string"}
-
-
-def _parse(key: str, raw: Any, source: str, from_text: bool) -> Any:
-    """``raw`` as the setting's type; ``from_text``: an environment variable's string (a JSON file is typed)."""
-    kind = SETTINGS[key][0]
-    try:
-        if from_text and kind is not str:
-            if kind is bool:
-                lowered = raw.strip().lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
-                    raise ValueError(raw)
-                return lowered in ("1", "true", "yes", "on")
-            if kind is list:
-                return [line for line in raw.splitlines() if line.strip()]
-            if kind is dict:
-                raw = json.loads(raw)
-            else:
-                return kind(raw)
-        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
-            raw = float(raw)
-        if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
-            raise ValueError(raw)
-        if kind is list and not all(isinstance(line, str) for line in raw):
-            raise ValueError(raw)
-        return raw
-    except ValueError:
-        raise LauncherConfigError(f"{source} = {raw!r} is not {_KINDS[kind]}: {key} sets {SETTINGS[key][2]}.") \
-            from None
-
-
-def settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Every launcher setting: defaults, then the config file, then ``DOMAINBED_ALIGN_<KEY>`` variables."""
-    environ = os.environ if environ is None else environ
-    values = {key: default for key, (_, default, _) in SETTINGS.items()}
-    path = environ.get(CONFIG_VARIABLE)
-    if path:
-        try:
-            with open(path) as handle:
-                from_file = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise LauncherConfigError(f"{CONFIG_VARIABLE}={path!r} cannot be read as a JSON object ({error}).") \
-                from None
-        if not isinstance(from_file, dict):
-            raise LauncherConfigError(f"{CONFIG_VARIABLE}={path!r} must hold a JSON object of settings.")
-        unknown = sorted(set(from_file) - set(SETTINGS))
-        if unknown:
-            raise LauncherConfigError(f"{path!r}: unknown launcher setting(s) {unknown}; known: {sorted(SETTINGS)}.")
-        for key, raw in from_file.items():
-            values[key] = None if raw is None else _parse(key, raw, f"{path!r}: {key}", from_text=False)
-    for key in SETTINGS:
-        variable = f"DOMAINBED_ALIGN_{key.upper()}"
-        if variable in environ:
-            values[key] = _parse(key, environ[variable], variable, from_text=True)
-    for key in ("jobs", "threads_per_job", "jobs_per_gpu", "timeout_min", "slurm_cpus_per_task",
-                "slurm_array_parallelism"):
-        if values[key] is not None and values[key] < 1:
-            raise LauncherConfigError(f"launcher setting {key} = {values[key]} must be at least 1.")
-    return values
+def settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every launcher setting: defaults, then the config file, then ``DOMAINBED_ALIGN_<KEY>`` variables (every
+    ``DOMAINBED_ALIGN_*`` variable checked: an unknown name, a wrong type or a value out of range is named)."""
+    return declared.launcher_settings(environ)
 
 
 # --- the commands -----------------------------------------------------------------------------------------------
@@ -146,8 +69,8 @@ def _gpu_ids(config: dict[str, Any]) -> list[str]:
     if chosen is not None:
         return [] if chosen.strip().lower() in ("none", "") else [g.strip() for g in chosen.split(",") if g.strip()]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip()]
+    if visible is not None:  # indices or GPU-/MIG- UUIDs: kept as the strings CUDA reads
+        return [g.strip() for g in visible.split(",") if g.strip()]
     import torch
 
     return [str(index) for index in range(torch.cuda.device_count())]
@@ -274,8 +197,8 @@ def slurm_launcher(commands: list[str]) -> None:
 
 
 def submitit_local_launcher(commands: list[str]) -> None:
-    """submitit's local executor, ``jobs`` at a time (it has no cap of its own), each with its GPU (it hides GPUs
-    unless asked) and an explicit time limit (its own default is 2 minutes). It always waits: it feeds the jobs."""
+    """submitit's local executor, ``jobs`` at a time (it has no cap of its own), each with its GPU (an index or a
+    GPU-/MIG- UUID) and an explicit time limit (its own default is 2 minutes). It always waits: it feeds the jobs."""
     if not commands:
         return
     import submitit
@@ -293,10 +216,10 @@ def submitit_local_launcher(commands: list[str]) -> None:
             if slot in running or not pending:
                 continue
             _, command = pending.pop(0)
-            gpu = envs[slot]["CUDA_VISIBLE_DEVICES"]
-            executor.update_parameters(timeout_min=config["timeout_min"], gpus_per_node=1 if gpu else 0,
-                                       visible_gpus=(int(gpu),) if gpu else ())
-            job = executor.submit(_run_with_threads, command, envs[slot]["OMP_NUM_THREADS"])
+            # submitit's visible_gpus takes only integer indices, but a GPU may be a GPU-/MIG- UUID: submitit hides
+            # every GPU (gpus_per_node=0), and the job itself sets its slot's CUDA_VISIBLE_DEVICES, a string
+            executor.update_parameters(timeout_min=config["timeout_min"], gpus_per_node=0)
+            job = executor.submit(_run_in_slot, command, envs[slot])
             liveness.write_job_record(run_dir_of(command), log=str(job.paths.stderr))
             running[slot] = (job, command)
             submitted.append((job, command))
@@ -307,8 +230,9 @@ def submitit_local_launcher(commands: list[str]) -> None:
     _wait([job for job, _ in submitted], [command for _, command in submitted])
 
 
-def _run_with_threads(command: str, threads: str) -> int:
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+def _run_in_slot(command: str, env: dict[str, str]) -> int:
+    """Run the command with its slot's GPU and threads (in the submitit job: its environment reaches train.py)."""
+    os.environ.update(env)
     return run_command(command)
 
 

@@ -117,6 +117,14 @@ def read_results(path: str | os.PathLike) -> tuple[list[tuple[int, dict]], list[
     return records, damaged
 
 
+def diverged(record: dict) -> bool:
+    """Whether a train.py checkpoint record says its run had diverged by then: our trainer reports ``diverged`` (1.0
+    once its divergence warning fired) at every step, so the record's mean over the interval is > 0. Records without
+    the key (DomainBed's own algorithms, older runs) say no."""
+    value = record.get("diverged")
+    return isinstance(value, (int, float)) and value > 0
+
+
 def sweep_folder(input_dir: str | os.PathLike) -> Path:
     """The folder holding the run folders: ``input_dir`` itself, or its ``runs/`` when ``input_dir`` is one of this
     project's ``results/`` folders (which keep the runs there beside tables.md and a README)."""
@@ -163,7 +171,8 @@ def final_step(record: dict) -> int | None:
 
 # why a run is not counted, by liveness state (one word group each, for the one-line summary)
 UNFINISHED_WHY = {liveness.FAILED: "killed or failed", liveness.RUNNING: "still running",
-                  liveness.QUEUED: "queued", liveness.NOT_LAUNCHED: "not launched"}
+                  liveness.QUEUED: "queued", liveness.NOT_LAUNCHED: "not launched",
+                  liveness.UNKNOWN: "state unknown (its lock could not be checked)"}
 SQUEUE_SILENT = "state unknown (squeue did not answer)"
 
 

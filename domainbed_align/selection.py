@@ -14,7 +14,7 @@ only ``test_envs[0]``). Oracle selection takes the last checkpoint (``model.pkl`
 runs, so no single run can keep its checkpoint.
 
 Only a train.py process records where its run writes (the hook sees train.py open ``out.txt``); elsewhere
-``state_dict()`` is plain. ``DOMAINBED_ALIGN_KEEP_SELECTED=0`` switches it off.
+``state_dict()`` is plain. ``DOMAINBED_ALIGN_KEEP_SELECTED=0`` (or false, no, off, in any case) switches it off.
 
 Below: DomainBed's three selection methods across runs (:func:`select`), as the tables use them.
 """
@@ -53,9 +53,11 @@ def note_train_output_dir(folder: str) -> None:
 
 def train_output_dir() -> str | None:
     """The running train.py's ``--output_dir``, or None outside train.py (or when switched off)."""
-    if os.environ.get(SWITCH, "1").strip() in ("0", "false", "no", "off"):
+    if _train_output_dir is None:  # not train.py: the switch is not read, so nothing else fails on it
         return None
-    return _train_output_dir
+    from domainbed_align import settings  # checks every DOMAINBED_ALIGN_* variable: a misspelt switch is named
+
+    return _train_output_dir if settings.value("keep_selected") else None
 
 
 def validation_accuracy(record: Mapping[str, Any]) -> float | None:

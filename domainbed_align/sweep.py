@@ -90,6 +90,15 @@ def run_states(jobs: list[Any]) -> list[liveness.RunState]:
     return [liveness.run_state(job.output_dir, slurm) for job in jobs]
 
 
+def has_diverged(run_dir: str) -> bool:
+    """Whether the run's last checkpoint record reports a divergence (``diverged`` > 0: monitor.py's rule)."""
+    from domainbed_align.records import RESULTS_FILE, read_results
+
+    path = os.path.join(run_dir, RESULTS_FILE)
+    checkpoints = read_results(path)[0] if os.path.exists(path) else []
+    return bool(checkpoints) and checkpoints[-1][1].get("diverged", 0) > 0
+
+
 def _describe(job: Any) -> str:
     a = job.train_args
     return f"{a['dataset']} {a['algorithm']} test_envs={a['test_envs']} hparams_seed={a['hparams_seed']} " \
@@ -111,6 +120,11 @@ def print_failures(jobs: list[Any], states: list[liveness.RunState]) -> None:
         print(f"failed runs ({len(failed)}): remove them with delete_incomplete, then launch again")
         for job, state in failed:
             print(f"  {job.output_dir} ({_describe(job)}): {state.why}; log: {state.log}")
+    diverged = [job for job in jobs if has_diverged(job.output_dir)]
+    if diverged:
+        print(f"diverged runs ({len(diverged)}; their accuracies mean nothing: see err.txt, lower 'lr'):")
+        for job in diverged:
+            print(f"  {job.output_dir} ({_describe(job)})")
     unknown = [(job, state) for job, state in zip(jobs, states) if state.state == liveness.UNKNOWN]
     if unknown:
         print(f"runs in an unknown state ({len(unknown)}; delete_incomplete keeps them):")
@@ -135,6 +149,9 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     from domainbed import command_launchers
     from domainbed.scripts import sweep
 
+    from domainbed_align import settings
+
+    settings.launcher_settings()  # a misspelt DOMAINBED_ALIGN_* fails here, not in each train.py
     if not options.command_launcher:
         raise DomainbedAlignError("launch needs --command_launcher (upstream's local, dummy, multi_gpu; ours: "
                                   "parallel, submitit_local, slurm).")
@@ -222,6 +239,19 @@ def delete_incomplete(options: argparse.Namespace, jobs: list[Any]) -> int:
     return 1 if trouble else 0
 
 
+def check_names(options: argparse.Namespace) -> None:
+    """Every algorithm and dataset, ``--hparams`` (JSON, names, our algorithms' types) and, for launch,
+    ``--data_dir``: one error for the first problem, before any job is made or started (upstream's sweep launches
+    a misspelt algorithm, and each run then fails)."""
+    from domainbed_align import preflight
+
+    given = preflight.parse_hparams(options.hparams)
+    for dataset in options.datasets:
+        for algorithm in options.algorithms:
+            preflight.check_run(algorithm, dataset, given, options.data_dir, test_envs=(),
+                                check_data_dir=options.command == "launch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from domainbed_align import _hook
 
@@ -235,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = [d for d in domainbed.datasets.DATASETS if "Debug" not in d], list(domainbed.algorithms.ALGORITHMS)
     options = parser(*defaults).parse_args(argv)
     try:
+        check_names(options)
         jobs = make_jobs(options)
         if options.command == "status":
             print_status(jobs, run_states(jobs))

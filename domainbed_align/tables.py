@@ -25,7 +25,9 @@ Which records: the finished runs' (DomainBed's ``done`` file; a copy that kept o
 line is train.py's last step), the others left out in one line on stderr and in the notes (``--include_unfinished``
 counts them, each cell reading one marked †). ``--max_step N``: only checkpoints up to step N, before selection. A
 damaged or cut-off results line is skipped with one warning naming file, line and why, and every cell reading its
-run is marked ‡. ``--input_dir`` may be a sweep folder or a results folder holding its runs in ``runs/``.
+run is marked ‡. A cell that counts a run whose last record says it diverged (``diverged`` > 0: the trainer's
+divergence warning fired, its accuracies mean nothing) is marked §. ``--input_dir`` may be a sweep folder or a
+results folder holding its runs in ``runs/``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from domainbed_align import atomic
 from domainbed_align import records as results_files
 from domainbed_align.errors import DomainbedAlignError, ResultsFileError
 from domainbed_align.selection import IID, LODO, ORACLE, SELECTION_METHODS, n_envs, records_by, select
@@ -53,7 +56,9 @@ REFERENCE = "TimmERM"  # the cost ratio's denominator
 
 
 # --- reading ------------------------------------------------------------------------------------------------------
-UNFINISHED_MARK, DAMAGED_MARK = "†", "‡"
+UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK = "†", "‡", "§"
+MARKS = (UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK)  # the order a cell shows them in
+LATEX_MARKS = {UNFINISHED_MARK: "$^\\dagger$", DAMAGED_MARK: "$^\\ddagger$", DIVERGED_MARK: "$^\\S$"}
 
 
 class Sweep:
@@ -126,14 +131,20 @@ def load_records(input_dir: str | os.PathLike, warn: Callable[[str], None] | Non
 
 
 class Marks:
-    """The marks of cells whose runs include an unfinished one (†) or one with a damaged line (‡), and the notes
-    under the table naming those runs."""
+    """The marks of cells whose runs include an unfinished one (†), one with a damaged line (‡) or one that diverged
+    (§: its last record counted says ``diverged`` > 0), and the notes under the table naming those runs."""
 
     def __init__(self, records: list[dict]) -> None:
         self.flags = {r["_run"]: (r.get("_unfinished"), tuple(r.get("_damaged") or ())) for r in records
                       if "_run" in r}
+        last: dict[str, dict] = {}  # each run's last record counted (--max_step: up to that step)
+        for record in records:
+            if "_run" in record and (record["_run"] not in last or record["step"] >= last[record["_run"]]["step"]):
+                last[record["_run"]] = record
+        self.diverging = {run: record["step"] for run, record in last.items() if results_files.diverged(record)}
         self.unfinished: dict[str, str] = {}
         self.damaged: dict[str, tuple] = {}
+        self.diverged: dict[str, int] = {}
 
     def of(self, runs: Iterable[str]) -> str:
         """The marks of a cell that reads ``runs`` (folder names)."""
@@ -146,7 +157,10 @@ class Marks:
             if damaged:
                 self.damaged[run] = damaged
                 marks += DAMAGED_MARK
-        return "".join(mark for mark in (UNFINISHED_MARK, DAMAGED_MARK) if mark in marks)
+            if run in self.diverging:
+                self.diverged[run] = self.diverging[run]
+                marks += DIVERGED_MARK
+        return "".join(mark for mark in MARKS if mark in marks)
 
     def notes(self) -> list[str]:
         notes = []
@@ -156,6 +170,11 @@ class Marks:
         if self.damaged:
             lines = [line for _, damage in sorted(self.damaged.items()) for line in damage]
             notes.append(f"{DAMAGED_MARK}: reads a run with a damaged results.jsonl line, skipped: {_some(lines, 3)}.")
+        if self.diverged:
+            runs = [f"{run} (step {step})" for run, step in sorted(self.diverged.items())]
+            notes.append(f"{DIVERGED_MARK}: counts runs that diverged (their last record says `diverged` > 0: the "
+                         f"loss blew up, see each run's err.txt; their accuracies mean nothing): "
+                         f"{', '.join(runs[:9])}{f', and {len(runs) - 9} more' if len(runs) > 9 else ''}.")
         return notes
 
 
@@ -272,7 +291,7 @@ def _cell(cell: Any, style: str) -> str:
     digits = cell.get("digits", 1)
     marks = cell.get("marks", "")
     if style == "latex":
-        marks = marks.replace(UNFINISHED_MARK, "$^\\dagger$").replace(DAMAGED_MARK, "$^\\ddagger$")
+        marks = "".join(LATEX_MARKS.get(mark, mark) for mark in marks)
     marks = f" {marks}" if marks else ""
     if cell.get("se") is None:
         return f"{cell['mean']:.{digits}f}{marks}"
@@ -545,8 +564,7 @@ def render(tables: Sequence[Table], style: str) -> str:
 
 def _latex_escape(text: str) -> str:
     for plain, escaped in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                           ("`", ""), ("±", "$\\pm$"), (UNFINISHED_MARK, "$^\\dagger$"),
-                           (DAMAGED_MARK, "$^\\ddagger$")):
+                           ("`", ""), ("±", "$\\pm$"), *LATEX_MARKS.items()):
         text = text.replace(plain, escaped)
     return text
 
@@ -600,7 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"domainbed-align: error: {error}", file=sys.stderr)
         return 1
     if options.output:
-        options.output.write_text(text, encoding="utf-8")
+        try:
+            atomic.write_text(options.output, text)  # a reader never sees half a table, nor a kill's leftovers
+        except OSError as error:
+            print(f"domainbed-align: error: cannot write --output {options.output} ({error.strerror or error}): give "
+                  f"a file in a folder that exists and that you can write to.", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0

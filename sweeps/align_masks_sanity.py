@@ -26,6 +26,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from domainbed_align import atomic
+
 SOURCES = ("dataset", "align")  # the dataset's own masks, ALIGN's exported ones
 
 
@@ -100,7 +102,7 @@ def main() -> int:
             output = options.output_dir / "runs" / f"{options.algorithm}_{source}_trial{run['trial_seed']}"
             command = train_command(run, options.algorithm, source, masks, output, options.data_dir or run["data_dir"])
             jobs.append((run, source, output, command))
-    (options.output_dir / "masks.md").write_text(iou_table(manifests))
+    atomic.write_text(options.output_dir / "masks.md", iou_table(manifests))
     if options.masks_only:
         print(iou_table(manifests))
         return 0
@@ -140,7 +142,8 @@ def summarise(options: argparse.Namespace, runs: list[dict], jobs: list, manifes
                                                      "insertion_auc", "comprehensiveness")})
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.to_csv(options.output_dir / "runs.csv", index=False)
+    with atomic.replacing(options.output_dir / "runs.csv", "w") as handle:
+        table.to_csv(handle, index=False)
     metrics = ["acc_last", "acc_selected", "foreground_mass", "insertion_auc", "comprehensiveness"]
     grouped = table.groupby("source")[metrics]
     summary = grouped.mean().map("{:.3f}".format) + " ± " + grouped.sem().map("{:.3f}".format)
@@ -153,7 +156,7 @@ def summarise(options: argparse.Namespace, runs: list[dict], jobs: list, manifes
             summary.to_markdown(), "", "## Paired difference (align - dataset), mean ± standard error", "",
             (difference.mean().map("{:.3f}".format) + " ± " + difference.sem().map("{:.3f}".format))
             .to_frame("align - dataset").to_markdown(), ""]
-    (options.output_dir / "summary.md").write_text("\n".join(text))
+    atomic.write_text(options.output_dir / "summary.md", "\n".join(text))
     print("\n".join(text))
 
 

@@ -84,3 +84,22 @@ def test_leftovers_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_path)
     other_host.mkdir()
     assert atomic.remove_leftovers(tmp_path / "masks") == [killed]
     assert alive.exists() and other_host.exists()  # a pid of another host says nothing here
+
+
+def test_a_replacing_folder_that_cannot_be_moved_in_keeps_the_old_one_and_says_why(tmp_path, monkeypatch):
+    target = tmp_path / "carry"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst) == str(target) and os.path.basename(src) != "previous":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left") as raised:
+        with atomic.building_folder(target, replace=True) as building:
+            (building / "new").write_text("new")
+    assert not isinstance(raised.value, atomic.FolderExists)  # the real error, not "exists and is not empty"
+    assert [p.name for p in target.iterdir()] == ["old"] and _leftovers(tmp_path) == []

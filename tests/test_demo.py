@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import requires_upstream, run_python, save_align_run, upstream_root
+from test_records import lock_held_elsewhere
 from domainbed_align import demo
 
 SETTINGS = {"dataset": "TextureMNIST", "steps": 200, "hparams": {"batch_size": 12, "warmup_steps": 60},
@@ -136,8 +137,53 @@ def test_explanation_table_of_a_finished_sweep(tmp_path, data_dir, capsys):
 def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
     sweep = tmp_path / "sweep"
     sweep.mkdir()  # no run finished: no model_selected.pkl
+    earlier = tmp_path / "sweep.explanations.jsonl"
+    earlier.write_text('{"an": "earlier evaluation"}\n')
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 1
-    assert "domainbed-align: error: no */model_selected.pkl in" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "domainbed-align: error: no */model_selected.pkl in" in err
+    assert f"error: evaluate stopped (exit code 1, its message above): {earlier} was not written" in err
+    assert earlier.read_text() == '{"an": "earlier evaluation"}\n'  # not emptied by a failed evaluation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep", "sweep.explanations.jsonl"]
+
+
+def test_failed_runs_are_judged_again_under_their_lock_before_they_go(tmp_path, monkeypatch, capsys):
+    from domainbed_align import liveness
+
+    failed, running = tmp_path / "failed", tmp_path / "running"
+    for run in (failed, running):
+        run.mkdir()
+        (run / liveness.LOCK_FILE).write_text("pid 1 on elsewhere\n")  # it trained; its lock is free: killed
+        (run / "results.jsonl").write_text('{"step": 0}\n')
+    judged = []
+    real = liveness.delete_if_failed
+
+    def judge(run_dir, slurm=None):  # the re-check under the lock: the only way a run folder goes
+        judged.append(Path(run_dir).name)
+        return real(run_dir, slurm)
+
+    monkeypatch.setattr(liveness, "delete_if_failed", judge)
+    assert demo.clear_failed_runs([str(failed)]) == 0
+    assert judged == ["failed"] and not failed.exists()
+    with lock_held_elsewhere(running / liveness.LOCK_FILE):  # relaunched by another sweep meanwhile
+        assert demo.clear_failed_runs([str(running)]) == 2
+    assert running.is_dir() and f"error: {running} is running (another demo or sweep" in capsys.readouterr().err
+
+    def cannot(run_dir, slurm=None):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(liveness, "delete_if_failed", cannot)
+    assert demo.clear_failed_runs([str(running)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"error: the failed run {running} could not be deleted (Permission denied): delete it by hand, "
+                    f"then run the demo again")
+
+    def squeue_silent(run_dir, slurm=None):
+        raise liveness.SlurmUnavailable("squeue is not on PATH (nothing was changed)")
+
+    monkeypatch.setattr(liveness, "delete_if_failed", squeue_silent)
+    assert demo.clear_failed_runs([str(running)]) == 2
+    assert capsys.readouterr().err == "error: squeue is not on PATH (nothing was changed)\n"
 
 
 def test_launcher_runs_n_at_a_time_with_one_thread_each_and_returns_exit_codes(tmp_path):

@@ -214,3 +214,26 @@ def test_input_dir_evaluates_finished_runs_only_unless_asked(tmp_path, data_dir,
     (error,) = capsys.readouterr().err.strip().splitlines()
     assert error.startswith(f"domainbed-align: error: no finished run under {tmp_path / 'results'}: left out 3 of 3")
     assert "--include_unfinished evaluates them" in error
+
+
+def test_records_say_whether_the_run_diverged_and_the_table_marks_it(tmp_path, data_dir, capsys):
+    from pathlib import Path
+
+    sweep = tmp_path / "sweep"
+    for name, flags in (("calm", [0.0, 0.0]), ("blew_up", [0.0, 0.4])):  # 0.4: fired within the last interval
+        model = save_align_run(sweep / name, data_dir)
+        args = torch.load(model, weights_only=False)["args"]
+        lines = [json.dumps({"args": args, "step": 100 * i, "diverged": flag}) for i, flag in enumerate(flags)]
+        (sweep / name / "results.jsonl").write_text("\n".join(lines) + "\n")
+        (sweep / name / "done").write_text("done")
+    save_align_run(sweep / "copied", data_dir, seed=1)  # a model file alone: no results.jsonl to tell
+    records = _records(capsys, ["--model", *(str(sweep / n / "model.pkl") for n in ("calm", "blew_up", "copied")),
+                                "--max_images", "2", *FAST])
+    assert {Path(r["run"]).name: r["diverged"] for r in records} == {"calm": False, "blew_up": True, "copied": None}
+    table = evaluate.markdown_table(records)
+    (row,) = [line for line in table.splitlines() if "| ALIGN |" in line]
+    assert "| last (step 100, ?) § | 3 |" in row, row  # three runs, one diverged
+    assert "§: counts runs that diverged (their results.jsonl's last record says `diverged` > 0; see each run's " \
+           "err.txt): blew_up." in table
+    calm = evaluate.markdown_table([r for r in records if Path(r["run"]).name == "calm"])
+    assert "§" not in calm

@@ -117,3 +117,37 @@ def test_bad_requests_get_one_message(tmp_path, data_dir, capsys):
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         figures.main(["maps", "--model", str(texture), "--out", out, "--images", "0"])
+
+
+def test_a_figure_replaces_the_previous_one_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "s"
+    write_run(sweep, "erm", "TimmERM", [3], 0, 0, {0: {"out0": 0.2}, 100: {"out0": 0.6}})
+    out = tmp_path / "curves.png"
+    out.write_bytes(b"an earlier figure")
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def dies_half_way(self, fname, **kwargs):  # e.g. a full disk, or a kill, in the middle of the PNG
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:
+            with open(fname, "wb") as handle:
+                handle.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        figures.main(["curves", "--input_dir", str(sweep), "--out", str(out)])
+    assert out.read_bytes() == b"an earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "s"]  # no temporary left beside it
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
+    for name, magic in (("curves.png", b"\x89PNG"), ("curves.pdf", b"%PDF"), ("curves.SVG", b"<?xml")):
+        assert figures.main(["curves", "--input_dir", str(sweep), "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(magic), name  # the format the suffix names
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        figures.main(["curves", "--input_dir", str(sweep), "--out", str(tmp_path / "curves.txt")])
+    assert raised.value.code == 2
+    assert "--out " + str(tmp_path / "curves.txt") + ": matplotlib cannot write .txt files; use one of" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "curves.txt").exists()
+    matplotlib.pyplot.close("all")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, hook_active
-from domainbed_align import doctor, floors
+from domainbed_align import doctor, floors, settings
 
 # .ci/run sets this in its second environment, where every dependency is installed at exactly its floor
-IN_FLOOR_ENVIRONMENT = os.environ.get("DOMAINBED_ALIGN_FLOOR_ENV") == "1"
+IN_FLOOR_ENVIRONMENT = bool(settings.value("floor_env"))
 
 
 def _declared_floors() -> dict[str, str]:

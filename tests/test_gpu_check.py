@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -83,6 +84,24 @@ def _runner(out: Path, work: Path, deadline_s: float) -> tuple[Runner, dict]:
         summary
 
 
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """Whether process ``pid`` has ended: no such process, or a zombie (dead; in a container whose PID 1 does not
+    reap orphans, a killed orphan stays one)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_a_stage_cut_by_the_deadline_leaves_the_earlier_outputs_and_no_process(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     runner, summary = _runner(out, work, deadline_s=5.0)
@@ -103,9 +122,7 @@ def test_a_stage_cut_by_the_deadline_leaves_the_earlier_outputs_and_no_process(t
     assert "deadline" in summary["stages"][2]["reason"] and "stopped by the deadline" in summary["stages"][1]["reason"]
     assert (out / "tests.txt").read_text() == "first stage output\n"  # the finished stage's output survived
     assert (out / "bench.json").read_text() == "started\n"  # and the cut one's output so far
-    grandchild = int(pid_file.read_text())
-    with pytest.raises(ProcessLookupError):  # the whole process group went with the stage
-        os.kill(grandchild, 0)
+    assert _gone(int(pid_file.read_text()))  # the whole process group went with the stage
     _check_limits(out)
     logs = _tar_names(out / "logs.tar.gz")
     assert logs == ["logs/first.log", "logs/slow.log"]
@@ -132,8 +149,7 @@ def test_sigterm_stops_the_stage_and_still_writes_the_summary(tmp_path):
     summary = _check_limits(out)
     assert [(s["name"], s["status"]) for s in summary["stages"]] == [("long", "interrupted"), ("after", "interrupted")]
     assert summary["interrupted"].startswith("SIGTERM")
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
+    assert _gone(int(pid_file.read_text()))
     assert "long: interrupted" in stdout
 
 
@@ -154,6 +170,55 @@ def test_outputs_keep_to_the_device_tools_limits(tmp_path):
     (tmp_path / "out" / "stray.txt").write_text("")
     with pytest.raises(SystemExit, match="already holds stray.txt: give the check an empty folder"):
         Outputs(tmp_path / "out")
+
+
+def test_outputs_are_written_whole_and_durably_and_a_killed_writes_leftover_goes(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = out / f".bench.json.partial-{socket.gethostname()}-{dead.pid}-abc"  # an earlier check, kill -9-ed
+    leftover.write_bytes(b'{"half')
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    outputs = Outputs(out)  # the leftover is no stranger: removed, not refused
+    assert not leftover.exists()
+    assert outputs.put_bytes("summary.json", b"{}\n") is True
+    assert (out / "summary.json").read_bytes() == b"{}\n" and sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert synced  # on disk before the rename: a crash leaves the old file or the new one
+
+
+def test_carry_replaces_the_previous_one_in_one_rename_or_keeps_it(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "carry"
+    (target / "wheels").mkdir(parents=True)
+    (target / "wheels" / "old.whl").write_bytes(b"old")
+    monkeypatch.setattr(gpu_check, "subprocess", type("Git", (), {  # the DomainBed commit is there
+        "run": staticmethod(lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, "", ""))}))
+
+    def build(repo, target_, partial, wheels, git):
+        (wheels / "new.whl").write_bytes(b"new")
+        (partial / "MANIFEST.json").write_text(json.dumps({"bytes": 3, "tree_bytes": 1}))
+
+    monkeypatch.setattr(gpu_check, "_build_carry", build)
+    real_replace = os.replace
+
+    def full_disk(src, dst):  # the new carry cannot be moved into place
+        if Path(dst) == target and Path(src).name != "previous":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    args = ["carry", "--repo", str(REPO), "--out", str(target), "--domainbed_git", str(tmp_path)]
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert gpu_check.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "previous carry, if any, is unchanged" in err
+    assert [p.name for p in (target / "wheels").iterdir()] == ["old.whl"]  # never a moment without a carry
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["carry"]  # nothing half-built left beside it
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert gpu_check.main(args) == 0
+    assert [p.name for p in (target / "wheels").iterdir()] == ["new.whl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["carry"]
 
 
 def _fake_run(folder: Path, algorithm: str, step_times: list, submitted: float, done_at: float | None) -> None:

@@ -186,3 +186,39 @@ def test_our_one_line_errors_can_show_their_traceback_and_others_always_do(sourc
     # an error that is not ours keeps its traceback, switch or not
     other = run_python("import domainbed.algorithms\nraise KeyError('not ours')", source, cwd=tmp_path)
     assert other.returncode == 1 and "Traceback" in other.stderr and "KeyError: 'not ours'" in other.stderr
+
+
+START_UP = """
+import os, site, sys
+site.addsitedir(sys.argv[1])  # only the package's path: what site's own machinery imports is loaded now
+before = set(sys.modules)
+site.addsitedir(sys.argv[2])  # our .pth
+print(sorted(set(sys.modules) - before))
+import domainbed_align._hook as hook
+calls = []
+hook.install = lambda: calls.append(1)
+site.addsitedir(sys.argv[3])  # the same .pth again: a venv's lib64 -> lib link makes site read it twice
+print(len(calls), sum(type(f).__name__ == "_DomainBedFinder" for f in sys.meta_path))
+"""
+
+
+def test_the_hook_imports_only_itself_at_start_up_and_runs_once(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    package, hook = tmp_path / "package", tmp_path / "lib"
+    package.mkdir()
+    hook.mkdir()
+    (package / "repo.pth").write_text(f"{REPO}\n")
+    shutil.copy(REPO / "domainbed_align" / "domainbed_align_hook.pth", hook)
+    (tmp_path / "lib64").symlink_to(hook)
+    # -S: no site-packages of this environment (whose own .pth would have imported us already)
+    result = subprocess.run([sys.executable, "-S", "-c", START_UP, str(package), str(hook), str(tmp_path / "lib64")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    modules, runs = result.stdout.splitlines()
+    assert modules == "['domainbed_align', 'domainbed_align._hook']"
+    assert runs == "0 1"  # the second read did not install again: one finder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_align import launchers, liveness
+from domainbed_align import launchers, liveness, settings
 from domainbed_align.launchers import LauncherConfigError
 
 TESTS = Path(__file__).resolve().parent
+# as nvidia-smi -L prints them: CUDA_VISIBLE_DEVICES takes these as well as indices
+GPU_UUID = "GPU-5a3c1f2e-0d4b-6e7f-8a9b-0123456789ab"
+MIG_UUID = "MIG-7f1e2d3c-4b5a-6978-8a9b-ba9876543210"
 
 
 def fake_command(run_dir: Path, hparams: dict | None = None, sleep: float = 0.0, exit_code: int = 0) -> str:
@@ -30,9 +34,10 @@ def fake_command(run_dir: Path, hparams: dict | None = None, sleep: float = 0.0,
 @pytest.fixture
 def fake_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    for key in launchers.SETTINGS:
-        monkeypatch.delenv(f"DOMAINBED_ALIGN_{key.upper()}", raising=False)
-    monkeypatch.delenv(launchers.CONFIG_VARIABLE, raising=False)
+    for name in [n for n in os.environ if n.startswith(settings.PREFIX)]:
+        declared = settings.SETTINGS.get(name[len(settings.PREFIX):].lower())
+        if declared is None or declared.scope != settings.TEST:  # the tests' own switches stay
+            monkeypatch.delenv(name)
 
 
 def seen(run_dir: Path) -> dict:
@@ -66,19 +71,28 @@ def test_settings_defaults_file_then_environment(tmp_path):
 
 @pytest.mark.parametrize("environ, named", [
     ({"DOMAINBED_ALIGN_JOBS": "two"}, "DOMAINBED_ALIGN_JOBS = 'two' is not an integer"),
-    ({"DOMAINBED_ALIGN_JOBS": "0"}, "jobs = 0 must be at least 1"),
+    ({"DOMAINBED_ALIGN_JOBS": "0"}, "DOMAINBED_ALIGN_JOBS = '0' is out of range"),
+    ({"DOMAINBED_ALIGN_SLURM_MEM_GB": "nan"}, "DOMAINBED_ALIGN_SLURM_MEM_GB = 'nan' is not a finite number"),
+    ({"DOMAINBED_ALIGN_SLURM_MEM_GB": "-5"}, "DOMAINBED_ALIGN_SLURM_MEM_GB = '-5' is out of range"),
+    ({"DOMAINBED_ALIGN_DETACH": "OFF", "DOMAINBED_ALIGN_SLURM_PARTITON": "gpu"},
+     "DOMAINBED_ALIGN_SLURM_PARTITON is not a domainbed-align setting, so it would be ignored (did you mean "
+     "DOMAINBED_ALIGN_SLURM_PARTITION?)"),
     ({"DOMAINBED_ALIGN_DETACH": "maybe"}, "DOMAINBED_ALIGN_DETACH = 'maybe' is not a boolean"),
     ({"DOMAINBED_ALIGN_SLURM_ADDITIONAL": "qos=low"}, "DOMAINBED_ALIGN_SLURM_ADDITIONAL = 'qos=low' is not a JSON object"),
 ])
 def test_an_ill_typed_setting_is_named(environ, named):
-    with pytest.raises(LauncherConfigError, match=named.replace("(", r"\(")):
+    with pytest.raises(LauncherConfigError, match=re.escape(named)):
         launchers.settings(environ)
 
 
 def test_config_file_with_an_unknown_or_ill_typed_key_is_named(tmp_path):
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"slurm_partiton": "gpu"}))
-    with pytest.raises(LauncherConfigError, match=r"unknown launcher setting\(s\) \['slurm_partiton'\]"):
+    with pytest.raises(LauncherConfigError, match=r"'slurm_partiton' is not a launcher setting .*did you mean "
+                                                  r"'slurm_partition'\?"):
+        launchers.settings({launchers.CONFIG_VARIABLE: str(config)})
+    config.write_text(json.dumps({"slurm_mem_gb": float("nan")}))  # json.load reads NaN
+    with pytest.raises(LauncherConfigError, match="slurm_mem_gb = nan is not a finite number"):
         launchers.settings({launchers.CONFIG_VARIABLE: str(config)})
     config.write_text(json.dumps({"slurm_cpus_per_task": "4"}))
     with pytest.raises(LauncherConfigError, match="slurm_cpus_per_task = '4' is not an integer"):
@@ -98,6 +112,12 @@ def test_slots_share_gpus_round_robin_and_split_cores():
     assert [env["CUDA_VISIBLE_DEVICES"] for env in two_gpus] == ["0", "1", "0", "1"]
     cpu = launchers.slots(dict(launchers.settings({}), gpus="none", jobs=2, threads_per_job=3))
     assert [(e["CUDA_VISIBLE_DEVICES"], e["OMP_NUM_THREADS"]) for e in cpu] == [("", "3"), ("", "3")]
+
+
+def test_slots_keep_gpu_and_mig_uuids_as_strings(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f" {GPU_UUID} , {MIG_UUID} ")
+    envs = launchers.slots(dict(launchers.settings({}), jobs=2))
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == [GPU_UUID, MIG_UUID]
 
 
 # --- run states -------------------------------------------------------------------------------------------------
@@ -219,6 +239,17 @@ def test_submitit_local_caps_concurrency_asks_for_gpus_and_reports_failures(tmp_
     assert [liveness.run_state(str(run)).state for run in runs] == [liveness.DONE, liveness.DONE, liveness.FAILED]
     record = liveness.read_job_record(str(runs[2]))
     assert "exited with code 5" in record["error"] and record["log"].endswith(".err")
+
+
+def test_submitit_local_passes_gpu_and_mig_uuids_through(tmp_path, fake_env, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", f"{GPU_UUID},{MIG_UUID}")  # no DOMAINBED_ALIGN_GPUS: these are used
+    runs = [tmp_path / f"u{i}" for i in range(2)]
+    for run in runs:
+        run.mkdir()
+    launchers.submitit_local_launcher([fake_command(run) for run in runs])
+    assert sorted(seen(run)["gpus"] for run in runs) == sorted([GPU_UUID, MIG_UUID])
+    assert [liveness.run_state(str(run)).state for run in runs] == [liveness.DONE] * 2
 
 
 # --- a real Slurm cluster ---------------------------------------------------------------------------------------

@@ -136,3 +136,29 @@ def test_a_results_folder_stands_for_its_runs(tmp_path):
     _run(tmp_path / "sweep", "runs", 500, 499)  # a run folder that happens to be named runs: not a results folder
     _run(tmp_path / "sweep", "b", 500, 499)
     assert sweep_folder(tmp_path / "sweep") == tmp_path / "sweep"
+
+
+def test_a_run_whose_lock_cannot_be_checked_says_so_in_the_summary(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    killed = _run(tmp_path, "nfs_run", 500, 300)
+    (killed / liveness.LOCK_FILE).write_text("pid 1 on elsewhere\n")
+
+    def no_locks(*args, **kwargs):  # NFS without lockd, some FUSE mounts
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    why = unfinished_runs([killed])
+    assert why == {killed: "state unknown (its lock could not be checked)"}  # not a bare "state unknown"
+    assert unfinished_summary(why, 1, counted=False, fix="x") == (
+        "left out 1 of 1 run, unfinished (no DomainBed `done` file): 1 state unknown (its lock could not be checked) "
+        "(nfs_run); x.")
+
+
+def test_diverged_reads_the_trainers_mean_over_the_interval():
+    from domainbed_align.records import diverged
+
+    assert [diverged(r) for r in ({}, {"diverged": 0.0}, {"diverged": None}, {"diverged": "1"})] == [False] * 4
+    assert diverged({"diverged": 0.01}) and diverged({"diverged": 1.0})  # fired late in the interval, or before it

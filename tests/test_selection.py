@@ -4,6 +4,7 @@ train.py is simulated (no DomainBed): update, append a results line, call state_
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,27 @@ def test_nothing_is_written_outside_train_py_or_when_switched_off(tmp_path, monk
     monkeypatch.setenv(selection.SWITCH, "0")
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
     assert not (tmp_path / selection.SELECTED_FILE).exists()
+
+
+@pytest.mark.parametrize("word", ["OFF", "False", "no", " 0 "])
+def test_every_way_of_saying_off_switches_it_off(tmp_path, monkeypatch, word):
+    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    monkeypatch.setenv(selection.SWITCH, word)
+    _simulate(tmp_path, [[0.3, 0.3, 0.0]])
+    assert not (tmp_path / selection.SELECTED_FILE).exists()
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    (selection.SWITCH, "maybe", "DOMAINBED_ALIGN_KEEP_SELECTED = 'maybe' is not a boolean"),
+    ("DOMAINBED_ALIGN_KEEP_SELECTD", "0", "did you mean DOMAINBED_ALIGN_KEEP_SELECTED?")])
+def test_a_switch_it_cannot_read_stops_train_py_instead_of_saving(in_train_py, monkeypatch, variable, value, named):
+    from domainbed_align.settings import SettingsError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+    monkeypatch.setattr(selection, "_train_output_dir", None)  # outside train.py the switch is not read
+    TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
 
 
 def test_a_line_that_does_not_describe_the_weights_is_not_saved(in_train_py):

@@ -116,14 +116,15 @@ def test_parallel_sweep_killed_run_is_reported_recovered_and_counted_once(tmp_pa
 
 
 def test_slurm_sweep_failures_scancel_recovery_then_collect_results(tmp_path, slurm_cluster):
-    # ALIGN gets a mistyped hparam (refused by our check): its runs fail, and are reported with their logs
-    failing = sweep_args(tmp_path, algorithms=("ERM", "ALIGN"), hparams='{"batch_size": 8, "lambda_algin": 1}')
+    # ALIGN's runs fail at their first step (our non-finite guard; upstream's ERM trains on with NaNs), and are
+    # reported with their logs (a misspelt hparam no longer gets this far: check_names refuses it before launch)
+    failing = sweep_args(tmp_path, algorithms=("ERM", "ALIGN"), hparams='{"batch_size": 8, "lr": 1e30}')
     launch = ours("launch", [*failing, "--command_launcher", "slurm", "--skip_confirmation", "--poll_seconds", "1"])
     assert launch.returncode == 1 and "failed runs (3)" in launch.stdout, launch.stdout[-3000:]
     failed_lines = [line for line in launch.stdout.splitlines() if line.startswith("  ") and "log:" in line]
     assert len(failed_lines) == 3 and all("ALIGN" in line for line in failed_lines)
     log = Path(failed_lines[0].rsplit("log: ", 1)[1])
-    assert "lambda_algin" in log.read_text()
+    assert "non-finite" in log.read_text()
 
     # scancel mid-run: status shows it failed; delete_incomplete + launch recover it; each run counted once
     (tmp_path / "sweep").rename(tmp_path / "first")
@@ -147,6 +148,20 @@ def test_slurm_sweep_failures_scancel_recovery_then_collect_results(tmp_path, sl
     assert len(steps) == 3 and all(s == [0, 59] for s in steps.values()), steps
     collect = run_python(["-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)], upstream_root())
     assert collect.returncode == 0 and "ERM" in collect.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"algorithms": ("ERM", "ALIGNN")}, "unknown algorithm 'ALIGNN' (did you mean 'ALIGN'?)"),
+    ({"hparams": '{"batch_size": 8'}, "--hparams is not valid JSON"),
+    ({"hparams": '{"batch_size": 8, "lambda_algin": 1}', "algorithms": ("ERM", "ALIGN")},
+     "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)"),
+], ids=["algorithm", "json", "hparam"])
+def test_sweep_launch_refuses_a_bad_name_before_making_any_job(tmp_path, change, message):
+    result = ours("launch", [*sweep_args(tmp_path, **change), "--command_launcher", "parallel",
+                             "--skip_confirmation"])
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "sweep").exists()  # nothing launched, nothing made
 
 
 def test_our_sweep_declares_upstreams_arguments_names_defaults_and_required_flags():

@@ -7,6 +7,7 @@ test_upstream.py; here the numbers are computed by hand.
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,60 @@ def test_max_step_equals_collect_results_on_a_copy_cut_at_that_step(tmp_path, fo
     everything = ours()
     assert {key: everything.get(key) for key in theirs} == collect_results(whole)  # without --max_step: every record
     assert any(everything[key] != cell for key, cell in theirs.items())  # the cut changes the tables
+
+
+# --- diverged runs (issue 26 item 12), --output --------------------------------------------------------------------
+def _diverge(folder: Path, flags: dict) -> None:
+    """Add train.py's `diverged` (its mean over each checkpoint interval) to the records of these steps."""
+    path = folder / "results.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "diverged": flags.get(r["step"], 0.0)}) + "\n" for r in records))
+
+
+def test_a_run_that_diverged_marks_every_cell_that_counts_it_in_every_layout(sweep, tmp_path):
+    _diverge(sweep / "f", {2: 1.0})  # ALIGN trial 0: diverged by its last checkpoint
+    _diverge(sweep / "a", {0: 0.0, 1: 0.0, 2: 0.3})  # TimmERM: diverged during the last interval only
+    _diverge(sweep / "c", {2: 0.0})  # reports the key and never diverged
+    records = tables.load_records(sweep)
+    explanations = [_explanation(run, 2) for run in "fg"]
+    built = tables.build(records, ["domainbed", "explanations"], explanations)
+    iid = f"{DATASET}, model selection method: {tables.IID}"
+    assert _cells(built, iid, "ALIGN")["photos"]["marks"] == "§"
+    assert _cells(built, iid, "TimmERM")["photos"]["marks"] == "§"  # run a is among the draws its cell selects from
+    assert _cells(built, "Averages, model selection method: " + tables.ORACLE, "ALIGN")[DATASET]["marks"] == "§"
+    assert _cells(built, "explanations of the checkpoint", "ALIGN")["accuracy"]["marks"] == "§"
+    markdown = tables.render(built, "markdown")
+    assert _shown(markdown, "65.0 ± 3.5 §")
+    assert "§: counts runs that diverged (their last record says `diverged` > 0: the loss blew up, see each run's " \
+           "err.txt; their accuracies mean nothing): a (step 2), f (step 2)." in markdown
+    latex = tables.render(built, "latex")
+    assert "65.0 $\\pm$ 3.5 $^\\S$" in latex and "§" not in latex
+    tidy = pd.read_csv(io.StringIO(tables.render(built, "csv")), keep_default_na=False)
+    assert set(tidy[(tidy.Algorithm == "ALIGN") & (tidy["mean"] != "")].marks) == {"§"}
+    # up to step 1, run a had not diverged yet: nothing is marked
+    early = tables.build(tables.load_records(sweep, max_step=1), ["domainbed"])
+    assert _cells(early, iid, "TimmERM")["photos"]["marks"] == ""
+    assert "§" not in tables.render(early, "markdown")
+    # single-source layouts: the source row reading the diverged run, and the in-domain diagonal
+    single = tmp_path / "single"
+    for trial in (0, 1):
+        write_run(single, f"t{trial}", "ALIGN", [1, 2, 3], trial, 0, {5: {"out0": 0.9, "in1": 0.5}})
+    _diverge(single / "t1", {5: 1.0})
+    matrices = tables.build(tables.load_records(single), ["single_source", "in_domain"])
+    for table in matrices:
+        assert table.rows[0]["cells"]["textures"]["marks"] == "§", table.title
+        assert any("§: counts runs that diverged" in note and "t1 (step 5)" in note for note in table.notes)
+
+
+def test_output_is_written_whole_and_a_folder_that_is_not_there_is_one_line(sweep, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nowhere" / "tables.md"
+    assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed", "--output", str(missing)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"domainbed-align: error: cannot write --output {missing} (No such file or directory)")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    target = tmp_path / "tables.md"
+    assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed", "--output", str(target)]) == 0
+    assert target.read_text().startswith("### Dataset: TextureMNIST") and synced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep", "tables.md"]  # no temporary file left

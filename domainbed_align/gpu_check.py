@@ -551,7 +551,8 @@ def plan(mode: Mode, repo: Path, work: Path, outputs: Outputs, runner_status: Ca
               env={**common_env, "DOMAINBED_ALIGN_JOBS": "1", "DOMAINBED_ALIGN_THREADS_PER_JOB": str(cores)},
               skip=no_domainbed, ready=after("data"), collect=timed),
         Stage("evaluate", [python, "-m", "domainbed_align.evaluate", "--input_dir", "sweep", "--checkpoint",
-                           "selected", "--max_images", str(mode.max_images), "--device", mode.device],
+                           "selected", "--max_images", str(mode.max_images), "--device", mode.device,
+                           "--include_unfinished"],  # runs the deadline cut: scored, their records marked
               mode.caps["evaluate"], mode.reserves["evaluate"], cwd=work, env=common_env,
               stdout_to=work / "explanations.jsonl", skip=no_domainbed, ready=has_checkpoints, collect=bundle_runs),
         Stage("tables", tables_argv, mode.caps["tables"], mode.reserves["tables"], cwd=work, env=common_env,

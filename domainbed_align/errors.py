@@ -11,6 +11,14 @@ class DomainbedAlignError(Exception):
     """Base class for errors whose message is complete on its own."""
 
 
+def did_you_mean(name: str, known) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known`` to a misspelt ``name``, or ``""``."""
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(known), 1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
 def user_message(error: DomainbedAlignError) -> str:
     """The error's message, without the wrapper torch's DataLoader puts around an error raised in a worker process
     ("Caught X in DataLoader worker process 0. Original Traceback ...", the original message on its last line)."""

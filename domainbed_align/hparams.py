@@ -8,7 +8,6 @@ work as for built-in algorithms. Everything here is plain Python: random values 
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from domainbed_align.errors import HParamError
+from domainbed_align.errors import HParamError, did_you_mean
 
 # DomainBed's real photo datasets: every DomainBed baseline starts from ImageNet weights there.
 PHOTO_DATASETS = frozenset(
@@ -267,8 +266,7 @@ def validate(algorithm: str, hparams: Mapping[str, Any],
         known = set(specs) | set(other_known)
         unknown = sorted(set(hparams) - known)
         if unknown:
-            hints = [f"'{u}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(u, known, 1))
-                                 else "") for u in unknown]
+            hints = [f"'{name}'{did_you_mean(name, known)}" for name in unknown]
             raise HParamError(f"unknown hparam {', '.join(hints)}: no algorithm defines it; {algorithm}'s "
                               f"hparams are {sorted(specs)} plus DomainBed's common ones.")
     return dict(hparams)

@@ -11,12 +11,11 @@ call :func:`check_run` for every job before launching any.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 from typing import Any, Sequence
 
-from domainbed_align.errors import DomainbedAlignError, HParamError
+from domainbed_align.errors import DomainbedAlignError, HParamError, did_you_mean
 
 # DomainBed's datasets that build their examples in memory and read nothing from --data_dir
 NO_DATA_DIR = ("Debug28", "Debug224")
@@ -24,11 +23,6 @@ NO_DATA_DIR = ("Debug28", "Debug224")
 
 class RunArgumentError(DomainbedAlignError, ValueError):
     """A DomainBed run's algorithm, dataset, data folder or test environments that cannot work."""
-
-
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, known, 1)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def parse_hparams(text: str | None) -> dict[str, Any]:
@@ -55,10 +49,10 @@ def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: s
     import domainbed.datasets as datasets
 
     if algorithm not in algorithms.ALGORITHMS or not hasattr(algorithms, algorithm):
-        raise RunArgumentError(f"unknown algorithm {algorithm!r}{_did_you_mean(algorithm, algorithms.ALGORITHMS)}; "
+        raise RunArgumentError(f"unknown algorithm {algorithm!r}{did_you_mean(algorithm, algorithms.ALGORITHMS)}; "
                                f"DomainBed knows {', '.join(algorithms.ALGORITHMS)}.")
     if dataset not in datasets.DATASETS or not hasattr(datasets, dataset):
-        raise RunArgumentError(f"unknown dataset {dataset!r}{_did_you_mean(dataset, datasets.DATASETS)}; "
+        raise RunArgumentError(f"unknown dataset {dataset!r}{did_you_mean(dataset, datasets.DATASETS)}; "
                                f"DomainBed knows {', '.join(datasets.DATASETS)}.")
     environments = datasets.num_environments(dataset)
     wrong = [env for env in test_envs if not 0 <= env < environments]
@@ -90,7 +84,7 @@ def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
         return
     unknown = sorted(set(given) - known)
     if unknown:
-        hints = ", ".join(f"'{name}'{_did_you_mean(name, sorted(known))}" for name in unknown)
+        hints = ", ".join(f"'{name}'{did_you_mean(name, known)}" for name in unknown)
         raise HParamError(f"unknown hparam {hints}: no algorithm defines it.")
 
 

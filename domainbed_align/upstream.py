@@ -32,8 +32,6 @@ import sys
 import types
 from typing import Any
 
-from domainbed_align._hook import TARGETS, install, is_installed  # noqa: F401  (the public names stay here too)
-
 _PATCHED_FLAG = "_domainbed_align_patched"
 _NEED_TORCH = ("domainbed.algorithms", "domainbed.hparams_registry", "domainbed.datasets")
 

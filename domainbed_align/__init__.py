@@ -19,7 +19,7 @@ if not getattr(_sys, "_domainbed_align_pth", False):
 
 def __getattr__(name: str):  # ALGORITHM_NAMES reads the registry, which imports torch: only on first use
     if name == "ALGORITHM_NAMES":
-        from domainbed_align.registry import algorithm_names
+        from domainbed_align.methods.registry import algorithm_names
 
         return algorithm_names()
     raise AttributeError(f"module 'domainbed_align' has no attribute {name!r}")
@@ -30,7 +30,7 @@ def register() -> None:
 
     Safe to call repeatedly and before or after ``domainbed`` was imported; needs ``domainbed`` importable.
     """
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     _hook.install()
     _hook.patch_all_now()

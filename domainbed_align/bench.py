@@ -26,12 +26,12 @@ from typing import Any, Callable
 
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import registry
-from domainbed_align.algorithms import ALIGN
-from domainbed_align.explain import CudaGraphExplainer
-from domainbed_align.step import ShapeWithMaskChannel
-from domainbed_align.gradcam import normalize_per_sample
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import registry
+from domainbed_align.methods.align import ALIGN
+from domainbed_align.methods.explain import CudaGraphExplainer
+from domainbed_align.annotations import ShapeWithMaskChannel
+from domainbed_align.methods.gradcam import normalize_per_sample
 
 # Targets the project set itself; reported next to the measurements, never asserted by tests.
 TARGETS = {"align_over_erm_max_cuda": 3.5, "align_over_erm_max_cpu": 4.0, "gradcam_speedup_min": 20.0,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from domainbed_align import atomic
 from domainbed_align.errors import DomainbedAlignError
-from domainbed_align.records import readable_records
+from domainbed_align.runs.records import readable_records
 
 ALGORITHMS = ("TimmERM", "DRE", "ALIGN")  # a fixed list: the reference, ALIGN's codebase, ALIGN
 PHOTOS = 3  # TextureMNIST's environment 'photos'
@@ -66,7 +66,7 @@ def _is_ours(args: dict, settings: dict) -> bool:
 
 
 def _registered() -> tuple[str, ...]:
-    from domainbed_align import registry
+    from domainbed_align.methods import registry
 
     return registry.algorithm_names()
 
@@ -131,7 +131,7 @@ def default_output_dir(dataset: str, full: bool, steps: int | None, n_hparams: i
 def launch_in_parallel(commands: list[str], env: dict[str, str], parallel: int) -> list[int]:
     """Run upstream's job commands ``parallel`` at a time with the ``parallel`` launcher's machinery; with more than
     one at a time each gets one torch thread (two runs on two cores beat one run on two). Returns the exit codes."""
-    from domainbed_align import launchers
+    from domainbed_align.runs import launchers
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if parallel > 1 else {}
     return launchers.run_parallel(commands, [one_thread] * parallel, env, "demo")
@@ -177,7 +177,7 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     if prepared != 0:
         return prepared  # prepare has printed its one-line reason
     sys.path.insert(0, str(domainbed_root))
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     jobs = _hook.upstream_sweep_jobs(
         str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
@@ -233,7 +233,7 @@ def clear_failed_runs(run_dirs: list[str]) -> int:
     under its lock right before it goes (``liveness.delete_if_failed``: one that started meanwhile is kept). Returns
     0, or 2 after one line on stderr when a run is live or unknown (another demo or sweep on the same folder) or
     cannot be judged or deleted."""
-    from domainbed_align import liveness
+    from domainbed_align.runs import liveness
 
     for run_dir in run_dirs:
         try:
@@ -315,7 +315,8 @@ def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) ->
         print(f"error: evaluate stopped (exit code {failed.code}, its message above): {records} was not written",
               file=sys.stderr)
         return failed.code
-    from domainbed_align import evaluate, tables
+    from domainbed_align.report import evaluate
+    from domainbed_align.report import tables
 
     explanations = evaluate.read_records(records)
     print(evaluate.markdown_table(explanations))  # the table `evaluate --records` prints

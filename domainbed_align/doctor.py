@@ -104,7 +104,7 @@ def check_floors(report: Report) -> bool:
 
 
 def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool) -> None:
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     if _hook.is_installed():
         report.ok("the registration hook (domainbed_align_hook.pth) is active in this interpreter")

@@ -103,7 +103,7 @@ def require_runtime() -> None:
     if not problems:
         _checked = True
         return
-    from domainbed_align._hook import install_excepthook
+    from domainbed_align.upstream.hook import install_excepthook
     from domainbed_align.errors import DependencyVersionError
 
     install_excepthook()

@@ -378,7 +378,7 @@ def throughput(work: Path, sweep_seconds: float | None, solo_seconds: float | No
 
     A batch's span runs from its launch (the launcher's record in each run folder) to its last run's ``done``, so the
     launcher's start-up and polling do not count; the stage's own seconds are reported beside it."""
-    from domainbed_align.liveness import JOB_FILE
+    from domainbed_align.runs.liveness import JOB_FILE
 
     def runs(folder: Path) -> list[dict[str, Any]]:
         found = []
@@ -634,7 +634,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
                              capture_output=True, text=True, timeout=30)
         report["nvidia_smi"] = (smi.stdout or smi.stderr).strip()
     import domainbed_align
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     installed = Path(domainbed_align.__file__).resolve().parent
     tree = Path(args.repo).resolve() / "domainbed_align"
@@ -668,7 +668,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Upstream's own sweep jobs for one held-out domain, launched by our sweep's ``launch`` (progress, run states,
     failed runs with their logs) with the ``parallel`` launcher: the folders ``sweep launch --single_test_envs``
     gives these runs."""
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     if not _hook.domainbed_importable():
         print(f"error: no DomainBed: set DOMAINBED_ROOT to a checkout at {DOMAINBED_COMMIT}", file=sys.stderr)

@@ -11,7 +11,7 @@ DomainBed): a run lands in the folder ``sweep launch`` would give it. Added:
 - ``--protocol single_source``: each run trains on one domain and tests on every other (``test_envs`` = the
   others); the default ``domainbed`` is upstream's.
 - ``status``: each run done, running, queued, failed (with its log), not launched, or unknown (its lock cannot be
-  checked on this file system, and nothing proves it ended) (:mod:`domainbed_align.liveness`).
+  checked on this file system, and nothing proves it ended) (:mod:`domainbed_align.runs.liveness`).
 - ``delete_incomplete`` deletes failed runs only, never a live (running or queued) or unknown one, and judges each
   run again, under its lock, immediately before removing it. Upstream's deletes every folder without ``done``,
   queued and running jobs of an asynchronous launcher included: do not use it with ``slurm``.
@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 from domainbed_align.errors import DomainbedAlignError, user_message
 
 
@@ -68,7 +68,7 @@ def make_jobs(options: argparse.Namespace) -> list[Any]:
     """Upstream ``Job``s for the options: ``sweep launch``'s own (domainbed) or single-source ones."""
     from domainbed.scripts import sweep
 
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     if options.protocol == "single_source":
         return _hook.upstream_single_source_jobs(
@@ -92,7 +92,7 @@ def run_states(jobs: list[Any]) -> list[liveness.RunState]:
 
 def has_diverged(run_dir: str) -> bool:
     """Whether the run's last checkpoint record reports a divergence (``diverged`` > 0: monitor.py's rule)."""
-    from domainbed_align.records import RESULTS_FILE, read_results
+    from domainbed_align.runs.records import RESULTS_FILE, read_results
 
     path = os.path.join(run_dir, RESULTS_FILE)
     checkpoints = read_results(path)[0] if os.path.exists(path) else []
@@ -243,7 +243,7 @@ def check_names(options: argparse.Namespace) -> None:
     """Every algorithm and dataset, ``--hparams`` (JSON, names, our algorithms' types) and, for launch,
     ``--data_dir``: one error for the first problem, before any job is made or started (upstream's sweep launches
     a misspelt algorithm, and each run then fails)."""
-    from domainbed_align import preflight
+    from domainbed_align.upstream import preflight
 
     given = preflight.parse_hparams(options.hparams)
     for dataset in options.datasets:
@@ -253,7 +253,7 @@ def check_names(options: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     if not _hook.domainbed_importable():
         print("error: no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", file=sys.stderr)

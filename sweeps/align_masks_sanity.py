@@ -10,7 +10,7 @@ trained twice through upstream's train.py with that run's arguments (dataset, te
 seed, batch size, holdout fraction): on the dataset's own masks and on the exported ones. Resumable: finished runs
 (their ``done`` file) are kept, unfinished ones redone. Then ``summary.md`` (pandas): held-out accuracy at the last
 checkpoint and at DomainBed's training-domain-validation choice, and the explanation metrics of each last
-checkpoint (``domainbed_align.evaluate``), mean ± standard error over the trials, and the paired difference.
+checkpoint (``domainbed_align.report.evaluate``), mean ± standard error over the trials, and the paired difference.
 Needs ``domainbed`` importable (PYTHONPATH=$DOMAINBED_ROOT). Paths stay as given (relative ones are recorded so).
 """
 

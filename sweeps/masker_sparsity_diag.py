@@ -6,8 +6,8 @@ Needs the package installed (``pip install -e .``); ``DATA_DIR`` (default ``data
 import sys, json, time, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 import os
-from domainbed_align import hparams as H
-from domainbed_align.algorithms import ALIGN
+from domainbed_align.methods import hparams as H
+from domainbed_align.methods.align import ALIGN
 from domainbed_align.data import datasets
 
 mode = sys.argv[1]            # "warmup" or a JSON of overrides for the alignment phase

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from domainbed_align.selection import selected_record
+from domainbed_align.report.selection import selected_record
 
 
 def last_checkpoints(folder: Path, algorithm: str) -> list[dict]:

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     root = os.environ.get("DOMAINBED_ROOT")
     if root:
         sys.path.insert(0, root)
-    from domainbed_align import _hook, registry
+    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.methods import registry
     from domainbed_align.errors import DomainbedAlignError
 
     try:

@@ -83,7 +83,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def hook_active() -> bool:
     """Whether this interpreter ran our .pth (the package is pip-installed into it)."""
-    from domainbed_align import _hook
+    from domainbed_align.upstream import hook as _hook
 
     return _hook.is_installed()
 
@@ -105,8 +105,8 @@ def save_align_run(folder: Path, data_dir: Path, seed: int = 0, hparams_seed: in
     """A model.pkl as upstream's train.py writes it, for an ALIGN on TextureMNIST tested on 'photos' (env 3)."""
     import torch
 
-    from domainbed_align import hparams as hparams_lib
-    from domainbed_align.algorithms import ALIGN
+    from domainbed_align.methods import hparams as hparams_lib
+    from domainbed_align.methods.align import ALIGN
 
     torch.manual_seed(seed)
     hparams = hparams_lib.default_hparams("ALIGN", "TextureMNIST", pretrained=False)

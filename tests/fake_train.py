@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 
 p = argparse.ArgumentParser()
 p.add_argument("--output_dir", required=True)

@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN, DRE, MASKER_REPORT, TimmERM
-from domainbed_align.backbones import create_backbone
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods.align import ALIGN, MASKER_REPORT
+from domainbed_align.methods.dre import DRE
+from domainbed_align.methods.erm import TimmERM
+from domainbed_align.methods.backbones import create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError, PretrainedWeightsError
-from domainbed_align.step import StepContext
+from domainbed_align.methods.step import StepContext
 
 SHAPE = (3, 28, 28)
 
@@ -240,7 +242,7 @@ def test_hub_probe_is_huggingface_hubs_own_request_with_its_timeout(monkeypatch,
     import huggingface_hub
     from huggingface_hub import constants
 
-    from domainbed_align import backbones
+    from domainbed_align.methods import backbones
 
     asked = []
 
@@ -403,7 +405,7 @@ def test_non_finite_masker_gradient_stops_before_the_masker_step():
 def test_an_empty_mask_is_reported_once_by_the_trainer():
     import io
 
-    from domainbed_align.monitor import CollapseMonitor
+    from domainbed_align.methods.monitor import CollapseMonitor
 
     algorithm = _align(warmup_steps=1)
     stream = io.StringIO()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import registry
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import registry
 from domainbed_align.errors import HParamError
-from domainbed_align.step import ShapeWithMaskChannel
+from domainbed_align.annotations import ShapeWithMaskChannel
 
 ANNOTATION_METHODS = [e.name for e in registry.entries() if e.annotations]
 OTHERS = [e.name for e in registry.entries() if not e.annotations]
@@ -88,7 +88,7 @@ def test_without_masks_the_method_says_it_is_plain_erm_once(name, capsys):
 
 
 def test_an_annotation_method_comes_back_from_its_model_pkl(tmp_path):
-    from domainbed_align.checkpoints import load_algorithm
+    from domainbed_align.methods.checkpoints import load_algorithm
 
     algorithm = _build("HAICS")
     algorithm.update([_inputs()])
@@ -118,7 +118,7 @@ def test_a_nan_image_stops_haics_before_its_step_naming_it():
 
 
 def test_a_model_pkl_saved_before_mask_folders_existed_still_loads():
-    from domainbed_align.checkpoints import algorithm_from_checkpoint
+    from domainbed_align.methods.checkpoints import algorithm_from_checkpoint
 
     algorithm = _build("GRADIA")
     older = {k: v for k, v in algorithm.hparams.items() if k not in ("mask_dir", "annotation_method")}

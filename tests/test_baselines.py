@@ -10,11 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import losses, registry
-from domainbed_align.baselines import GRADIA, HAICS, RRR, SGT
-from domainbed_align.explain import input_gradient_saliency
-from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel, StepContext
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import losses
+from domainbed_align.methods import registry
+from domainbed_align.methods.baselines import GRADIA, HAICS, RRR, SGT
+from domainbed_align.methods.explain import input_gradient_saliency
+from domainbed_align.annotations import MISSING_ANNOTATION, ShapeWithMaskChannel
+from domainbed_align.methods.step import StepContext
 
 
 # --- SGT ----------------------------------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def test_each_baseline_lowers_its_own_explanation_term_more_than_erm(name):
 # the training Grad-CAM on the annotated region than the same trainer without the term.
 @pytest.mark.parametrize("name", ["GRADIA", "HAICS", "RES_G", "RES_L", "CARE"])
 def test_each_gradcam_annotation_method_moves_its_map_onto_the_mask(name):
-    from domainbed_align.metrics import foreground_mass
+    from domainbed_align.report.metrics import foreground_mass
 
     cls = registry.algorithm_class(name)
     inputs, labels = _fixed_batch(True)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN
-from domainbed_align.checkpoints import load_algorithm
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods.align import ALIGN
+from domainbed_align.methods.checkpoints import load_algorithm
 from domainbed_align.errors import CheckpointError
 
 SHAPE = (3, 28, 28)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from domainbed_align import bench, registry
+from domainbed_align import bench
+from domainbed_align.methods import registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU check runs it)")
 

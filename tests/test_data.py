@@ -467,8 +467,8 @@ def test_gt_masks_must_be_a_real_boolean(data_dir: Path) -> None:
 
 
 def test_vlcs_has_no_masks_of_its_own_so_gt_masks_alone_is_refused_by_the_method(data_dir: Path) -> None:
-    from domainbed_align import hparams as hparams_lib
-    from domainbed_align.baselines import GRADIA
+    from domainbed_align.methods import hparams as hparams_lib
+    from domainbed_align.methods.baselines import GRADIA
     from domainbed_align.errors import HParamError
 
     hparams = hparams_lib.default_hparams("GRADIA", "VLCSMini", gt_masks=True)

@@ -95,7 +95,7 @@ def test_baselines_train_through_upstream_train_py_annotation_methods_on_their_m
     upstream's own evaluation (predict on loaders that carry the mask channel) runs too."""
     from conftest import hook_active, run_python
 
-    from domainbed_align import registry
+    from domainbed_align.methods import registry
 
     assert {e.name for e in registry.entries() if e.annotations} == set(ANNOTATION_TERMS)
     annotated = algorithm in ANNOTATION_TERMS
@@ -122,7 +122,7 @@ def _write_half_masks(environments: list, mask_dir: Path) -> None:
     """Synthetic masks for image-folder environments: the left half of each image."""
     from PIL import Image
 
-    from domainbed_align.mask_folder import image_folder_keys, mask_path
+    from domainbed_align.annotations.folder import image_folder_keys, mask_path
 
     for environment in environments:
         for (path, _), key in zip(environment.samples, image_folder_keys(environment)):
@@ -197,7 +197,7 @@ def test_upstream_image_folder_datasets_take_a_mask_folder(data_dir: Path, tmp_p
         from pathlib import Path
         import torch
         from domainbed import datasets, hparams_registry
-        from domainbed_align.mask_folder import MaskFolderError
+        from domainbed_align.annotations.folder import MaskFolderError
         import test_data_integration as t
         plain = datasets.VLCS({str(tmp_path / "data")!r}, [3], hparams_registry.default_hparams("GRADIA", "VLCS"))
         t._write_half_masks(plain.datasets[:3], Path({str(tmp_path / "masks")!r}))

@@ -148,7 +148,7 @@ def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
 
 
 def test_failed_runs_are_judged_again_under_their_lock_before_they_go(tmp_path, monkeypatch, capsys):
-    from domainbed_align import liveness
+    from domainbed_align.runs import liveness
 
     failed, running = tmp_path / "failed", tmp_path / "running"
     for run in (failed, running):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import ENABLE_HINT, hook_active, run_python, save_align_run, upstream_root
-from domainbed_align import evaluate, metrics
-from domainbed_align.checkpoints import load_algorithm
+from domainbed_align.report import evaluate
+from domainbed_align.report import metrics
+from domainbed_align.methods.checkpoints import load_algorithm
 from domainbed_align.data import TextureMNIST
 
 FAST = ["--steps", "3", "--fractions", "0.1,0.5", "--batch_size", "4"]
@@ -104,7 +105,7 @@ def test_bad_input_gets_one_message_each(tmp_path, data_dir, capsys, monkeypatch
     assert "no run has hparams_seed 7" in error_of(["--model", str(good), "--hparams_seed", "7"])
     records = tmp_path / "records.jsonl"
     records.write_text('{"algorithm": "ALIGN"}\n')
-    assert "records.jsonl line 1 is not a record of domainbed_align.evaluate" in error_of(["--records", str(records)])
+    assert "records.jsonl line 1 is not a record of domainbed_align.report.evaluate" in error_of(["--records", str(records)])
     assert "cannot be read" in error_of(["--records", str(tmp_path / "missing.jsonl")])
     monkeypatch.delenv("DOMAINBED_ROOT", raising=False)
     if importlib.util.find_spec("domainbed") is None:  # the messages for runs that need DomainBed
@@ -185,7 +186,7 @@ def test_table_shows_a_dash_where_a_dataset_has_no_foreground_masks():
 def test_input_dir_evaluates_finished_runs_only_unless_asked(tmp_path, data_dir, capsys):
     from pathlib import Path
 
-    from domainbed_align import liveness
+    from domainbed_align.runs import liveness
 
     sweep = tmp_path / "results" / "runs"  # a results folder: --input_dir may name it or its runs/
     for name in ("finished", "killed"):

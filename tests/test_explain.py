@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import trained_looking_batchnorm
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN
-from domainbed_align.explain import CudaGraphExplainer
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods.align import ALIGN
+from domainbed_align.methods.explain import CudaGraphExplainer
 
 
 def _align(size: int, seed: int = 0, **overrides) -> ALIGN:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import save_align_run
-from domainbed_align import figures, tables
-from domainbed_align.checkpoints import load_algorithm
+from domainbed_align.report import figures
+from domainbed_align.report import tables
+from domainbed_align.methods.checkpoints import load_algorithm
 from domainbed_align.data import TextureMNIST
 from test_tables import write_run
 

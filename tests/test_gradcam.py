@@ -5,9 +5,9 @@ import torch
 
 from conftest import trained_looking_batchnorm
 from domainbed_align import floors
-from domainbed_align.backbones import CamClassifier, create_backbone
-from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, normalize_per_sample, true_class_scores
-from domainbed_align.losses import alignment_bce
+from domainbed_align.methods.backbones import CamClassifier, create_backbone
+from domainbed_align.methods.gradcam import grad_cam, linear_head_grad_cam, normalize_per_sample, true_class_scores
+from domainbed_align.methods.losses import alignment_bce
 
 
 def _classifier(size: int, layer: str, seed: int = 0, drop_rate: float = 0.0) -> CamClassifier:
@@ -138,7 +138,7 @@ def test_closed_form_equals_autograd_in_maps_and_parameter_gradients(mode):
 
 
 def test_closed_form_is_used_only_where_it_is_exact(monkeypatch):
-    from domainbed_align import backbones
+    from domainbed_align.methods import backbones
 
     assert not _classifier(56, "layer3").closed_form_cam  # layer4 follows: the gradient needs a backward pass
     calls = []
@@ -248,7 +248,7 @@ def test_training_map_is_captums_layer_grad_cam_in_value_and_parameter_gradients
 
 
 def test_zero_map_share_reads_the_relu_map_before_normalisation():
-    from domainbed_align.gradcam import zero_map_share
+    from domainbed_align.methods.gradcam import zero_map_share
 
     raw = torch.tensor([[[-1.0, -0.5]], [[-1.0, 0.0]], [[-1.0, 0.1]], [[0.0, 0.0]]])  # signed maps (DRE's)
     assert zero_map_share(raw).item() == 0.75  # max <= 0: the ReLU map is zero everywhere

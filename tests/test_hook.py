@@ -18,8 +18,8 @@ if upstream_root() is not None:
 
 CHECK_REGISTERED = """
 import json, domainbed.algorithms as a, domainbed.hparams_registry as h
-from domainbed_align.hparams import specs_for
-from domainbed_align.registry import algorithm_names
+from domainbed_align.methods.hparams import specs_for
+from domainbed_align.methods.registry import algorithm_names
 cls = a.get_algorithm_class('ALIGN')
 hp_default = h.default_hparams('ALIGN', __DATASET__)
 hp_random = h.random_hparams('ALIGN', __DATASET__, 3)
@@ -60,8 +60,8 @@ def test_fresh_process_sees_align(source, tmp_path):
 @pytest.mark.parametrize("source", SOURCES)
 def test_plugin_imported_first_and_registration_idempotent(source, tmp_path):
     code = """
-import domainbed_align.algorithms, domainbed_align
-from domainbed_align import _hook
+import domainbed_align.methods, domainbed_align
+from domainbed_align.upstream import hook as _hook
 _hook.install(); _hook.install()
 import domainbed.algorithms as a
 domainbed_align.register(); domainbed_align.register()
@@ -76,7 +76,7 @@ print(a.ALGORITHMS.count('ALIGN'), sum(isinstance(f, _hook._DomainBedFinder) for
 def test_register_without_the_pth_hook(tmp_path):
     code = """
 import sys
-from domainbed_align import _hook
+from domainbed_align.upstream import hook as _hook
 sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _hook._DomainBedFinder)]
 import domainbed.algorithms as a
 before = 'ALIGN' in a.ALGORITHMS
@@ -115,7 +115,9 @@ def test_a_broken_hook_never_breaks_interpreter_start(tmp_path):
     shadow = tmp_path / "shadow" / "domainbed_align"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
-    (shadow / "_hook.py").write_text("raise RuntimeError('boom')\n")
+    (shadow / "upstream").mkdir()
+    (shadow / "upstream" / "__init__.py").write_text("")
+    (shadow / "upstream" / "hook.py").write_text("raise RuntimeError('boom')\n")
     result = run_python("print('alive')", tmp_path / "shadow", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "alive"
     assert "registration hook disabled (RuntimeError('boom'))" in result.stderr
@@ -194,7 +196,7 @@ site.addsitedir(sys.argv[1])  # only the package's path: what site's own machine
 before = set(sys.modules)
 site.addsitedir(sys.argv[2])  # our .pth
 print(sorted(set(sys.modules) - before))
-import domainbed_align._hook as hook
+import domainbed_align.upstream.hook as hook
 calls = []
 hook.install = lambda: calls.append(1)
 site.addsitedir(sys.argv[3])  # the same .pth again: a venv's lib64 -> lib link makes site read it twice
@@ -220,5 +222,5 @@ def test_the_hook_imports_only_itself_at_start_up_and_runs_once(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     modules, runs = result.stdout.splitlines()
-    assert modules == "['domainbed_align', 'domainbed_align._hook']"
+    assert modules == "['domainbed_align', 'domainbed_align.upstream', 'domainbed_align.upstream.hook']"
     assert runs == "0 1"  # the second read did not install again: one finder

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_align import launchers, liveness, settings
-from domainbed_align.launchers import LauncherConfigError
+from domainbed_align import settings
+from domainbed_align.runs import launchers
+from domainbed_align.runs import liveness
+from domainbed_align.runs.launchers import LauncherConfigError
 
 TESTS = Path(__file__).resolve().parent
 # as nvidia-smi -L prints them: CUDA_VISIBLE_DEVICES takes these as well as indices

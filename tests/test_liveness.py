@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_align import liveness, sweep
+from domainbed_align import sweep
+from domainbed_align.runs import liveness
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def test_a_trainer_that_crashes_takes_its_heartbeat_along(tmp_path):
 # --- the lock dies with the trainer, not with its forked workers ----------------------------------------------------
 TRAINER_WITH_A_WORKER = """
 import os, sys, time
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 liveness.hold_run_lock(sys.argv[1])
 worker = os.fork()  # as a DataLoader worker is forked
 if worker == 0:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from domainbed_align.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity, masker_loss,
+from domainbed_align.methods.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity, masker_loss,
                                     same_class_partners, total_variation)
 
 

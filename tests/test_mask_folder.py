@@ -1,4 +1,4 @@
-"""Mask folders (domainbed_align.mask_folder) and `python -m domainbed_align.masks export`: masks follow their
+"""Mask folders (domainbed_align.annotations.folder) and `python -m domainbed_align.masks export`: masks follow their
 images through DomainBed's augmentation, a gap or a damaged file is one error naming it, and an ALIGN run's masks
 round-trip through the folder into another method's training."""
 
@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from domainbed_align import hparams as hparams_lib
+from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.data import TextureMNIST, VLCSMini
 from domainbed_align.data.datasets import IMAGENET_MEAN, IMAGENET_STD
-from domainbed_align.mask_folder import (MaskedImageEnvironment, MaskFolderError, attach_mask_folder,
+from domainbed_align.annotations.folder import (MaskedImageEnvironment, MaskFolderError, attach_mask_folder,
                                          image_folder_keys, joint_transform, mask_path)
-from domainbed_align.step import MISSING_ANNOTATION
+from domainbed_align.annotations import MISSING_ANNOTATION
 
 ANNOTATING = {"annotation_method": True, "gt_masks": False}  # what the registry gives an annotation method
 NORMALIZE = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -184,7 +184,7 @@ def test_an_error_in_a_dataloader_worker_is_shown_as_its_own_one_line_message(tm
 
 # --- our datasets -------------------------------------------------------------------------------------------------
 def test_vlcsmini_with_a_mask_folder_trains_an_annotation_method(data_dir, tmp_path):
-    from domainbed_align.baselines import GRADIA
+    from domainbed_align.methods.baselines import GRADIA
 
     plain = VLCSMini(str(data_dir), [0], {"data_augmentation": False})
     for environment in plain.datasets[1:]:  # synthetic masks: the left half of each image
@@ -213,9 +213,9 @@ def test_vlcsmini_with_a_mask_folder_trains_an_annotation_method(data_dir, tmp_p
 def test_align_masks_export_reload_and_train_on_texturemnist(data_dir, tmp_path, capsys):
     from conftest import save_align_run
 
-    from domainbed_align import masks
-    from domainbed_align.checkpoints import load_algorithm
-    from domainbed_align.metrics import mask_iou
+    from domainbed_align.report import masks
+    from domainbed_align.methods.checkpoints import load_algorithm
+    from domainbed_align.report.metrics import mask_iou
 
     model = save_align_run(tmp_path / "run", data_dir)
     out = tmp_path / "exported"
@@ -248,13 +248,13 @@ def test_align_masks_export_reload_and_train_on_texturemnist(data_dir, tmp_path,
 
 
 def test_export_refuses_a_run_without_a_masker(data_dir, tmp_path, capsys):
-    from domainbed_align import masks
+    from domainbed_align.report import masks
 
     model = tmp_path / "model.pkl"
     checkpoint = torch.load(__import__("conftest").save_align_run(tmp_path / "run", data_dir), weights_only=False)
     checkpoint["args"]["algorithm"] = "TimmERM"
     checkpoint["model_hparams"] = hparams_lib.default_hparams("TimmERM", "TextureMNIST")
-    from domainbed_align.algorithms import TimmERM
+    from domainbed_align.methods.erm import TimmERM
 
     checkpoint["model_dict"] = TimmERM((3, 56, 56), 10, 3, checkpoint["model_hparams"]).state_dict()
     torch.save(checkpoint, model)
@@ -263,8 +263,8 @@ def test_export_refuses_a_run_without_a_masker(data_dir, tmp_path, capsys):
 
 
 def test_export_writes_each_image_folder_mask_at_its_images_own_size(data_dir, tmp_path):
-    from domainbed_align import masks
-    from domainbed_align.algorithms import ALIGN
+    from domainbed_align.report import masks
+    from domainbed_align.methods.align import ALIGN
 
     torch.manual_seed(0)
     hparams = hparams_lib.default_hparams("ALIGN", "VLCSMini")

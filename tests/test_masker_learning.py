@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN
-from domainbed_align.metrics import mask_iou
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods.align import ALIGN
+from domainbed_align.report.metrics import mask_iou
 
 SIZE = 32
 PATCHES = {"A": (slice(4, 12), slice(4, 12)), "B": (slice(20, 28), slice(18, 26))}  # 64 of 1024 pixels each

@@ -9,8 +9,10 @@ import json
 import pytest
 import torch
 
-from domainbed_align import atomic, evaluate, masks
-from domainbed_align.mask_folder import MaskFolderError, check_provenance
+from domainbed_align import atomic
+from domainbed_align.report import evaluate
+from domainbed_align.report import masks
+from domainbed_align.annotations.folder import MaskFolderError, check_provenance
 
 
 class _Environment:

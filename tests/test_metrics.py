@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_align import metrics
+from domainbed_align.report import metrics
 from domainbed_align.errors import MetricInputError
 
 

@@ -2,7 +2,7 @@
 
 import io
 
-from domainbed_align.monitor import CollapseMonitor
+from domainbed_align.methods.monitor import CollapseMonitor
 
 
 def _feed(monitor: CollapseMonitor, floats_per_step: list[dict]) -> list[str]:
@@ -54,8 +54,8 @@ def test_a_near_perfect_first_loss_is_no_hair_trigger():
 def test_a_run_with_lr_1e6_is_reported_diverged_in_its_floats():
     import torch
 
-    from domainbed_align import hparams as hparams_lib
-    from domainbed_align.algorithms import TimmERM
+    from domainbed_align.methods import hparams as hparams_lib
+    from domainbed_align.methods.erm import TimmERM
 
     torch.manual_seed(0)
     algorithm = TimmERM((3, 28, 28), 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28", lr=1e6))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import precision
-from domainbed_align.algorithms import ALIGN, TimmERM
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import precision
+from domainbed_align.methods.align import ALIGN
+from domainbed_align.methods.erm import TimmERM
 from domainbed_align.errors import HParamError
 
 CUDA = torch.device("cuda", 0)

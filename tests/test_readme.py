@@ -4,8 +4,8 @@ import json
 import re
 
 from conftest import REPO
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import registry
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import registry
 
 README = (REPO / "README.md").read_text()
 

@@ -3,7 +3,7 @@
 import pytest
 
 from domainbed_align.errors import ResultsFileError
-from domainbed_align.records import check_results_files, damaged_lines
+from domainbed_align.runs.records import check_results_files, damaged_lines
 
 
 def _write(root, run, content: bytes):
@@ -54,8 +54,8 @@ import socket
 import subprocess
 import sys
 
-from domainbed_align import liveness
-from domainbed_align.records import read_results, sweep_folder, unfinished_runs, unfinished_summary
+from domainbed_align.runs import liveness
+from domainbed_align.runs.records import read_results, sweep_folder, unfinished_runs, unfinished_summary
 
 
 @contextlib.contextmanager
@@ -158,7 +158,7 @@ def test_a_run_whose_lock_cannot_be_checked_says_so_in_the_summary(tmp_path, mon
 
 
 def test_diverged_reads_the_trainers_mean_over_the_interval():
-    from domainbed_align.records import diverged
+    from domainbed_align.runs.records import diverged
 
     assert [diverged(r) for r in ({}, {"diverged": 0.0}, {"diverged": None}, {"diverged": "1"})] == [False] * 4
     assert diverged({"diverged": 0.01}) and diverged({"diverged": 1.0})  # fired late in the interval, or before it

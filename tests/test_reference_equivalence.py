@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align.algorithms import ALIGN
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods.align import ALIGN
 import reference_align as reference  # tests/ is on sys.path (rootdir conftest, no package)
 
 SHAPE = (3, 28, 28)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import registry
-from domainbed_align.hparams import BACKBONE_HPARAMS, HParam
-from domainbed_align.trainer import ExplanationGuidedAlgorithm
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import registry
+from domainbed_align.methods.hparams import BACKBONE_HPARAMS, HParam
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
 
 
 def test_every_entry_is_a_family_algorithm_under_its_own_name():
@@ -21,7 +21,7 @@ def test_every_entry_is_a_family_algorithm_under_its_own_name():
 
 
 def test_a_new_method_is_one_decorated_class(monkeypatch):
-    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._loaded()))  # restored after the test
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))  # restored after the test
 
     @registry.register_algorithm(hparams=BACKBONE_HPARAMS + (HParam("lambda_logit_norm", float, 0.5, None, "."),))
     class LogitNorm(ExplanationGuidedAlgorithm):

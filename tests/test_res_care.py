@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import losses
-from domainbed_align.baselines import CARE, RES_G, RES_L, imputation_layer
-from domainbed_align.step import ShapeWithMaskChannel, StepContext
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import losses
+from domainbed_align.methods.baselines import CARE, RES_G, RES_L, imputation_layer
+from domainbed_align.annotations import ShapeWithMaskChannel
+from domainbed_align.methods.step import StepContext
 
 
 def bf_solver(values: list[float], labels: list[float]) -> float:
@@ -193,7 +194,7 @@ def test_res_l_with_a_fine_grid_still_trains():  # e.g. act1 at 56 px: grid 28, 
 
 
 def test_res_l_layer_survives_a_checkpoint(tmp_path):
-    from domainbed_align.checkpoints import algorithm_from_checkpoint
+    from domainbed_align.methods.checkpoints import algorithm_from_checkpoint
 
     torch.manual_seed(0)
     hparams = hparams_lib.default_hparams("RES_L", "TextureMNIST")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import selection
-from domainbed_align.algorithms import TimmERM
-from domainbed_align.checkpoints import load_algorithm, read_checkpoint
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.report import selection
+from domainbed_align.methods.erm import TimmERM
+from domainbed_align.methods.checkpoints import load_algorithm, read_checkpoint
 
 SHAPE = (3, 28, 28)
 

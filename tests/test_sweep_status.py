@@ -3,7 +3,8 @@
 import json
 from types import SimpleNamespace
 
-from domainbed_align import liveness, sweep
+from domainbed_align import sweep
+from domainbed_align.runs import liveness
 
 
 def _run(folder, diverged_per_checkpoint):

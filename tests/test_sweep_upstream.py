@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ENABLE_HINT, hook_active, run_python, upstream_root
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT),

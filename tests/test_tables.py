@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from domainbed_align import tables
+from domainbed_align.report import tables
 from test_records import lock_held_elsewhere
 
 DATASET = "TextureMNIST"  # ours: environment names without DomainBed (textures, medical, space, photos)
@@ -191,7 +191,7 @@ def _shown(markdown: str, cell: str) -> bool:
 def _killed_and_running(sweep):
     """Two ALIGN runs without `done` (trial 2): 'k' killed (its lock file free, as the kernel leaves it after
     kill -9), 'r' still training (its lock held by another process). Either would pull ALIGN's mean to 20."""
-    from domainbed_align import liveness
+    from domainbed_align.runs import liveness
 
     for name in ("k", "r"):
         folder = write_run(sweep, name, "ALIGN", [3], 2, 0, {0: {"out0": .9, "in3": .2}}, done=False)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ENABLE_HINT, hook_active, run_python, upstream_root
-from domainbed_align import registry
-from domainbed_align.checkpoints import load_algorithm
+from domainbed_align.methods import registry
+from domainbed_align.methods.checkpoints import load_algorithm
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(upstream_root() is None, reason=ENABLE_HINT),

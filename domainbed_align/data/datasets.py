@@ -16,7 +16,7 @@ Ground-truth masks (``hparams['gt_masks']``, default False)
     With ``gt_masks`` True every ``x`` gets ONE extra LAST channel holding the binary foreground mask in
     {0, 1} (not normalised) and ``input_shape`` is ``(C + 1, H, W)``: an algorithm that asked must split
     ``x[:, :-1]`` (image) from ``x[:, -1:]`` (mask) before its network sees the input. VLCSMini has no
-    masks of its own. Any of them takes a mask folder (hparam ``mask_dir``, :mod:`domainbed_align.mask_folder`),
+    masks of its own. Any of them takes a mask folder (hparam ``mask_dir``, :mod:`domainbed_align.annotations.folder`),
     read instead of the dataset's own masks.
 
 TextureMNIST / SpuriousTextureMNIST (56×56 RGB, 10 classes)
@@ -64,9 +64,9 @@ import torch
 from torch.utils.data import Dataset
 
 from domainbed_align.errors import DomainbedAlignError, HParamError
-from domainbed_align.mask_folder import (attach_mask_folder, check_complete, check_provenance, mask_dir_of,
+from domainbed_align.annotations.folder import (attach_mask_folder, check_complete, check_provenance, mask_dir_of,
                                           mask_path, read_mask, reads_annotations)
-from domainbed_align.step import MISSING_ANNOTATION, ShapeWithMaskChannel
+from domainbed_align.annotations import MISSING_ANNOTATION, ShapeWithMaskChannel
 
 from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
 
@@ -94,7 +94,7 @@ def _not_prepared(root: Any, what: str) -> DataNotPreparedError:
 
 def wants_gt_masks(hparams: dict) -> bool:
     """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on), and only for
-    an annotation method's run (:func:`~domainbed_align.mask_folder.reads_annotations`)."""
+    an annotation method's run (:func:`~domainbed_align.annotations.folder.reads_annotations`)."""
     value = hparams.get("gt_masks", False)
     if not isinstance(value, bool):
         raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} ({type(value).__name__}).")
@@ -193,7 +193,7 @@ class TextureEnvironment(Dataset):
 
     @property
     def mask_keys(self) -> list[str]:
-        """Each image's key in a mask folder (:mod:`domainbed_align.mask_folder`): ``<environment>/<index>``."""
+        """Each image's key in a mask folder (:mod:`domainbed_align.annotations.folder`): ``<environment>/<index>``."""
         return [f"{self.name}/{i:05d}" for i in range(len(self))]
 
     def folder_mask(self, i: int) -> torch.Tensor:

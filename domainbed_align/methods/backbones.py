@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed_align.errors import HParamError, PretrainedWeightsError
-from domainbed_align.gradcam import grad_cam, linear_head_grad_cam, true_class_scores
+from domainbed_align.methods.gradcam import grad_cam, linear_head_grad_cam, true_class_scores
 
 PRETRAINED_TAGS = {
     "resnet18": "resnet18.tv_in1k",
@@ -169,7 +169,7 @@ class CamClassifier(nn.Module):
         maps (and logits) keep their graph, so a loss on them trains the network. Without it both come back
         detached (explanations, not a training signal), and the closed form runs the whole forward pass without
         autograd. ``relu`` / ``weight_gradient``: the reading of the map a loss trains on (see
-        :mod:`domainbed_align.gradcam`; DRE's is ``False, False``); explanations use the defaults.
+        :mod:`domainbed_align.methods.gradcam`; DRE's is ``False, False``); explanations use the defaults.
         """
         # Dropout between pooling and the linear layer makes the gradient sample-specific: autograd then.
         dropout_active = self.training and bool(getattr(self.backbone, "drop_rate", 0.0))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from domainbed_align import registry
+from domainbed_align.methods import registry
 from domainbed_align.errors import CheckpointError
-from domainbed_align.step import ShapeWithMaskChannel
-from domainbed_align.trainer import ExplanationGuidedAlgorithm
+from domainbed_align.annotations import ShapeWithMaskChannel
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
 
 # What upstream's save_checkpoint writes (b93c22a).
 CHECKPOINT_KEYS = ("args", "model_input_shape", "model_num_classes", "model_num_domains", "model_hparams",

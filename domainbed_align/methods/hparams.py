@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from domainbed_align.errors import HParamError, did_you_mean
+from domainbed_align.methods import registry
 
 # DomainBed's real photo datasets: every DomainBed baseline starts from ImageNet weights there.
 PHOTO_DATASETS = frozenset(
@@ -142,7 +143,7 @@ GT_MASKS_HPARAM = HParam(
     "SpuriousTextureMNIST; off elsewhere, where the method is then plain ERM unless mask_dir gives masks).")
 MASK_DIR_HPARAM = HParam(
     "mask_dir", str, "", None,
-    "folder of mask PNGs mirroring the dataset's images (domainbed_align.mask_folder: e.g. SAM pseudo-masks, or "
+    "folder of mask PNGs mirroring the dataset's images (domainbed_align.annotations.folder: e.g. SAM pseudo-masks, or "
     "`python -m domainbed_align.masks export` of an ALIGN run); given, the method trains on them instead of the "
     "dataset's own masks. Relative paths are from the working directory; only annotation methods read it.")
 ANNOTATION_METHOD_HPARAM = HParam(
@@ -205,8 +206,6 @@ def dataset_entries(dataset: str, random_seed: int, seed_hash: Callable[..., int
 
 def specs_for(algorithm: str) -> tuple[HParam, ...]:
     """Our hparams of a registered algorithm (its registry entry's)."""
-    from domainbed_align import registry
-
     return registry.entry(algorithm).hparams
 
 
@@ -253,7 +252,7 @@ def validate(algorithm: str, hparams: Mapping[str, Any],
         raise HParamError(
             f"{algorithm} is missing hparams {missing}; build them with "
             f"domainbed.hparams_registry.default_hparams('{algorithm}', dataset) (or "
-            f"domainbed_align.hparams.default_hparams without DomainBed).")
+            f"domainbed_align.methods.hparams.default_hparams without DomainBed).")
     for name, spec in specs.items():
         spec.check(hparams[name], algorithm)
     for name, spec in COMMON_USED.items():

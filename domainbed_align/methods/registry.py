@@ -7,8 +7,9 @@ A method is registered where it is defined::
     class X(ExplanationGuidedAlgorithm): ...
 
 Registration order is the order everywhere (DomainBed's ``ALGORITHMS`` list, hence sweep's default list and
-collect_results' rows; the README's tables). This module imports no torch; :func:`algorithm_names` and friends
-import :mod:`domainbed_align.algorithms` (which registers every method) on first use.
+collect_results' rows; the README's tables). This module imports nothing of ours above it (no torch either): as in
+timm, the package imports its modules and the registry never imports up. Importing this module imports its package,
+:mod:`domainbed_align.methods`, first, which registers every method.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from domainbed_align.floors import require_runtime
-from domainbed_align.hparams import HParam
 
 require_runtime()  # every use of our algorithms passes here: torch or timm below its floor is named first
 
@@ -30,7 +30,7 @@ class AlgorithmEntry:
 
     name: str
     cls: type
-    hparams: tuple[HParam, ...]  # every hparam of ours it reads (DomainBed's common ones excluded)
+    hparams: tuple[Any, ...]  # methods.hparams.HParam specs: every hparam of ours it reads (DomainBed's common ones excluded)
     paper: str  # citation of the method ("" for our own reference, TimmERM)
     reference: str  # public code it follows: "owner/repo: path(s)"
     explanation: str  # what it trains on, and what `evaluate` scores for it
@@ -40,9 +40,9 @@ class AlgorithmEntry:
 _ENTRIES: dict[str, AlgorithmEntry] = {}
 
 
-def register_algorithm(*, hparams: tuple[HParam, ...], paper: str = "", reference: str = "",
+def register_algorithm(*, hparams: tuple[Any, ...], paper: str = "", reference: str = "",
                        explanation: str = "Grad-CAM is what evaluate scores.") -> Callable[[T], T]:
-    """Class decorator: add an :class:`~domainbed_align.trainer.ExplanationGuidedAlgorithm` subclass under its
+    """Class decorator: add an :class:`~domainbed_align.methods.trainer.ExplanationGuidedAlgorithm` subclass under its
     class name. Re-registering a name replaces the entry (module reloads)."""
     names = [spec.name for spec in hparams]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -60,26 +60,20 @@ def register_algorithm(*, hparams: tuple[HParam, ...], paper: str = "", referenc
     return decorate
 
 
-def _loaded() -> dict[str, AlgorithmEntry]:
-    import domainbed_align.algorithms  # noqa: F401  (registers every method)
-
-    return _ENTRIES
-
-
 def algorithm_names() -> tuple[str, ...]:
     """Every registered algorithm, in registration order."""
-    return tuple(_loaded())
+    return tuple(_ENTRIES)
 
 
 def entry(name: str) -> AlgorithmEntry:
-    entries = _loaded()
+    entries = _ENTRIES
     if name not in entries:
         raise KeyError(f"{name!r} is not one of our algorithms; registered: {list(entries)}")
     return entries[name]
 
 
 def entries() -> tuple[AlgorithmEntry, ...]:
-    return tuple(_loaded().values())
+    return tuple(_ENTRIES.values())
 
 
 def algorithm_class(name: str) -> Any:

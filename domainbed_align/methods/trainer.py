@@ -5,7 +5,7 @@ optimizer, mixed precision, the batched differentiable Grad-CAM of the true clas
 term, the check that stops a diverged step before its optimizer step, the collapse warnings and the conversion
 of every loss term to Python floats. A method overrides one small hook, :meth:`explanation_loss` (and, for ALIGN,
 :meth:`after_classifier_step` for its masker), reading what it needs from the step's
-:class:`~domainbed_align.step.StepContext`. The class imports no DomainBed: the registration hook mixes
+:class:`~domainbed_align.methods.step.StepContext`. The class imports no DomainBed: the registration hook mixes
 ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
 
 Annotations cannot leak: with ``gt_masks`` our datasets append the mask as a last input channel; the trainer
@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainbed_align import hparams as hparams_lib
-from domainbed_align import precision
-from domainbed_align import selection
-from domainbed_align.backbones import CamClassifier, create_backbone
+from domainbed_align.methods import hparams as hparams_lib
+from domainbed_align.methods import precision
+from domainbed_align.report import selection
+from domainbed_align.methods.backbones import CamClassifier, create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError
-from domainbed_align.explain import check_explanation_inputs, grad_cam_explanations
-from domainbed_align.losses import dre_mixup_loss, same_class_partners
-from domainbed_align.monitor import CollapseMonitor
-from domainbed_align.step import StepContext
+from domainbed_align.methods.explain import check_explanation_inputs, grad_cam_explanations
+from domainbed_align.methods.losses import dre_mixup_loss, same_class_partners
+from domainbed_align.methods.monitor import CollapseMonitor
+from domainbed_align.methods.step import StepContext
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -165,7 +165,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
 
         Always explains the model as it predicts in eval mode (BatchNorm running statistics, no dropout), whatever
         the current mode, and changes nothing (the mode is restored).
-        :class:`domainbed_align.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
+        :class:`domainbed_align.methods.explain.CudaGraphExplainer` gives the same maps faster on a GPU.
         """
         self.check_explanation_inputs(images, labels)
         images = self.prepare_images(self.split_annotations(images)[0])
@@ -225,7 +225,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
         return images
 
     def precision(self, device: torch.device) -> str:
-        """The precision this run trains in on ``device``: "bf16", "fp16" or "fp32" (:mod:`domainbed_align.precision`)."""
+        """The precision this run trains in on ``device``: "bf16", "fp16" or "fp32" (:mod:`domainbed_align.methods.precision`)."""
         return precision.resolve(self.hparams["mixed_precision"], device)
 
     def autocast(self, images: torch.Tensor, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -300,7 +300,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict:
         """As nn.Module's; inside train.py, train.py's call right after a results line also keeps the checkpoint
-        training-domain validation selects (``model_selected.pkl``, :mod:`domainbed_align.selection`)."""
+        training-domain validation selects (``model_selected.pkl``, :mod:`domainbed_align.report.selection`)."""
         state = super().state_dict(*args, **kwargs)
         keeper = getattr(self, "_selected_keeper", None)
         if keeper is not None and not args and not kwargs:

@@ -1,6 +1,6 @@
 """One classifier step's shared quantities, computed on first use and cached: what methods' losses read.
 
-A method's :meth:`~domainbed_align.trainer.ExplanationGuidedAlgorithm.explanation_loss` asks the
+A method's :meth:`~domainbed_align.methods.trainer.ExplanationGuidedAlgorithm.explanation_loss` asks the
 :class:`StepContext` for what it needs (``step.logits``, ``step.cams``, ``step.input_gradient``,
 ``step.annotations_at(...)``, ...) and the context computes each once, in the one forward the step makes: the
 originals (and, for DRE's term, their same-class mixes) through the classifier, with the training Grad-CAM of
@@ -16,29 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from domainbed_align.gradcam import normalize_per_sample, zero_map_share
+from domainbed_align.annotations import MISSING_ANNOTATION
+from domainbed_align.methods.gradcam import normalize_per_sample, zero_map_share
 
 if TYPE_CHECKING:
-    from domainbed_align.trainer import ExplanationGuidedAlgorithm
-
-# A sample's annotation channel filled with this value means "no mask for this image" (for mask folders with gaps;
-# no dataset of this release produces it).
-MISSING_ANNOTATION = -1.0
-
-
-class ShapeWithMaskChannel(tuple):
-    """A dataset's ``input_shape`` whose last channel is the ground-truth mask (our datasets with ``gt_masks``).
-
-    The marker is how an annotation method knows the extra channel is there: ``gt_masks: true`` on a dataset without
-    masks (e.g. upstream's Debug28) would otherwise make it read the last colour channel as a mask. It pickles as a
-    plain tuple (model.pkl stays loadable with ``weights_only``); checkpoints re-mark it from the run's hparams.
-    """
-
-    has_mask_channel = True
-
-    def __reduce__(self) -> tuple:
-        return (tuple, (tuple(self),))
-
+    from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
 
 @dataclass
 class Mixup:

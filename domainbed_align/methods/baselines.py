@@ -1,8 +1,8 @@
 """The explanation-guided baselines on the shared trainer: SGT and RRR (input gradients), GRADIA, HAICS, RES-G,
-RES-L and CARE (Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.algorithms`.
+RES-L and CARE (Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.methods`.
 
-Each method is one small class: what it reads from the step (:class:`~domainbed_align.step.StepContext`) and one
-pure loss function from :mod:`domainbed_align.losses`. Every difference from its reference code is listed in the
+Each method is one small class: what it reads from the step (:class:`~domainbed_align.methods.step.StepContext`) and one
+pure loss function from :mod:`domainbed_align.methods.losses`. Every difference from its reference code is listed in the
 README's table of methods.
 """
 
@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import domainbed_align.algorithms  # noqa: F401  (TimmERM, DRE, ALIGN register first, whichever is imported first)
-from domainbed_align import losses
-from domainbed_align.explain import input_gradient_saliency
-from domainbed_align.gradcam import normalize_per_sample
-from domainbed_align.hparams import (ANNOTATION_HPARAMS, BACKBONE_HPARAMS, HParam, choice, log_uniform,
+import domainbed_align.methods  # noqa: F401  (TimmERM, DRE, ALIGN register first, whichever is imported first)
+from domainbed_align.methods import losses
+from domainbed_align.methods.explain import input_gradient_saliency
+from domainbed_align.methods.gradcam import normalize_per_sample
+from domainbed_align.methods.hparams import (ANNOTATION_HPARAMS, BACKBONE_HPARAMS, HParam, choice, log_uniform,
                                      train_cam_hparams)
-from domainbed_align.registry import register_algorithm
-from domainbed_align.step import StepContext
-from domainbed_align.trainer import ExplanationGuidedAlgorithm
+from domainbed_align.methods.registry import register_algorithm
+from domainbed_align.methods.step import StepContext
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
 
 Terms = tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]
 
@@ -152,8 +152,8 @@ class _RES(ExplanationGuidedAlgorithm):
     """RES: CE + lambda_res * (R + I) on the annotated samples, C the min-max (+1e-6) Grad-CAM of the true class.
 
     R, the robust alignment: relu(mean |tanh(5 (C - a)) - M| - eta) over the labelled cells, M in {-1, +1} the cell
-    labels (:func:`~domainbed_align.losses.res_labels`: the mask's complement is the negative map) and a the batch's
-    threshold found without gradient (:func:`~domainbed_align.losses.res_threshold`). I, the imputation term:
+    labels (:func:`~domainbed_align.methods.losses.res_labels`: the mask's complement is the negative map) and a the batch's
+    threshold found without gradient (:func:`~domainbed_align.methods.losses.res_threshold`). I, the imputation term:
     mean |C - T| with T the imputed map of the positive cells (RES-G: Gaussian, RES-L: learned).
     """
     explanation_term = "res_robust"
@@ -258,7 +258,7 @@ CARE_DEFAULT_THRESHOLD = 0.1
                 "the masks; evaluate scores Grad-CAM.")
 class CARE(ExplanationGuidedAlgorithm):
     """CARE: (1 - alpha) * CE + alpha * sum over annotated samples of (-min(inner, T) + outer), the min-max
-    Grad-CAM upsampled bilinearly to the image (:func:`~domainbed_align.losses.care_attention`).
+    Grad-CAM upsampled bilinearly to the image (:func:`~domainbed_align.methods.losses.care_attention`).
 
     Its trainer backpropagates the summed true-class logits into the weights' gradients to read Grad-CAM's
     gradients, and that gradient stays in the update; here the map's gradients come from ``torch.autograd.grad``

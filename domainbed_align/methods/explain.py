@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from domainbed_align.backbones import eval_mode
+from domainbed_align.methods.backbones import eval_mode
 from domainbed_align.errors import ExplanationInputError
-from domainbed_align.gradcam import normalize_per_sample, true_class_scores
+from domainbed_align.methods.gradcam import normalize_per_sample, true_class_scores
 
 
 def check_explanation_inputs(images: Any, labels: Any, in_channels: int, num_classes: int,

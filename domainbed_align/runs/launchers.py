@@ -5,7 +5,7 @@ domainbed.scripts.sweep launch --command_launcher slurm`` and ``python -m domain
 A launcher gets upstream's command strings (``python -m domainbed.scripts.train --hparams '{...}' ...``, shell-quoted
 by upstream) and runs each one whole through ``bash -c`` with this interpreter (the leading ``python`` becomes
 ``sys.executable``), so quoting survives; a non-zero exit is a failed job, recorded in the run's folder
-(:mod:`domainbed_align.liveness`). Settings, none of them in code: environment variables ``DOMAINBED_ALIGN_<KEY>``
+(:mod:`domainbed_align.runs.liveness`). Settings, none of them in code: environment variables ``DOMAINBED_ALIGN_<KEY>``
 (upper case), or a JSON file named by ``DOMAINBED_ALIGN_LAUNCHER_CONFIG`` (lower-case keys; the environment wins).
 See :data:`SETTINGS` and ``python -m domainbed_align.settings``.
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 from domainbed_align import settings as declared
 from domainbed_align.errors import DomainbedAlignError
 

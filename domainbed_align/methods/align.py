@@ -1,10 +1,4 @@
-"""Our algorithms: TimmERM (the same-backbone reference), DRE and ALIGN; the baselines in
-:mod:`domainbed_align.baselines` (imported at the end, so the registry's order is this file's, then theirs).
-
-All are plain ``torch.nn.Module`` s with DomainBed's Algorithm contract, registered with
-:func:`~domainbed_align.registry.register_algorithm`; the registration hook (:mod:`domainbed_align._hook`) derives
-``domainbed.algorithms.ALIGN`` etc. from the registry.
-"""
+"""ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation."""
 
 from __future__ import annotations
 
@@ -13,36 +7,14 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from domainbed_align.backbones import eval_mode
-from domainbed_align.gradcam import true_class_scores
-from domainbed_align.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIXUP_HPARAMS
-from domainbed_align.losses import alignment_bce, masker_loss
-from domainbed_align.masker import Masker
-from domainbed_align.registry import register_algorithm
-from domainbed_align.step import StepContext
-from domainbed_align.trainer import ExplanationGuidedAlgorithm, overflow_key
-
-
-@register_algorithm(hparams=BACKBONE_HPARAMS, explanation="trains on no explanation; evaluate scores Grad-CAM.")
-class TimmERM(ExplanationGuidedAlgorithm):
-    """Plain cross-entropy on the same backbone, input size and trainer as ALIGN: the fair reference."""
-
-
-
-@register_algorithm(
-    hparams=BACKBONE_HPARAMS + MIXUP_HPARAMS,
-    paper="Li et al., Are Data-driven Explanations Robust against Out-of-distribution Data?, CVPR 2023",
-    reference="tangli-udel/DRE: dre/mixuploss.py, dre/train.py",
-    explanation="trains on DRE's Grad-CAM (no ReLU, constant channel weights); evaluate scores Grad-CAM.")
-class DRE(ExplanationGuidedAlgorithm):
-    """DRE (Li et al., "Are Data-driven Explanations Robust against Out-of-distribution Data?", CVPR 2023;
-    ``tangli-udel/DRE``, ``dre/mixuploss.py`` and ``dre/train.py``): CE + lambda_reg * DRE's same-class mixup
-    explanation-consistency term, on DRE's training Grad-CAM. ALIGN without its masker and alignment is this.
-    """
-    explanation_term = "reg"
-
-    uses_gradcam = True
-    uses_mixup = True
+from domainbed_align.methods.backbones import eval_mode
+from domainbed_align.methods.gradcam import true_class_scores
+from domainbed_align.methods.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIXUP_HPARAMS
+from domainbed_align.methods.losses import alignment_bce, masker_loss
+from domainbed_align.methods.masker import Masker
+from domainbed_align.methods.registry import register_algorithm
+from domainbed_align.methods.step import StepContext
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm, overflow_key
 
 
 # Reported by ALIGN at every step (zeros during warm-up) so results.jsonl has the same keys throughout.
@@ -144,6 +116,3 @@ class ALIGN(ExplanationGuidedAlgorithm):
             floats = self.step_optimizer(self.masker_optimizer, "masker", report, parameters, "masker_grad_norm",
                                          "masker step")
         return floats
-
-
-from domainbed_align import baselines  # noqa: E402,F401  (registers the baselines after ALIGN)

@@ -72,8 +72,9 @@ def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: s
 def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
     """Names against every registered algorithm's (a sweep's --hparams reaches all of them), and, for our
     algorithms, every value's type and range."""
-    from domainbed_align import _hook, registry
-    from domainbed_align import hparams as hparams_lib
+    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.methods import registry
+    from domainbed_align.methods import hparams as hparams_lib
 
     known = _hook.upstream_hparam_names()
     if algorithm in registry.algorithm_names():

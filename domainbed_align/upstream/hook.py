@@ -3,9 +3,9 @@
 Every Python process pays for what this module imports, DomainBed's or not, so it imports nothing beyond ``sys``
 (already loaded at start-up): :func:`install` puts a finder first on ``sys.meta_path``; when DomainBed imports one
 of :data:`TARGETS`, the finder wraps that module's loader, and right after the module's body runs
-:func:`domainbed_align.upstream.patch_module` (the patches, imported only then) adds our entries.
+:func:`domainbed_align.upstream.patches.patch_module` (the patches, imported only then) adds our entries.
 
-Other names (``install_excepthook``, ``upstream_*``, ...) are :mod:`domainbed_align.upstream`'s, reached through
+Other names (``install_excepthook``, ``upstream_*``, ...) are :mod:`domainbed_align.upstream.patches`'s, reached through
 this module for the callers that predate the split.
 """
 
@@ -27,7 +27,7 @@ class _PatchingLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        from domainbed_align.upstream import patch_module
+        from domainbed_align.upstream.patches import patch_module
 
         patch_module(module)
 
@@ -56,7 +56,7 @@ def install() -> None:
         sys.meta_path.insert(0, _DomainBedFinder())
     imported = [sys.modules[name] for name in TARGETS if name in sys.modules]
     if imported:
-        from domainbed_align.upstream import patch_module
+        from domainbed_align.upstream.patches import patch_module
 
         for module in imported:
             patch_module(module)
@@ -69,9 +69,9 @@ def is_installed() -> bool:
 def __getattr__(name):
     if name.startswith("__"):  # the import system asks for __path__ etc.: never import the patches for that
         raise AttributeError(name)
-    from domainbed_align import upstream
+    from domainbed_align.upstream import patches as upstream
 
     try:
         return getattr(upstream, name)
     except AttributeError:
-        raise AttributeError(f"module 'domainbed_align._hook' has no attribute {name!r}") from None
+        raise AttributeError(f"module 'domainbed_align.upstream.hook' has no attribute {name!r}") from None

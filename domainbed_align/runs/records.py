@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from domainbed_align import liveness
+from domainbed_align.runs import liveness
 from domainbed_align.errors import ResultsFileError
 
 RESULTS_FILE = "results.jsonl"
@@ -157,7 +157,7 @@ def final_step(record: dict) -> int | None:
     if not steps:
         name = record["args"].get("dataset")
         try:
-            from domainbed_align import _hook
+            from domainbed_align.upstream import hook as _hook
             from domainbed_align.data import DATASETS
 
             if name in DATASETS:
@@ -179,7 +179,7 @@ SQUEUE_SILENT = "state unknown (squeue did not answer)"
 def unfinished_runs(folders: Iterable[Path]) -> dict[Path, str]:
     """Why each run folder that is not finished is not (:data:`UNFINISHED_WHY`'s words); finished ones are absent.
 
-    Finished: DomainBed's ``done`` file (:func:`domainbed_align.liveness.run_state`), or, for a copy that kept only
+    Finished: DomainBed's ``done`` file (:func:`domainbed_align.runs.liveness.run_state`), or, for a copy that kept only
     results.jsonl (as this project's ``results/`` folders do), a run no process holds whose last readable line is
     train.py's last checkpoint (``args.steps - 1``): the tables read nothing train.py writes after it."""
     pending = [folder for folder in folders if not (folder / "done").exists()]

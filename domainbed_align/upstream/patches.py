@@ -1,24 +1,24 @@
 """The only code that touches DomainBed's modules: registration into an unmodified clone, and the adapter the
 rest of the package calls (``upstream_*``).
 
-:mod:`domainbed_align._hook` (installed by ``domainbed_align_hook.pth`` in every interpreter, and cheap) finds
+:mod:`domainbed_align.upstream.hook` (installed by ``domainbed_align_hook.pth`` in every interpreter, and cheap) finds
 DomainBed's modules as they are imported and calls :func:`patch_module` right after each module's body runs:
 
-- ``algorithms``: every algorithm in our registry (:mod:`domainbed_align.registry`) becomes a module attribute (``get_algorithm_class`` looks in
+- ``algorithms``: every algorithm in our registry (:mod:`domainbed_align.methods.registry`) becomes a module attribute (``get_algorithm_class`` looks in
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
 - ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments), and
   ``MultipleEnvironmentImageFolder.__init__`` is wrapped to attach a mask folder (hparam ``mask_dir``, annotation
-  methods only: :mod:`domainbed_align.mask_folder`);
+  methods only: :mod:`domainbed_align.annotations.folder`);
 - ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
   instead of a JSONDecodeError traceback that names no file;
 - ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
   --input_dir``, in one line instead of a traceback; when train.py opens its ``out.txt`` it records the run's
-  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.selection`), and takes the
-  run's lock for the life of the process (:mod:`domainbed_align.liveness`: how ``sweep status`` tells running);
+  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.report.selection`), and takes the
+  run's lock for the life of the process (:mod:`domainbed_align.runs.liveness`: how ``sweep status`` tells running);
 - ``command_launchers``: our ``slurm``, ``submitit_local`` and ``parallel`` launchers join ``REGISTRY``
-  (:mod:`domainbed_align.launchers`);
+  (:mod:`domainbed_align.runs.launchers`);
 - ``lib.fast_data_loader``: ``InfiniteDataLoader`` refuses a batch larger than its split (it would hang).
 
 Everything is idempotent, and nothing here may break interpreter start-up.
@@ -60,7 +60,7 @@ def patch_module(module: types.ModuleType) -> None:
 
 
 def _patch_algorithms(module: types.ModuleType) -> None:
-    from domainbed_align import registry  # checks the torch and timm floors (floors.require_runtime)
+    from domainbed_align.methods import registry  # checks the torch and timm floors (floors.require_runtime)
 
     for entry in registry.entries():
         name, core = entry.name, entry.cls
@@ -96,8 +96,8 @@ def upstream_hparam_names() -> frozenset:
 
 
 def _patch_hparams(module: types.ModuleType) -> None:
-    from domainbed_align import hparams as ours
-    from domainbed_align import registry
+    from domainbed_align.methods import hparams as ours
+    from domainbed_align.methods import registry
 
     names = registry.algorithm_names()
 
@@ -124,11 +124,11 @@ _train_arguments_checked: list[bool] = []
 
 def _check_train_arguments_once() -> None:
     """In train.py, its command line is checked when it first asks for hparams: after printing its arguments,
-    before printing the hparams or loading any data (:mod:`domainbed_align.preflight`)."""
+    before printing the hparams or loading any data (:mod:`domainbed_align.upstream.preflight`)."""
     if _train_arguments_checked or not _main_is_train():
         return
     _train_arguments_checked.append(True)  # first: the check itself asks for hparams
-    from domainbed_align.preflight import check_train_arguments
+    from domainbed_align.upstream.preflight import check_train_arguments
 
     check_train_arguments(sys.argv[1:])
 
@@ -154,7 +154,7 @@ def _patch_image_folders(cls: type) -> None:
     def __init__(self: Any, root: str, test_envs: Any, augment: bool, hparams: dict, *args: Any,
                  **kwargs: Any) -> None:
         original(self, root, test_envs, augment, hparams, *args, **kwargs)
-        from domainbed_align.mask_folder import attach_mask_folder
+        from domainbed_align.annotations.folder import attach_mask_folder
 
         attach_mask_folder(self, test_envs, hparams)
 
@@ -169,7 +169,7 @@ def _patch_reporting(module: types.ModuleType) -> None:
         try:
             return original(path, *args, **kwargs)
         except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            from domainbed_align.records import check_results_files
+            from domainbed_align.runs.records import check_results_files
 
             check_results_files(path)  # raises, naming the file(s) and the fix, when the folder is the cause
             raise  # something else: upstream's own error, unchanged
@@ -193,7 +193,8 @@ def _patch_misc(module: types.ModuleType) -> None:
                     f"collect_results give --input_dir the --output_dir that 'sweep launch' wrote to.")
             super().__init__(fname, *args, **kwargs)
             if os.path.basename(fname) == "out.txt" and _main_is_train():  # train.py's log: its --output_dir
-                from domainbed_align import liveness, selection
+                from domainbed_align.runs import liveness
+                from domainbed_align.report import selection
 
                 liveness.hold_run_lock(folder)  # held until the process ends: `sweep status` sees it running
                 selection.note_train_output_dir(folder)
@@ -225,7 +226,7 @@ def _patch_command_launchers(module: types.ModuleType) -> None:
     """Our launchers (slurm, submitit_local, parallel) join upstream's; a name upstream already has stays its.
     Upstream's ``local`` and ``multi_gpu`` are wrapped to record their runs as queued by this process first, so
     that ``sweep status`` / ``delete_incomplete`` know a run upstream's own sweep has yet to start is live."""
-    from domainbed_align import launchers
+    from domainbed_align.runs import launchers
 
     for name, launcher in launchers.REGISTRY.items():
         module.REGISTRY.setdefault(name, launcher)
@@ -238,7 +239,8 @@ def _patch_command_launchers(module: types.ModuleType) -> None:
 def _recording(launcher: Any, name: str) -> Any:
     @functools.wraps(launcher)
     def launch(commands: list[str]) -> Any:
-        from domainbed_align import launchers, liveness
+        from domainbed_align.runs import launchers
+        from domainbed_align.runs import liveness
 
         for command in commands:
             try:

@@ -262,7 +262,7 @@ def res_gaussian_target(positive: torch.Tensor) -> torch.Tensor:
 def res_min_max(maps: torch.Tensor) -> torch.Tensor:
     """RES's normalisation of a map ``[N, h, w]``: (x - min) / (max(x - min) + 1e-6) per sample, i.e. the shared
     min-max with RES's epsilon."""
-    from domainbed_align.gradcam import normalize_per_sample
+    from domainbed_align.methods.gradcam import normalize_per_sample
 
     return normalize_per_sample(maps.float(), eps=RES_NORMALISATION_EPSILON)
 

@@ -1,0 +1,1 @@
+"""What a sweep becomes: selection rules, tables, figures, explanation metrics, mask exports."""

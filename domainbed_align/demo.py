@@ -177,9 +177,9 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     if prepared != 0:
         return prepared  # prepare has printed its one-line reason
     sys.path.insert(0, str(domainbed_root))
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter
 
-    jobs = _hook.upstream_sweep_jobs(
+    jobs = adapter.upstream_sweep_jobs(
         str(output_dir), str(data_dir), dataset, list(algorithms), config["test_envs"] or
         [[i] for i in range(_n_environments(dataset))], config["n_hparams"], config["n_trials"], config["steps"],
         json.dumps(config["hparams"]) if config["hparams"] else None)

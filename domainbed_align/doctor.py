@@ -104,9 +104,9 @@ def check_floors(report: Report) -> bool:
 
 
 def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool) -> None:
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter, hook
 
-    if _hook.is_installed():
+    if hook.is_installed():
         report.ok("the registration hook (domainbed_align_hook.pth) is active in this interpreter")
     else:
         report.fail("the registration hook is not active: domainbed_align_hook.pth did not run",
@@ -114,28 +114,27 @@ def check_registration(report: Report, domainbed_ok: bool, dependencies_ok: bool
                     "or pip --target does not run .pth files; `python -S` skips them)")
     if not (domainbed_ok and dependencies_ok):
         return
-    from domainbed_align import ALGORITHM_NAMES  # imports torch: only once the floors hold
+    from domainbed_align.methods.registry import algorithm_names  # imports torch: only once the floors hold
+
+    ours = algorithm_names()
     try:
-        import domainbed.algorithms as algorithms
-        import domainbed.hparams_registry as registry
+        adapter.import_algorithm_registries()
     except Exception as error:  # report any import failure of upstream as one line
         report.fail(f"importing domainbed.algorithms failed: {type(error).__name__}: {error}",
                     "install what the message names into this environment")
         return
-    missing = [name for name in ALGORITHM_NAMES
-               if name not in algorithms.ALGORITHMS or not hasattr(algorithms, name)]
+    missing = adapter.unregistered_algorithms(ours)
     if missing:
         report.fail(f"{missing} are not registered in domainbed.algorithms",
                     f"{sys.executable} -m pip install -e /path/to/domainbed-align, or call "
                     "domainbed_align.register() in a notebook")
-    elif "lambda_align" not in registry.default_hparams("ALIGN", "VLCS"):
+    elif "lambda_align" not in adapter.default_hparams("ALIGN", "VLCS"):
         report.fail("ALIGN's hparams are missing from domainbed.hparams_registry", "reinstall domainbed-align")
     else:
-        report.ok(f"{', '.join(ALGORITHM_NAMES)} are registered (algorithms and hparams registry)")
-    import domainbed.datasets as datasets
+        report.ok(f"{', '.join(ours)} are registered (algorithms and hparams registry)")
     from domainbed_align.data import DATASETS as OUR_DATASETS
 
-    absent = [name for name in OUR_DATASETS if name not in datasets.DATASETS or not hasattr(datasets, name)]
+    absent = adapter.unregistered_datasets(list(OUR_DATASETS))
     if absent:
         report.fail(f"our datasets {absent} are not registered in domainbed.datasets",
                     f"{sys.executable} -m pip install -e /path/to/domainbed-align")

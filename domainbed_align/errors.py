@@ -2,9 +2,16 @@
 
 Every problem a user can fix (a bad hparam, missing weights, a diverged loss) raises a subclass of
 :class:`DomainbedAlignError`. When such an error reaches the top of a DomainBed script, the excepthook that
-the registration hook installs prints just its message (no traceback), because the message already names the
-culprit and the fix.
+the registration hook installs (:func:`install_excepthook`) prints just its message (no traceback), because the
+message already names the culprit and the fix.
+
+This is the bottom layer: it imports nothing of ours (``sys`` only at module level).
 """
+
+import sys
+from typing import Any, Callable
+
+_INSTALLED_FLAG = "_domainbed_align_patched"
 
 
 class DomainbedAlignError(Exception):
@@ -60,3 +67,23 @@ class ExplanationInputError(DomainbedAlignError, ValueError):
 
 class MetricInputError(DomainbedAlignError, ValueError):
     """Images, saliency maps, classes or settings that an explanation metric cannot take."""
+
+
+def install_excepthook(show_traceback: Callable[[], bool]) -> None:
+    """Our errors already say what to do: show their message, not a traceback through upstream's train.py (once per
+    interpreter). ``show_traceback()`` is asked when one of our errors reaches the top (the callers pass the
+    ``DOMAINBED_ALIGN_TRACEBACK`` setting, read so that it never raises: nothing may raise in the hook); it comes as
+    an argument because this bottom layer may not import the settings. Everything the hook needs is imported
+    before it runs: when a failed import of this package is what it reports, importing again would fail again."""
+    if getattr(sys.excepthook, _INSTALLED_FLAG, False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
+        if isinstance(error, DomainbedAlignError) and not show_traceback():
+            sys.stderr.write(f"domainbed-align: error: {user_message(error)}\n")
+        else:  # anything unexpected keeps its traceback
+            previous(kind, error, traceback)
+
+    setattr(excepthook, _INSTALLED_FLAG, True)
+    sys.excepthook = excepthook

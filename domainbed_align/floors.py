@@ -18,6 +18,7 @@ This module imports nothing heavy: the ``.pth`` hook and ``setup.py`` read it.
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 # distribution name (as pip knows it) -> the oldest release tested
 FLOORS: dict[str, str] = {
@@ -91,11 +92,17 @@ def below_floor(name: str) -> str | None:
     return None
 
 
-def require_runtime() -> None:
+def _no_traceback() -> bool:
+    return False
+
+
+def require_runtime(show_traceback: Callable[[], bool] | None = None) -> None:
     """Stop with one line when torch or timm is below its floor (once per interpreter).
 
-    Raises :class:`~domainbed_align.errors.DependencyVersionError` (an ImportError): uncaught, the excepthook of
-    the registration hook prints only its message."""
+    Raises :class:`~domainbed_align.errors.DependencyVersionError` (an ImportError) after installing the excepthook
+    (:func:`~domainbed_align.errors.install_excepthook`), so that, uncaught, only its message is printed.
+    ``show_traceback``: the ``DOMAINBED_ALIGN_TRACEBACK`` switch for that hook, from a caller that may read the
+    settings (this layer may not); without it the message comes alone."""
     global _checked
     if _checked:
         return
@@ -103,8 +110,7 @@ def require_runtime() -> None:
     if not problems:
         _checked = True
         return
-    from domainbed_align.upstream.hook import install_excepthook
-    from domainbed_align.errors import DependencyVersionError
+    from domainbed_align.errors import DependencyVersionError, install_excepthook
 
-    install_excepthook()
+    install_excepthook(show_traceback or _no_traceback)
     raise DependencyVersionError("; ".join(problems))

@@ -633,12 +633,11 @@ def cmd_versions(args: argparse.Namespace) -> int:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)
         report["nvidia_smi"] = (smi.stdout or smi.stderr).strip()
-    import domainbed_align
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import hook
 
-    installed = Path(domainbed_align.__file__).resolve().parent
-    tree = Path(args.repo).resolve() / "domainbed_align"
-    report["domainbed_align"] = {"installed": str(installed), "hook_active": _hook.is_installed()}
+    installed = Path(__file__).resolve().parent  # the package this module is part of (not `import domainbed_align`:
+    tree = Path(args.repo).resolve() / "domainbed_align"  # a child importing its root package is an import cycle)
+    report["domainbed_align"] = {"installed": str(installed), "hook_active": hook.is_installed()}
     root = domainbed_root()
     report["domainbed_root"] = str(root) if root else None
     manifest = Path(args.repo) / CARRY_DIR / "MANIFEST.json"
@@ -668,25 +667,24 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Upstream's own sweep jobs for one held-out domain, launched by our sweep's ``launch`` (progress, run states,
     failed runs with their logs) with the ``parallel`` launcher: the folders ``sweep launch --single_test_envs``
     gives these runs."""
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter, hook
 
-    if not _hook.domainbed_importable():
+    if not adapter.domainbed_importable():
         print(f"error: no DomainBed: set DOMAINBED_ROOT to a checkout at {DOMAINBED_COMMIT}", file=sys.stderr)
         return 2
-    _hook.install()
-    import domainbed.algorithms
-    import domainbed.datasets
+    hook.install()
+    algorithms = adapter.algorithm_names()  # domainbed.algorithms first, as before
 
     from domainbed_align import settings, sweep
     from domainbed_align.errors import DomainbedAlignError, user_message
 
-    options = sweep.parser(list(domainbed.datasets.DATASETS), list(domainbed.algorithms.ALGORITHMS)).parse_args([
+    options = sweep.parser(adapter.dataset_names(), algorithms).parse_args([
         "launch", "--datasets", args.dataset, "--algorithms", *args.algorithms, "--n_hparams", "1",
         "--n_trials", str(args.n_trials), "--steps", str(args.steps), "--hparams", args.hparams,
         "--data_dir", args.data_dir, "--output_dir", args.output_dir, "--command_launcher", "parallel",
         "--single_test_envs", "--skip_confirmation", "--poll_seconds", "1"])
-    jobs = _hook.upstream_sweep_jobs(args.output_dir, args.data_dir, args.dataset, list(args.algorithms),
-                                     [[args.test_env]], 1, args.n_trials, args.steps, args.hparams)
+    jobs = adapter.upstream_sweep_jobs(args.output_dir, args.data_dir, args.dataset, list(args.algorithms),
+                                       [[args.test_env]], 1, args.n_trials, args.steps, args.hparams)
     print(f"{len(jobs)} runs ({', '.join(args.algorithms)} x {args.n_trials} trials, test env {args.test_env}), "
           f"{settings.value('jobs') or 'default'} at a time; e.g. {jobs[0].command_str}", flush=True)
     try:

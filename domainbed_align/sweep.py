@@ -4,9 +4,10 @@
     python -m domainbed_align.sweep status            --data_dir D --output_dir O [...]
     python -m domainbed_align.sweep delete_incomplete --data_dir D --output_dir O [...]
 
-Upstream's arguments, names and defaults (``domainbed.scripts.sweep``: its parser sits under ``__main__``, so they
-are declared again here), and upstream's own jobs (``make_args_list`` and ``Job``, imported from the user's
-DomainBed): a run lands in the folder ``sweep launch`` would give it. Added:
+Upstream's arguments, names and defaults (``domainbed.scripts.sweep``: its parser sits under ``__main__``, so the
+boundary, :mod:`domainbed_align.upstream.adapter`, declares them again), and upstream's own jobs (``make_args_list``
+and ``Job``, from the user's DomainBed through the boundary): a run lands in the folder ``sweep launch`` would give
+it. Added:
 
 - ``--protocol single_source``: each run trains on one domain and tests on every other (``test_envs`` = the
   others); the default ``domainbed`` is upstream's.
@@ -28,8 +29,9 @@ import threading
 import time
 from typing import Any, Sequence
 
-from domainbed_align.runs import liveness
 from domainbed_align.errors import DomainbedAlignError, user_message
+from domainbed_align.runs import liveness
+from domainbed_align.upstream import adapter  # cheap: DomainBed is imported by its functions, when called
 
 
 FOLLOW_WITH_STATUS = "follow them with 'python -m domainbed_align.sweep status' and the same arguments"
@@ -38,24 +40,7 @@ FOLLOW_WITH_STATUS = "follow them with 'python -m domainbed_align.sweep status' 
 def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m domainbed_align.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["launch", "status", "delete_incomplete"])
-    # upstream's arguments, defaults and required flags (domainbed/scripts/sweep.py at b93c22a)
-    p.add_argument("--datasets", nargs="+", type=str, default=datasets)
-    p.add_argument("--algorithms", nargs="+", type=str, default=algorithms)
-    p.add_argument("--task", type=str, default="domain_generalization")
-    p.add_argument("--n_hparams_from", type=int, default=0)
-    p.add_argument("--n_hparams", type=int, default=20)
-    p.add_argument("--output_dir", type=str, required=True)
-    p.add_argument("--data_dir", type=str, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_trials", type=int, default=3)
-    p.add_argument("--command_launcher", type=str, default=None,
-                   help="required for launch (upstream's: local, dummy, multi_gpu; ours: parallel, submitit_local, "
-                        "slurm)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--hparams", type=str, default=None)
-    p.add_argument("--holdout_fraction", type=float, default=0.2)
-    p.add_argument("--single_test_envs", action="store_true")
-    p.add_argument("--skip_confirmation", action="store_true")
+    adapter.add_sweep_arguments(p, datasets, algorithms)  # upstream's own, as its sweep declares them
     # ours
     p.add_argument("--protocol", choices=["domainbed", "single_source"], default="domainbed",
                    help="domainbed: upstream's test environments; single_source: train on one domain, test on the rest")
@@ -66,21 +51,11 @@ def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParse
 
 def make_jobs(options: argparse.Namespace) -> list[Any]:
     """Upstream ``Job``s for the options: ``sweep launch``'s own (domainbed) or single-source ones."""
-    from domainbed.scripts import sweep
-
-    from domainbed_align.upstream import hook as _hook
-
-    if options.protocol == "single_source":
-        return _hook.upstream_single_source_jobs(
-            options.output_dir, options.data_dir, options.datasets, options.algorithms, options.n_hparams,
-            options.n_trials, options.steps, options.hparams, n_hparams_from=options.n_hparams_from,
-            task=options.task, holdout_fraction=options.holdout_fraction)
-    args_list = sweep.make_args_list(
-        n_trials=options.n_trials, dataset_names=options.datasets, algorithms=options.algorithms,
-        n_hparams_from=options.n_hparams_from, n_hparams=options.n_hparams, steps=options.steps,
-        data_dir=options.data_dir, task=options.task, holdout_fraction=options.holdout_fraction,
-        single_test_envs=options.single_test_envs, hparams=options.hparams)
-    return [sweep.Job(args, options.output_dir) for args in args_list]
+    make = adapter.upstream_single_source_jobs if options.protocol == "single_source" else adapter.upstream_jobs
+    extra = {} if options.protocol == "single_source" else {"single_test_envs": options.single_test_envs}
+    return make(options.output_dir, options.data_dir, options.datasets, options.algorithms, options.n_hparams,
+                options.n_trials, options.steps, options.hparams, n_hparams_from=options.n_hparams_from,
+                task=options.task, holdout_fraction=options.holdout_fraction, **extra)
 
 
 def run_states(jobs: list[Any]) -> list[liveness.RunState]:
@@ -146,18 +121,15 @@ def _confirmed(options: argparse.Namespace) -> bool:
 
 
 def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
-    from domainbed import command_launchers
-    from domainbed.scripts import sweep
-
     from domainbed_align import settings
 
     settings.launcher_settings()  # a misspelt DOMAINBED_ALIGN_* fails here, not in each train.py
     if not options.command_launcher:
         raise DomainbedAlignError("launch needs --command_launcher (upstream's local, dummy, multi_gpu; ours: "
                                   "parallel, submitit_local, slurm).")
-    if options.command_launcher not in command_launchers.REGISTRY:
-        raise DomainbedAlignError(f"--command_launcher {options.command_launcher!r} is not one of "
-                                  f"{sorted(command_launchers.REGISTRY)}.")
+    launchers = adapter.command_launcher_names()
+    if options.command_launcher not in launchers:
+        raise DomainbedAlignError(f"--command_launcher {options.command_launcher!r} is not one of {launchers}.")
     states = run_states(jobs)
     print_status(jobs, states, every_run=False)
     to_launch = [job for job, state in zip(jobs, states) if state.state == liveness.NOT_LAUNCHED]
@@ -173,7 +145,7 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
 
     def run_launcher() -> None:
         try:
-            sweep.Job.launch(to_launch, command_launchers.REGISTRY[options.command_launcher])
+            adapter.launch_jobs(to_launch, options.command_launcher)
         except BaseException as error:  # reported below, after the progress bar
             failure.append(error)
 
@@ -253,16 +225,14 @@ def check_names(options: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import hook
 
-    if not _hook.domainbed_importable():
+    if not adapter.domainbed_importable():
         print("error: no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", file=sys.stderr)
         return 2
-    _hook.install()
-    import domainbed.algorithms
-    import domainbed.datasets
-
-    defaults = [d for d in domainbed.datasets.DATASETS if "Debug" not in d], list(domainbed.algorithms.ALGORITHMS)
+    hook.install()
+    algorithms = adapter.algorithm_names()  # domainbed.algorithms first, as upstream's sweep imports them
+    defaults = [d for d in adapter.dataset_names() if "Debug" not in d], algorithms
     options = parser(*defaults).parse_args(argv)
     try:
         check_names(options)

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from domainbed_align import atomic
+from domainbed_align.runs.records import readable_records  # the one results.jsonl reader
 
 SOURCES = ("dataset", "align")  # the dataset's own masks, ALIGN's exported ones
 
@@ -37,7 +38,7 @@ def align_runs(folder: Path) -> list[dict]:
     for results in sorted(folder.glob("*/results.jsonl")):
         if not (results.parent / "done").exists() or not (results.parent / "model.pkl").exists():
             continue
-        first = json.loads(results.read_text().splitlines()[0])
+        first = readable_records(results.parent)[0]
         if first["args"]["algorithm"] == "ALIGN" and first["args"]["hparams_seed"] == 0:
             runs.append({**first["args"], "run": results.parent, "batch_size": first["hparams"]["batch_size"]})
     return sorted(runs, key=lambda run: run["trial_seed"])
@@ -64,7 +65,7 @@ def run_once(command: list[str], output: Path, threads: int) -> int:
 def accuracies(output: Path, test_envs: list[int]) -> dict:
     """Held-out accuracy (the test environments' ``in`` splits, as collect_results) at the last checkpoint and at
     the checkpoint with the best mean training-environment ``out`` accuracy (training-domain validation)."""
-    records = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines()]
+    records = readable_records(output)
     envs = sorted(int(key[3:].split("_")[0]) for key in records[0] if key.startswith("env") and key.endswith("_out_acc"))
     train = [e for e in envs if e not in test_envs]
 

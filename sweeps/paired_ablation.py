@@ -13,18 +13,18 @@ runs that differ only in the setting. Needs pandas and tabulate.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from domainbed_align.report.selection import selected_record
+from domainbed_align.runs.records import json_lines, readable_records  # the one JSON-lines reader
 
 
 def last_checkpoints(folder: Path, algorithm: str) -> list[dict]:
     rows = []
     for results in sorted((folder / "runs").glob("*/results.jsonl")):
-        records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        records = readable_records(results.parent)
         last, args = records[-1], records[-1]["args"]
         if args["algorithm"] != algorithm:
             continue
@@ -39,7 +39,12 @@ def last_checkpoints(folder: Path, algorithm: str) -> list[dict]:
 
 def explanation_rows(folder: Path, algorithm: str) -> dict[str, dict]:
     path = folder / "explanations.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for _, line, record, error in json_lines(path):
+        if error is not None and line.strip():
+            raise error
+        if error is None:
+            records.append(record)
     return {Path(r["run"]).name: r for r in records if r["algorithm"] == algorithm}
 
 

@@ -84,17 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     root = os.environ.get("DOMAINBED_ROOT")
     if root:
         sys.path.insert(0, root)
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter, patches
     from domainbed_align.methods import registry
     from domainbed_align.errors import DomainbedAlignError
 
     try:
-        _hook.patch_all_now()
+        patches.patch_all_now()
     except ImportError:
         print("error: no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", file=sys.stderr)
         return 2
     algorithms = list(registry.algorithm_names()) if options.algorithms == ["all"] else options.algorithms
-    make = _hook.upstream_single_source_jobs if options.protocol == "single_source" else _hook.upstream_protocol_jobs
+    make = adapter.upstream_single_source_jobs if options.protocol == "single_source" else adapter.upstream_protocol_jobs
     extra = {} if options.protocol == "single_source" else {"pairs": options.pairs}
     jobs = make(options.output_dir, options.data_dir, options.datasets, algorithms, options.n_hparams,
                 options.n_trials, options.steps, options.hparams, **extra)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         total = 0.0
         for algorithm in algorithms:
             ms, how = step_ms(algorithm)
-            hours = sum(_run_steps(job, options.steps, _hook) * ms * _batch_share(job, _hook) / 3.6e6
+            hours = sum(_run_steps(job, options.steps, adapter) * ms * _batch_share(job, adapter) / 3.6e6
                         for job in jobs if job.train_args["algorithm"] == algorithm)
             total += hours
             print(f"  {algorithm:8s} {hours:7.1f} GPU-hours ({ms:.1f} ms/step: {how})")

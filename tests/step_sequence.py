@@ -19,13 +19,18 @@ SIDE = 64  # a 2 x 2 Grad-CAM grid on resnet18: small, but not the degenerate 1 
 CLASSES = 3
 
 
+LOADED_FROM: list[str] = []  # the files of the modules read, for the test to check which tree ran
+
+
 def _module(*names: str):
     """The first of ``names`` that imports (the redesign moved modules; both trees must be readable)."""
     for name in names:
         try:
-            return importlib.import_module(name)
+            module = importlib.import_module(name)
         except ModuleNotFoundError:
             continue
+        LOADED_FROM.append(module.__file__)
+        return module
     raise ModuleNotFoundError(f"none of {names} is importable")
 
 
@@ -78,7 +83,8 @@ def main() -> None:
     torch.set_num_threads(1)  # one summation order, whatever the machine's load
     package = importlib.import_module("domainbed_align")
     names = list(package.ALGORITHM_NAMES)
-    torch.save({"package": package.__file__, "names": names, "runs": {name: run(name) for name in names}}, args.out)
+    runs = {name: run(name) for name in names}
+    torch.save({"package": package.__file__, "loaded_from": LOADED_FROM, "names": names, "runs": runs}, args.out)
     print(f"{len(names)} methods, {STEPS} updates each: {args.out}", file=sys.stderr)
 
 

@@ -13,7 +13,6 @@ from domainbed_align.methods.dre import DRE
 from domainbed_align.methods.erm import TimmERM
 from domainbed_align.methods.backbones import create_backbone
 from domainbed_align.errors import HParamError, NonFiniteLossError, PretrainedWeightsError
-from domainbed_align.methods.step import StepContext
 
 SHAPE = (3, 28, 28)
 
@@ -83,10 +82,11 @@ def test_classifier_step_leaves_the_masker_untouched():
     images, labels = (torch.cat(t) for t in zip(*_batches()))
     before = _state(algorithm.masker)
     classifier_before = _state(algorithm.classifier)
-    loss, terms = algorithm.classifier_loss(StepContext(algorithm, images, labels, None))
-    loss.backward()
-    algorithm.optimizer.step()
-    assert terms["align_bce"].item() > 0
+    step = algorithm.compute_step(images, labels, None)
+    loss, terms = algorithm.base_loss(step)
+    alignment, bce = algorithm.alignment_loss(step.cams, algorithm.masker(step.images))  # the masks with their graph
+    algorithm.classifier_step(loss + alignment, {**terms, "align_bce": bce}, images)
+    assert bce.item() > 0
     assert _changed(before, algorithm.masker) == []
     assert all(p.grad is None for p in algorithm.masker.parameters())
     assert _changed(classifier_before, algorithm.classifier) != []
@@ -95,8 +95,9 @@ def test_classifier_step_leaves_the_masker_untouched():
 def test_alignment_loss_gradient_reaches_the_backbone():
     algorithm = _align(warmup_steps=0, lambda_reg=0.0)
     images, labels = (torch.cat(t) for t in zip(*_batches()))
-    cams_loss, _ = algorithm.explanation_loss(StepContext(algorithm, images, labels, None))
-    cams_loss.backward()
+    step = algorithm.compute_step(images, labels, None)
+    alignment, _ = algorithm.alignment_loss(step.cams, algorithm.masker(step.images))
+    alignment.backward()
     stem = algorithm.classifier.backbone.conv1.weight.grad
     assert stem is not None and stem.abs().sum() > 0
 
@@ -108,6 +109,38 @@ def test_masker_steps_ratio_and_same_classifier_steps_as_erm():
     algorithm.masker_step = lambda *a: calls.append(1) or original(*a)
     algorithm.update(_batches())
     assert len(calls) == 3 and algorithm.steps_done == 1
+
+
+def test_the_step_is_computed_once_and_immutable():
+    import dataclasses
+
+    algorithm = _align(warmup_steps=0)
+    images, labels = (torch.cat(t) for t in zip(*_batches()))
+    step = algorithm.compute_step(images, labels, None)
+    assert step.logits.shape == (8, 3) and step.cams.shape == step.raw_cams.shape == step.mixup.cams.shape
+    assert step.input_gradient is None and step.annotations is None and step.annotated.sum() == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        step.logits = step.logits.detach()
+
+
+def test_moving_to_the_cpu_keeps_the_memory_format():
+    algorithm = _align()
+    assert algorithm.to("cpu") is algorithm and algorithm.to(torch.float32) is algorithm
+    assert all(p.is_contiguous() for p in algorithm.parameters())
+    images = torch.randn(2, 3, 28, 28)
+    assert algorithm.prepare_images(images) is images
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("move", [lambda a: a.to("cuda"), lambda a: a.cuda()])
+def test_moving_to_cuda_converts_the_weights_to_channels_last(move):
+    algorithm = move(_align())
+    for module in (algorithm.classifier.backbone.conv1, algorithm.masker.layers[0]):
+        assert module.weight.is_contiguous(memory_format=torch.channels_last)
+    images = algorithm.prepare_images(torch.randn(2, 3, 28, 28, device="cuda"))
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    off = _align(channels_last=False).to("cuda")
+    assert off.classifier.backbone.conv1.weight.is_contiguous()
 
 
 def test_timm_erm_is_cross_entropy_only():
@@ -193,7 +226,6 @@ def test_algorithms_without_annotations_refuse_gt_masks(value):
     hparams = hparams_lib.default_hparams("TimmERM", "Debug28", gt_masks=value)
     with pytest.raises(HParamError, match="uses no annotations, so drop gt_masks"):
         TimmERM((4, 28, 28), 3, 2, hparams)  # the mask would be a 4th input channel
-    assert not TimmERM.uses_gt_masks and not ALIGN.uses_gt_masks
 
 
 def test_pretrained_file_without_pretrained_is_refused(tmp_path):

@@ -215,8 +215,9 @@ def test_demo_jobs_are_upstream_sweeps_own_for_the_chosen_test_environment(tmp_p
         if line.startswith("Dummy launcher: "):
             folder = line.split("--output_dir ")[1].split(" ")[0]
             made[folder] = "--test_envs 3 " in line + " "
-    code = ("import json, sys; from domainbed_align import _hook, demo; jobs = _hook.upstream_sweep_jobs('sweep', "
-            "'data', 'TextureMNIST', list(demo.ALGORITHMS), [[3]], 1, 2, 1000, json.dumps(demo.DEMO['hparams'])); "
+    code = ("import json, sys; from domainbed_align import demo; from domainbed_align.upstream import adapter; "
+            "jobs = adapter.upstream_sweep_jobs('sweep', 'data', 'TextureMNIST', list(demo.ALGORITHMS), [[3]], 1, 2, "
+            "1000, json.dumps(demo.DEMO['hparams'])); "
             "print(json.dumps([job.output_dir for job in jobs]))")
     ours = run_python(code, upstream_root(), cwd=tmp_path)
     assert ours.returncode == 0, ours.stderr[-2000:]

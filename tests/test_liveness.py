@@ -133,7 +133,7 @@ def test_the_trainer_touches_its_heartbeat_and_removes_it_when_it_ends(tmp_path,
 def test_a_trainer_that_crashes_takes_its_heartbeat_along(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    crashed = subprocess.run([sys.executable, "-c", "import sys\nfrom domainbed_align import liveness\n"
+    crashed = subprocess.run([sys.executable, "-c", "import sys\nfrom domainbed_align.runs import liveness\n"
                               "liveness.hold_run_lock(sys.argv[1]); raise RuntimeError('diverged')", str(run)],
                              capture_output=True, text=True)
     assert crashed.returncode == 1 and "diverged" in crashed.stderr
@@ -206,7 +206,7 @@ def test_delete_incomplete_keeps_a_run_that_started_while_it_asked(tmp_path, mon
 
     def answer(prompt: str) -> str:  # minutes pass at the prompt: one of the runs is launched again meanwhile
         nonlocal holder
-        holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom domainbed_align import liveness\n"
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom domainbed_align.runs import liveness\n"
                                    "liveness.hold_run_lock(sys.argv[1]); print('held', flush=True); time.sleep(60)",
                                    str(started)], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"

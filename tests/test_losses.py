@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from domainbed_align.methods.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity, masker_loss,
-                                    same_class_partners, total_variation)
+from domainbed_align.methods.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity,
+                                            haics_bce, masker_loss, same_class_partners, total_variation)
 
 
 def test_total_variation_by_hand():
@@ -45,12 +45,24 @@ def test_alignment_bce_by_hand_and_clamped():
     assert torch.isfinite(extreme.grad).all()
 
 
-def test_alignment_bce_runs_in_float32_under_autocast():
+@pytest.mark.parametrize("bce_loss", [alignment_bce, lambda cam, mask: haics_bce(cam, mask, torch.ones(2))])
+def test_bce_losses_switch_autocast_off_around_the_bce(bce_loss, monkeypatch):
+    """autocast refuses BCE on CUDA (CPU bf16 autocast leaves it alone, so a dtype check here would pass without
+    the guard): the guarded call must see autocast off."""
+    functional = alignment_bce.__globals__["F"]  # torch.nn.functional, as losses.py calls it
+    original, seen = functional.binary_cross_entropy, []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(functional, "binary_cross_entropy", spy)
     cam = torch.rand(2, 3, 3, dtype=torch.bfloat16)
     mask = torch.rand(2, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = alignment_bce(cam, mask)
-    assert value.dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu")
+        value = bce_loss(cam, mask)
+    assert seen == [False] and value.dtype == torch.float32
 
 
 def test_dre_mixup_loss_by_hand():

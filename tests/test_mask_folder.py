@@ -213,13 +213,13 @@ def test_vlcsmini_with_a_mask_folder_trains_an_annotation_method(data_dir, tmp_p
 def test_align_masks_export_reload_and_train_on_texturemnist(data_dir, tmp_path, capsys):
     from conftest import save_align_run
 
-    from domainbed_align.report import masks
+    from domainbed_align.report import mask_export
     from domainbed_align.methods.checkpoints import load_algorithm
     from domainbed_align.report.metrics import mask_iou
 
     model = save_align_run(tmp_path / "run", data_dir)
     out = tmp_path / "exported"
-    assert masks.main(["export", "--model", str(model), "--output_dir", str(out), "--envs", "train",
+    assert mask_export.main(["export", "--model", str(model), "--output_dir", str(out), "--envs", "train",
                        "--batch_size", "200"]) == 0
     printed = capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
@@ -248,7 +248,7 @@ def test_align_masks_export_reload_and_train_on_texturemnist(data_dir, tmp_path,
 
 
 def test_export_refuses_a_run_without_a_masker(data_dir, tmp_path, capsys):
-    from domainbed_align.report import masks
+    from domainbed_align.report import mask_export
 
     model = tmp_path / "model.pkl"
     checkpoint = torch.load(__import__("conftest").save_align_run(tmp_path / "run", data_dir), weights_only=False)
@@ -258,12 +258,12 @@ def test_export_refuses_a_run_without_a_masker(data_dir, tmp_path, capsys):
 
     checkpoint["model_dict"] = TimmERM((3, 56, 56), 10, 3, checkpoint["model_hparams"]).state_dict()
     torch.save(checkpoint, model)
-    assert masks.main(["export", "--model", str(model), "--output_dir", str(tmp_path / "o")]) == 1
+    assert mask_export.main(["export", "--model", str(model), "--output_dir", str(tmp_path / "o")]) == 1
     assert "has no masker: export the masks of an ALIGN run" in capsys.readouterr().err
 
 
 def test_export_writes_each_image_folder_mask_at_its_images_own_size(data_dir, tmp_path):
-    from domainbed_align.report import masks
+    from domainbed_align.report import mask_export
     from domainbed_align.methods.align import ALIGN
 
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def test_export_writes_each_image_folder_mask_at_its_images_own_size(data_dir, t
             "hparams_seed": 0, "trial_seed": 0, "holdout_fraction": 0.2}
     torch.save({"args": args, "model_input_shape": (3, 224, 224), "model_num_classes": 5, "model_num_domains": 2,
                 "model_hparams": hparams, "model_dict": algorithm.state_dict()}, tmp_path / "model.pkl")
-    manifest = masks.export(tmp_path / "model.pkl", tmp_path / "out", envs="train", progress=False)
+    manifest = mask_export.export(tmp_path / "model.pkl", tmp_path / "out", envs="train", progress=False)
     assert manifest["environments"] == {"L": {"images": 77, "split": "train"},
                                         "S": {"images": 55, "split": "train"}}
     environment = VLCSMini(str(data_dir), [0], {}).datasets[2]

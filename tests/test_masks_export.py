@@ -11,7 +11,7 @@ import torch
 
 from domainbed_align import atomic
 from domainbed_align.report import evaluate
-from domainbed_align.report import masks
+from domainbed_align.report import mask_export
 from domainbed_align.annotations.folder import MaskFolderError, check_provenance
 
 
@@ -31,12 +31,10 @@ class _Environment:
 
 class _Algorithm:
     steps_done = 7
+    in_channels = 3  # the images' channels: the export splits off a mask channel by the annotations protocol
 
     def masker(self, images: torch.Tensor) -> torch.Tensor:
         return torch.full((len(images), 1, 6, 6), 0.5)
-
-    def split_annotations(self, images: torch.Tensor):
-        return images, None
 
 
 @pytest.fixture
@@ -45,8 +43,8 @@ def stand_in_run(monkeypatch):
     that image of environment 1."""
     fail: list[int | None] = [None]
     checkpoint = {"args": {"algorithm": "ALIGN", "dataset": "TextureMNIST", "test_envs": [1]}}
-    monkeypatch.setattr(masks, "read_checkpoint", lambda path, device: checkpoint)
-    monkeypatch.setattr(masks, "algorithm_from_checkpoint", lambda checkpoint, device: _Algorithm())
+    monkeypatch.setattr(mask_export, "read_checkpoint", lambda path, device: checkpoint)
+    monkeypatch.setattr(mask_export, "algorithm_from_checkpoint", lambda checkpoint, device: _Algorithm())
 
     def dataset_of_run(checkpoint, data_dir):
         dataset = type("Dataset", (), {"ENVIRONMENTS": ["first", "second"]})()
@@ -61,11 +59,11 @@ def test_a_stopped_export_leaves_no_folder_that_passes_for_the_users_own_masks(t
     out = tmp_path / "exported"
     stand_in_run[0] = 3
     with pytest.raises(KeyboardInterrupt):
-        masks.export(tmp_path / "model.pkl", out, progress=False, batch_size=2)
+        mask_export.export(tmp_path / "model.pkl", out, progress=False, batch_size=2)
     # before: the first environment's masks, and no manifest.json, which check_provenance takes for the user's own
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
     stand_in_run[0] = None
-    manifest = masks.export(tmp_path / "model.pkl", out, progress=False, batch_size=2)
+    manifest = mask_export.export(tmp_path / "model.pkl", out, progress=False, batch_size=2)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert len(list(out.glob("*/*.png"))) == 10 and [p.name for p in tmp_path.iterdir()] == ["exported"]
     with pytest.raises(MaskFolderError, match="trained on environment"):
@@ -81,7 +79,7 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_pat
     dead.wait()
     leftover = tmp_path / f".exported{atomic.PARTIAL}{socket.gethostname()}-{dead.pid}-x"
     (leftover / "first").mkdir(parents=True)
-    masks.export(tmp_path / "model.pkl", tmp_path / "exported", progress=False)
+    mask_export.export(tmp_path / "model.pkl", tmp_path / "exported", progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]
 
 
@@ -95,7 +93,7 @@ def test_an_existing_output_dir_is_refused_before_the_model_is_read(tmp_path, ca
         (out / ("photo.jpg" if existing == "images" else "manifest.json")).write_text("x")
     before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
     # the model does not even exist: the refusal comes first, and costs nothing
-    assert masks.main(["export", "--model", str(tmp_path / "missing.pkl"), "--output_dir", str(out)]) == 1
+    assert mask_export.main(["export", "--model", str(tmp_path / "missing.pkl"), "--output_dir", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--output_dir '{out}'" in err and "Give a new --output_dir" in err
     assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
@@ -104,5 +102,5 @@ def test_an_existing_output_dir_is_refused_before_the_model_is_read(tmp_path, ca
 def test_an_empty_output_dir_is_used(tmp_path, stand_in_run):
     out = tmp_path / "out"
     out.mkdir()
-    masks.export(tmp_path / "model.pkl", out, progress=False)
+    mask_export.export(tmp_path / "model.pkl", out, progress=False)
     assert (out / "manifest.json").is_file() and len(list(out.glob("*/*.png"))) == 10

@@ -55,6 +55,7 @@ import subprocess
 import sys
 
 from domainbed_align.runs import liveness
+from domainbed_align.report.sweep_records import default_steps
 from domainbed_align.runs.records import read_results, sweep_folder, unfinished_runs, unfinished_summary
 
 
@@ -119,7 +120,8 @@ def test_finished_is_done_or_a_complete_copy_and_every_other_run_says_why(tmp_pa
     liveness.write_job_record(str(runs["queued"]), launcher="local", host=socket.gethostname(),
                               launcher_pid=os.getpid())  # its launcher (this process) is alive
     with lock_held_elsewhere(runs["running"] / liveness.LOCK_FILE):
-        why = unfinished_runs(runs.values())
+        assert runs["default_steps"] in unfinished_runs(runs.values())  # runs alone cannot know a dataset's N_STEPS
+        why = unfinished_runs(runs.values(), default_steps)  # the report commands' (datasets' N_STEPS)
     assert {folder.name: reason for folder, reason in why.items()} == {
         "killed": "killed or failed", "cut_copy": "killed or failed", "running": "still running", "queued": "queued"}
     line = unfinished_summary(why, len(runs), counted=False, fix="--include_unfinished counts them")

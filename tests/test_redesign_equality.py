@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,17 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 
 def _sequence(package_root: Path, out: Path) -> dict:
+    """step_sequence.py with only ``package_root``'s package importable as domainbed_align: ``-S`` skips the .pth
+    files (the editable install's finder would map domainbed_align's subpackages to this checkout, and the
+    registration hook would import it), and the site-packages come back, without their .pth files, on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOMAINBED_ALIGN_", "DOMAINBED_ROOT"))}
-    env["PYTHONPATH"] = str(package_root)
-    done = subprocess.run([sys.executable, str(SEQUENCE), "--out", str(out)], cwd=out.parent, env=env,
+    env["PYTHONPATH"] = os.pathsep.join([str(package_root), *site.getsitepackages()])
+    done = subprocess.run([sys.executable, "-S", str(SEQUENCE), "--out", str(out)], cwd=out.parent, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = torch.load(out, weights_only=False)
-    assert Path(result["package"]).resolve().is_relative_to(package_root.resolve()), result["package"]
+    for loaded in [result["package"], *result["loaded_from"]]:
+        assert Path(loaded).resolve().is_relative_to(package_root.resolve()), loaded
     return result
 
 

@@ -12,7 +12,6 @@ from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.methods import losses
 from domainbed_align.methods.baselines import CARE, RES_G, RES_L, imputation_layer
 from domainbed_align.annotations import ShapeWithMaskChannel
-from domainbed_align.methods.step import StepContext
 
 
 def bf_solver(values: list[float], labels: list[float]) -> float:
@@ -144,7 +143,7 @@ def test_care_classifier_loss_and_its_gradient_equal_a_transcription_of_its_code
     conftest_bn(algorithm.classifier)
     algorithm.classifier.eval()  # BatchNorm statistics fixed: both computations see the same network
     images, labels, masks = _batch()
-    step = StepContext(algorithm, images, labels, masks)
+    step = algorithm.compute_step(images, labels, masks)
     loss, terms = algorithm.classifier_loss(step)
     assert all(p.grad is None for p in algorithm.classifier.parameters())  # the maps' gradients left no .grad
     parameters = [p for p in algorithm.classifier.parameters() if p.requires_grad]
@@ -171,7 +170,7 @@ def test_res_l_layer_is_res_own_at_224_and_fits_every_grid(side, grid, kernel, s
     assert (layer.kernel_size, layer.stride, layer.padding) == ((kernel, kernel), (stride, stride), (padding, padding))
     assert algorithm.classifier.cam_side == grid
     images, labels, masks = _batch(3, side)
-    step = StepContext(algorithm, images, labels, masks)
+    step = algorithm.compute_step(images, labels, masks)
     imputed, _ = algorithm.imputed(step, torch.zeros(3, grid, grid))
     assert imputed.shape == (3, grid, grid) and imputed.min() >= 0 and imputed.max() <= 1
 
@@ -228,7 +227,7 @@ def test_res_g_loss_is_the_sum_of_its_terms():
     algorithm = RES_G(ShapeWithMaskChannel((4, 56, 56)), 3, 2, hparams)
     images, labels, masks = _batch(7)
     masks[6] = -1.0  # sample 6 has no mask: no part in the threshold nor in either term
-    step = StepContext(algorithm, images, labels, masks)
+    step = algorithm.compute_step(images, labels, masks)
     loss, terms = algorithm.explanation_loss(step)
     cams = losses.res_min_max(step.raw_cams)[:6]
     cell_labels = losses.res_labels(F.adaptive_avg_pool2d(masks[:6], cams.shape[-2:]).squeeze(1))

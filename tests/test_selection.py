@@ -1,10 +1,13 @@
 """model_selected.pkl: the checkpoint training-domain validation selects, kept while a run trains.
 
-train.py is simulated (no DomainBed): update, append a results line, call state_dict(), as b93c22a does.
+train.py is simulated (no DomainBed): update, append a results line, call state_dict(), as b93c22a does, on the class
+DomainBed sees (the boundary puts KeepsSelectedCheckpoint first in its bases), in a process that says it is train.py
+with train.py's own --output_dir on its command line.
 """
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +17,17 @@ from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.report import selection
 from domainbed_align.methods.erm import TimmERM
 from domainbed_align.methods.checkpoints import load_algorithm, read_checkpoint
+from domainbed_align.upstream import checkpoint_keeper, train_script
 
 SHAPE = (3, 28, 28)
+# what domainbed.algorithms.TimmERM is (patches._patch_algorithms), less upstream's Algorithm base
+KeptTimmERM = type("TimmERM", (checkpoint_keeper.KeepsSelectedCheckpoint, TimmERM), {})
+
+
+def _as_train_py(monkeypatch, folder):
+    """This process is train.py (with ``--output_dir folder``), or, with folder None, it is not."""
+    monkeypatch.setattr(train_script, "is_train_process", lambda: folder is not None)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "Debug28", "--output_dir", str(folder)])
 
 
 def _batches(step):
@@ -35,7 +47,7 @@ def _record(step, out_accs, test_envs=(2,)):
 
 @pytest.fixture
 def in_train_py(tmp_path, monkeypatch):
-    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    _as_train_py(monkeypatch, tmp_path)
     monkeypatch.delenv(selection.SWITCH, raising=False)
     return tmp_path
 
@@ -47,7 +59,7 @@ def _simulate(folder, out_accs_per_checkpoint, test_envs=(2,), stale_lines=0):
             handle.write(json.dumps(_record(k, [0.99, 0.99, 0.99], test_envs)) + "\n")
     torch.manual_seed(0)
     hparams = hparams_lib.default_hparams("TimmERM", "Debug28")
-    algorithm = TimmERM(SHAPE, 3, 2, hparams)
+    algorithm = KeptTimmERM(SHAPE, 3, 2, hparams)
     weights = []
     for step, out_accs in enumerate(out_accs_per_checkpoint):
         algorithm.update(_batches(step))
@@ -81,10 +93,10 @@ def test_an_earlier_attempts_lines_do_not_count(in_train_py):
 
 
 def test_nothing_is_written_outside_train_py_or_when_switched_off(tmp_path, monkeypatch):
-    monkeypatch.setattr(selection, "_train_output_dir", None)
+    _as_train_py(monkeypatch, None)
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
     assert not (tmp_path / selection.SELECTED_FILE).exists()
-    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    _as_train_py(monkeypatch, tmp_path)
     monkeypatch.setenv(selection.SWITCH, "0")
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
     assert not (tmp_path / selection.SELECTED_FILE).exists()
@@ -92,7 +104,7 @@ def test_nothing_is_written_outside_train_py_or_when_switched_off(tmp_path, monk
 
 @pytest.mark.parametrize("word", ["OFF", "False", "no", " 0 "])
 def test_every_way_of_saying_off_switches_it_off(tmp_path, monkeypatch, word):
-    monkeypatch.setattr(selection, "_train_output_dir", str(tmp_path))
+    _as_train_py(monkeypatch, tmp_path)
     monkeypatch.setenv(selection.SWITCH, word)
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
     assert not (tmp_path / selection.SELECTED_FILE).exists()
@@ -106,14 +118,14 @@ def test_a_switch_it_cannot_read_stops_train_py_instead_of_saving(in_train_py, m
 
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=re.escape(named)):
-        TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
-    monkeypatch.setattr(selection, "_train_output_dir", None)  # outside train.py the switch is not read
-    TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+        KeptTimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+    _as_train_py(monkeypatch, None)  # outside train.py the switch is not read
+    KeptTimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
 
 
 def test_a_line_that_does_not_describe_the_weights_is_not_saved(in_train_py):
     torch.manual_seed(0)
-    algorithm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
+    algorithm = KeptTimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))
     algorithm.update(_batches(0))
     with open(in_train_py / "results.jsonl", "a") as handle:
         handle.write(json.dumps(_record(7, [0.5, 0.5, 0.5])) + "\n")  # step 7, but one update was made
@@ -147,7 +159,7 @@ def test_a_failed_write_warns_once_and_training_goes_on(in_train_py, monkeypatch
         return real_save(obj, handle, *args, **kwargs)
 
     _simulate(in_train_py, [[0.2, 0.2, 0.0]])  # a first selected checkpoint, written
-    monkeypatch.setattr(selection.torch, "save", save)
+    monkeypatch.setattr(checkpoint_keeper.torch, "save", save)
     (in_train_py / "results.jsonl").unlink()
     algorithm, _ = _simulate(in_train_py, [[0.3, 0.3, 0.0], [0.4, 0.4, 0.0]])  # two improvements, both fail
     warnings = [line for line in capsys.readouterr().err.splitlines() if selection.SELECTED_FILE in line]
@@ -162,3 +174,13 @@ def test_a_failed_write_warns_once_and_training_goes_on(in_train_py, monkeypatch
     algorithm.update(_batches(2))
     algorithm.state_dict()
     assert read_checkpoint(in_train_py / selection.SELECTED_FILE)["selection"]["step"] == 2
+
+
+def test_the_keeper_learns_the_run_folder_from_train_pys_own_arguments(monkeypatch):
+    monkeypatch.setattr(train_script, "is_train_process", lambda: True)
+    for argv, folder in [(["--output_dir", "runs/a"], "runs/a"), (["--output_dir=runs/b", "--steps", "5"], "runs/b"),
+                         (["--dataset", "Debug28"], "train_output")]:  # train.py's default
+        monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+        assert train_script.train_output_dir() == folder
+    monkeypatch.setattr(train_script, "is_train_process", lambda: False)
+    assert train_script.train_output_dir() is None and checkpoint_keeper.keeping_dir() is None

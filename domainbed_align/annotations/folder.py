@@ -7,9 +7,9 @@ have no files: theirs are ``<mask_dir>/<environment>/<index, 5 digits>.png``. ``
 export`` writes this layout from an ALIGN run; SAM pseudo-masks saved this way are read the same.
 
 Given by the hparam ``mask_dir`` of the annotation methods, the masks become the last input channel exactly as our
-datasets' own (:mod:`domainbed_align.methods.step`): the trainer splits it off before any network sees an input. The
+datasets' own (:mod:`domainbed_align.annotations`): the trainer splits it off before any network sees an input. The
 training environments need every mask (a missing one is refused when the dataset is built, before training); the
-test environments' masks are never read (their channel is :data:`~domainbed_align.methods.step.MISSING_ANNOTATION`), and
+test environments' masks are never read (their channel is :data:`~domainbed_align.annotations.MISSING_ANNOTATION`), and
 their images go through the dataset's own transform, unchanged.
 
 DomainBed augments training images (random resized crop, flip, colour jitter, grayscale): the image's transform is

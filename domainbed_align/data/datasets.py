@@ -66,7 +66,7 @@ from torch.utils.data import Dataset
 from domainbed_align.errors import DomainbedAlignError, HParamError
 from domainbed_align.annotations.folder import (attach_mask_folder, check_complete, check_provenance, mask_dir_of,
                                           mask_path, read_mask, reads_annotations)
-from domainbed_align.annotations import MISSING_ANNOTATION, ShapeWithMaskChannel
+from domainbed_align.annotations import MISSING_ANNOTATION, ShapeWithMaskChannel, wants_mask_channel
 
 from .prepare import MNIST_SIZES, PREPARE_CMD, VLCS_CLASSES, VLCS_DOMAINS, textures_done, vlcs_done
 
@@ -93,12 +93,14 @@ def _not_prepared(root: Any, what: str) -> DataNotPreparedError:
 
 
 def wants_gt_masks(hparams: dict) -> bool:
-    """The opt-in for the mask channel: exactly a boolean (the string "false" must not switch it on), and only for
-    an annotation method's run (:func:`~domainbed_align.annotations.folder.reads_annotations`)."""
+    """Whether this run's inputs carry the mask channel: the one rule
+    (:func:`~domainbed_align.annotations.wants_mask_channel`: ``gt_masks`` true or a mask folder), for an annotation
+    method's run only (:func:`~domainbed_align.annotations.folder.reads_annotations`). ``gt_masks`` must be exactly a
+    boolean (the string "false" must not switch it on)."""
     value = hparams.get("gt_masks", False)
     if not isinstance(value, bool):
         raise HParamError(f"hparam 'gt_masks' must be true or false, got {value!r} ({type(value).__name__}).")
-    return value and reads_annotations(hparams)
+    return reads_annotations(hparams) and wants_mask_channel(hparams)
 
 
 def load_mnist(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -240,8 +242,8 @@ class _TextureMNISTBase(_MultiEnv):
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None) -> None:
         hparams = hparams or {}
-        mask_dir = mask_dir_of(hparams)  # a mask folder replaces the digits' own masks
-        self.gt_masks = wants_gt_masks(hparams) or bool(mask_dir)
+        mask_dir = mask_dir_of(hparams)  # a mask folder replaces the digits' own masks (type-checked first)
+        self.gt_masks = wants_gt_masks(hparams)
         images, labels = load_mnist(root)
         bank = load_textures(root)
         if any(name not in bank for name in self.FAMILY_NAMES):
@@ -343,7 +345,7 @@ class VLCSMini(_MultiEnv):
         from torchvision import transforms
 
         hparams = hparams or {}
-        wants_gt_masks(hparams)  # type-checked; VLCSMini has no masks of its own: they come from mask_dir
+        wants_gt_masks(hparams)  # type-checked; VLCSMini has no masks of its own: attach_mask_folder adds a folder's
         if root is None or not vlcs_done(Path(root)):  # missing, older, or images gone since prepare
             raise _not_prepared(root, "a complete VLCSMini (all images its manifest counts)")
         base = Path(root) / "VLCSMini"

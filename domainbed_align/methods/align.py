@@ -1,4 +1,9 @@
-"""ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation."""
+"""ALIGN (Hong et al., AAAI 2026): a masker and the classifier trained in alternation.
+
+One ALIGN update reads top to bottom in :meth:`ALIGN.update`: the step's shared quantities, the classifier's loss
+(CE + DRE's mixup term + the alignment of its Grad-CAM with the frozen masker's mask), its optimizer step, then the
+masker's steps through the frozen classifier.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,7 @@ from domainbed_align.methods.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIX
 from domainbed_align.methods.losses import alignment_bce, masker_loss
 from domainbed_align.methods.masker import Masker
 from domainbed_align.methods.registry import register_algorithm
-from domainbed_align.methods.step import StepContext
-from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm, overflow_key
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm, Minibatches, overflow_key
 
 
 # Reported by ALIGN at every step (zeros during warm-up) so results.jsonl has the same keys throughout.
@@ -49,7 +53,6 @@ class ALIGN(ExplanationGuidedAlgorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.masker = Masker(self.in_channels, self.hparams["masker_width"], self.hparams["masker_downsample"])
         self.masker_optimizer = torch.optim.Adam(self.masker.parameters(), lr=self.hparams["masker_lr"])
-        self._masks_of_this_step: torch.Tensor | None = None
 
     @property
     def in_warmup(self) -> bool:
@@ -61,12 +64,40 @@ class ALIGN(ExplanationGuidedAlgorithm):
         """Past both warm-ups: the classifier step includes the alignment term."""
         return self.steps_done >= self.hparams["warmup_steps"] + self.hparams["masker_warmup_steps"]
 
-    def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
-        if not self.aligning:
-            return 0.0, {"align_bce": 0.0}
-        cams = step.cams
-        masks = self.masker(step.images)  # kept with its graph for the masker step that follows
-        self._masks_of_this_step = masks
+    def update(self, minibatches: Minibatches, unlabeled: Any = None) -> dict[str, float]:
+        images, labels, annotations = self.training_batch(minibatches)
+        phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
+                                                                                and not self.aligning)}
+        # 1. The classifier step, the masker frozen: CE + lambda_reg * DRE's term + lambda_align * BCE(Grad-CAM, M).
+        with self.autocast(images):
+            step = self.compute_step(images, labels, annotations)
+            loss, terms = self.base_loss(step)
+            # The masker's current mask, kept with its graph: the first masker step below reuses it (the masker
+            # does not change in between); the classifier's loss sees it detached, a constant target.
+            masks = self.masker(step.images) if self.aligning else None
+            alignment, bce = self.alignment_loss(step.cams, masks)
+            loss, terms = loss + alignment, {**terms, "align_bce": bce}
+        floats = self.classifier_step(loss, terms, images)
+        # 2. The masker's steps, the classifier frozen (none in the classifier's warm-up: the same keys, zeros).
+        with self.autocast(images):
+            if self.in_warmup:
+                fp16 = {overflow_key("masker"): 0.0} if self.precision(images.device) == "fp16" else {}
+                floats.update({**{key: 0.0 for key in MASKER_REPORT}, **fp16})
+            else:
+                for _ in range(self.hparams["masker_steps"]):
+                    masker_terms = self.masker_step(images, labels, masks)
+                    masks = None  # later steps need the updated masker's mask
+                floats.update(masker_terms)
+        floats.update(phase)
+        return self.finish_update(floats)
+
+    def alignment_loss(self, cams: torch.Tensor, masks: torch.Tensor | None) -> tuple[torch.Tensor | float,
+                                                                                     torch.Tensor | float]:
+        """(lambda_align * BCE, BCE) of the training Grad-CAMs ``cams`` ``[N, h, w]`` against the masker's
+        ``masks`` ``[N, 1, H, W]`` as constant targets, at the resolution of hparam ``align_resolution``;
+        (0.0, 0.0) without masks (before alignment starts)."""
+        if masks is None:
+            return 0.0, 0.0
         targets = masks.detach()  # the frozen masker's mask: a constant target for the classifier
         if self.hparams["align_resolution"] == "cam":
             targets, maps = F.adaptive_avg_pool2d(targets, cams.shape[-2:]).squeeze(1), cams
@@ -75,20 +106,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
                                  align_corners=False).squeeze(1)
             targets = targets.squeeze(1)
         bce = alignment_bce(maps, targets)
-        return self.hparams["lambda_align"] * bce, {"align_bce": bce}
-
-    def after_classifier_step(self, step: StepContext) -> dict[str, float]:
-        masks, self._masks_of_this_step = self._masks_of_this_step, None
-        images, labels = step.images, step.labels
-        phase = {"in_warmup": float(self.in_warmup), "in_masker_warmup": float(not self.in_warmup
-                                                                                and not self.aligning)}
-        if self.in_warmup:  # the same keys as the masker's steps will report
-            fp16 = {overflow_key("masker"): 0.0} if self.precision(images.device) == "fp16" else {}
-            return {**{key: 0.0 for key in MASKER_REPORT}, **fp16, **phase}
-        for _ in range(self.hparams["masker_steps"]):
-            terms = self.masker_step(images, labels, masks)
-            masks = None  # later steps need the updated masker's mask
-        return {**terms, **phase}
+        return self.hparams["lambda_align"] * bce, bce
 
     def masker_step(self, images: torch.Tensor, labels: torch.Tensor,
                     masks: torch.Tensor | None = None) -> dict[str, float]:

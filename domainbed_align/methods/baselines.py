@@ -1,8 +1,10 @@
 """The explanation-guided baselines on the shared trainer: SGT and RRR (input gradients), GRADIA, HAICS, RES-G,
-RES-L and CARE (Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.methods`.
+RES-L and CARE (Grad-CAM against annotation masks). DRE and ALIGN are in :mod:`domainbed_align.methods.dre` and
+:mod:`domainbed_align.methods.align`.
 
-Each method is one small class: what it reads from the step (:class:`~domainbed_align.methods.step.StepContext`) and one
-pure loss function from :mod:`domainbed_align.methods.losses`. Every difference from its reference code is listed in the
+Each method is one small class: what it declares its loss reads (``uses_gradcam``, ``uses_gt_masks``,
+``needs_input_gradient``: the trainer computes them once into the step's :class:`~domainbed_align.methods.step.Step`)
+and one pure loss function from :mod:`domainbed_align.methods.losses`. Every difference from its reference code is listed in the
 README's table of methods.
 """
 
@@ -14,17 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import domainbed_align.methods  # noqa: F401  (TimmERM, DRE, ALIGN register first, whichever is imported first)
 from domainbed_align.methods import losses
 from domainbed_align.methods.explain import input_gradient_saliency
 from domainbed_align.methods.gradcam import normalize_per_sample
 from domainbed_align.methods.hparams import (ANNOTATION_HPARAMS, BACKBONE_HPARAMS, HParam, choice, log_uniform,
                                      train_cam_hparams)
 from domainbed_align.methods.registry import register_algorithm
-from domainbed_align.methods.step import StepContext
-from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
-
-Terms = tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]
+from domainbed_align.methods.step import Step
+from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm, Terms
 
 
 @register_algorithm(
@@ -46,7 +45,7 @@ class SGT(ExplanationGuidedAlgorithm):
     """
     explanation_term = "sgt_kl"
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         if self.hparams["sgt_fraction"] == 0:  # its code: featuresDroped 0 switches SGT off (plain CE)
             return 0.0, {"sgt_kl": 0.0}
         saliency = input_gradient_saliency(self.classifier, step.images, step.labels)
@@ -74,7 +73,7 @@ class GRADIA(ExplanationGuidedAlgorithm):
     uses_gradcam = True
     uses_gt_masks = True
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         targets = losses.gradia_target(step.annotations_at(step.cams.shape[-2:]))
         l1 = losses.gradia_l1(step.cams, targets, step.annotated)
         return self.hparams["lambda_gradia"] * l1, {"gradia_l1": l1}
@@ -100,7 +99,7 @@ class HAICS(ExplanationGuidedAlgorithm):
     uses_gradcam = True
     uses_gt_masks = True
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         cams = normalize_per_sample(step.raw_cams.float(), eps=1e-6)  # RES: (cam - min) / (max + 1e-6)
         bce = losses.haics_bce(cams, step.annotations_at(cams.shape[-2:]), step.annotated)
         return self.hparams["lambda_haics"] * bce, {"haics_bce": bce}
@@ -130,7 +129,7 @@ class RRR(ExplanationGuidedAlgorithm):
     uses_gt_masks = True
     needs_input_gradient = True
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         masks = step.annotations_at(step.images.shape[-2:]).unsqueeze(1)
         penalty = losses.rrr_penalty(step.input_gradient, masks, step.annotated)
         return self.hparams["lambda_rrr"] * penalty, {"rrr_penalty": penalty}
@@ -161,10 +160,10 @@ class _RES(ExplanationGuidedAlgorithm):
     uses_gradcam = True
     uses_gt_masks = True
 
-    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def imputed(self, step: Step, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         cams = losses.res_min_max(step.raw_cams)
         labels = losses.res_labels(step.annotations_at(cams.shape[-2:]))
         threshold = losses.res_threshold(cams, labels, step.annotated)
@@ -182,7 +181,7 @@ class _RES(ExplanationGuidedAlgorithm):
 class RES_G(_RES):
     """RES-G: the imputed map is the positive cells blurred by OpenCV's 3x3 Gaussian, over (its maximum + 1e-6)."""
 
-    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def imputed(self, step: Step, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return losses.res_gaussian_target(positive), {}
 
 
@@ -212,7 +211,7 @@ class RES_L(_RES):
                                                                  self.classifier.input_size)
         self.optimizer.add_param_group({"params": list(self.imputation.parameters())})
 
-    def imputed(self, step: StepContext, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def imputed(self, step: Step, positive: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         full = (step.annotations_at(step.images.shape[-2:]) >= 0.5).float().unsqueeze(1)  # binarised, as RES's
         if full.shape[-1] != self.imputation_side or full.shape[-2] != self.imputation_side:
             full = F.adaptive_avg_pool2d(full, self.imputation_side)
@@ -272,7 +271,7 @@ class CARE(ExplanationGuidedAlgorithm):
     def cross_entropy_weight(self) -> float:
         return 1.0 - self.hparams["care_alpha"]
 
-    def explanation_loss(self, step: StepContext) -> Terms:
+    def explanation_loss(self, step: Step) -> Terms:
         size = step.images.shape[-2:]
         cams = F.interpolate(step.cams.unsqueeze(1), size=tuple(size), mode="bilinear",
                              align_corners=False).squeeze(1)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from domainbed_align.methods import registry
+from domainbed_align.annotations import ShapeWithMaskChannel, wants_mask_channel
 from domainbed_align.errors import CheckpointError
-from domainbed_align.annotations import ShapeWithMaskChannel
+from domainbed_align.methods import registry
 from domainbed_align.methods.trainer import ExplanationGuidedAlgorithm
 
 # What upstream's save_checkpoint writes (b93c22a).
@@ -70,8 +70,8 @@ def algorithm_from_checkpoint(checkpoint: dict, device: str | torch.device = "cp
     added = {key: value for key, value in ADDED_LATER.items() if key in defined and key not in saved}
     hparams = {**saved, **added, "pretrained": False, "pretrained_file": ""}
     shape = tuple(checkpoint["model_input_shape"])
-    if "gt_masks" in saved and (saved["gt_masks"] is True or saved.get("mask_dir")):  # the run's dataset gave
-        # the mask channel (its trainer checked it when train.py built it)
+    if "gt_masks" in saved and wants_mask_channel(saved):  # an annotation method's run: its dataset gave the
+        # mask channel (its trainer checked it when train.py built it)
         shape = ShapeWithMaskChannel(shape)
     algorithm = registry.algorithm_class(name)(
         shape, checkpoint["model_num_classes"], checkpoint["model_num_domains"], hparams)
@@ -104,6 +104,6 @@ def _numpy_scalar_types() -> list:
         from numpy.core.multiarray import scalar
     # every dtype's class (numpy.dtypes lists them from numpy 1.25 on; type(dtype) gives them on any numpy)
     dtype_classes = list({type(numpy.dtype(code)) for code in numpy.typecodes["All"]})
-    # tuple: a dataset's input_shape with a mask channel (step.ShapeWithMaskChannel) pickles as tuple(...);
+    # tuple: a dataset's input_shape with a mask channel (annotations.ShapeWithMaskChannel) pickles as tuple(...);
     # _codecs.encode: numpy 1.x pickles a scalar's bytes through it (str -> bytes, no code)
     return [scalar, numpy.dtype, *dtype_classes, tuple, _codecs.encode]

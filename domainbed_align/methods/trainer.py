@@ -1,12 +1,13 @@
 """The shared trainer of the explanation-guided family, under DomainBed's Algorithm contract.
 
-:class:`ExplanationGuidedAlgorithm` owns the machinery: the timm classifier from the one factory, its
-optimizer, mixed precision, the batched differentiable Grad-CAM of the true class, DRE's same-class mixup
-term, the check that stops a diverged step before its optimizer step, the collapse warnings and the conversion
-of every loss term to Python floats. A method overrides one small hook, :meth:`explanation_loss` (and, for ALIGN,
-:meth:`after_classifier_step` for its masker), reading what it needs from the step's
-:class:`~domainbed_align.methods.step.StepContext`. The class imports no DomainBed: the registration hook mixes
-``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
+:class:`ExplanationGuidedAlgorithm` owns the machinery: the timm classifier from the one factory, its optimizer,
+mixed precision, the step's shared quantities (computed once into a :class:`~domainbed_align.methods.step.Step`:
+logits, the batched differentiable Grad-CAM of the true class, DRE's same-class mixes, input gradients), DRE's mixup
+term, the check that stops a diverged step before its optimizer step, the collapse warnings and the conversion of
+every loss term to Python floats. A method declares what its loss reads (``uses_gradcam``, ``uses_mixup``,
+``needs_input_gradient``, ``uses_gt_masks``) and overrides one small hook, :meth:`explanation_loss`, a function of
+the step. ALIGN, which adds masker steps, writes its own :meth:`update` from the same pieces. The class imports no
+DomainBed: the registration hook mixes ``domainbed.algorithms.Algorithm`` in when DomainBed is imported.
 
 Annotations cannot leak: with ``gt_masks`` our datasets append the mask as a last input channel; the trainer
 splits it off in ``update``, ``predict`` and ``explain`` before any network sees an input, and only methods that
@@ -23,17 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainbed_align.annotations import has_mask_channel, wants_mask_channel
+from domainbed_align.annotations import split as split_mask_channel
+from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.methods import precision
-from domainbed_align.report import selection
+from domainbed_align.methods import step as step_lib
 from domainbed_align.methods.backbones import CamClassifier, create_backbone
-from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.methods.explain import check_explanation_inputs, grad_cam_explanations
 from domainbed_align.methods.losses import dre_mixup_loss, same_class_partners
 from domainbed_align.methods.monitor import CollapseMonitor
-from domainbed_align.methods.step import StepContext
+from domainbed_align.methods.step import Step
 
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+# A loss and its terms: (weighted total, terms reported under the same keys every step).
+Terms = tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]
 
 NO_ANNOTATIONS = ("{name} trains on annotation masks, but this run has none (hparam 'gt_masks' is false, or the "
                   "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Give a mask folder "
@@ -55,10 +60,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
     """
 
     name = ""  # its registry name (set by registry.register_algorithm)
-    uses_gradcam = False  # the step's forward also computes the training Grad-CAM of the true class
-    uses_mixup = False  # DRE's same-class mixup term (needs uses_gradcam)
-    uses_gt_masks = False  # annotation-based methods set this; the others must never see the mask channel
-    needs_input_gradient = False  # the step's images require grad, for step.input_gradient
+    # What the method's loss reads, computed once per step into its Step (methods.step.compute):
+    uses_gradcam = False  # the training Grad-CAM of the true class (Step.raw_cams, Step.cams)
+    uses_mixup = False  # DRE's same-class mixes (Step.mixup) and DRE's term in the loss (needs uses_gradcam)
+    uses_gt_masks = False  # annotations (Step.annotations); the other methods must never see the mask channel
+    needs_input_gradient = False  # the input gradient of the summed log-probabilities (Step.input_gradient)
     explanation_term = ""  # the results.jsonl key of the method's own explanation loss (figures' curves)
 
     @staticmethod
@@ -79,8 +85,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.num_classes = num_classes
         self.num_domains = num_domains
         # With masks (gt_masks, or a mask folder) the dataset's last channel is the mask: no network sees it.
-        self.mask_channel = self.uses_gt_masks and (self.hparams["gt_masks"] or bool(self.hparams["mask_dir"]))
-        if self.mask_channel and not getattr(input_shape, "has_mask_channel", False):
+        self.mask_channel = self.uses_gt_masks and wants_mask_channel(self.hparams)
+        if self.mask_channel and not has_mask_channel(input_shape):
             setting = "mask_dir is set" if self.hparams["mask_dir"] else "gt_masks is true"
             raise HParamError(
                 f"hparam {setting} for {self.name}, but the dataset's input shape {tuple(input_shape)} has no mask "
@@ -88,7 +94,7 @@ class ExplanationGuidedAlgorithm(nn.Module):
                 f"mask_dir): {self.name} would read the last colour channel as a mask. Drop it from --hparams (the "
                 f"method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
         self.monitor = CollapseMonitor(type(self).__name__)
-        if getattr(input_shape, "has_mask_channel", False) and not self.mask_channel:
+        if has_mask_channel(input_shape) and not self.mask_channel:
             raise HParamError(
                 f"the dataset appends a mask channel (input shape {tuple(input_shape)}) but {self.name} "
                 f"{'reads no annotations' if not self.uses_gt_masks else 'has gt_masks false and no mask_dir'}: the "
@@ -108,17 +114,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=h["lr"],
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0
-        self._channels_last_applied = False
         self._grad_scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: one per optimizer (see step_optimizer)
-        # what train.py's save_checkpoint writes beside the weights, for model_selected.pkl (selection.py)
-        self._checkpoint_fields = (input_shape, num_classes, num_domains, hparams)
-        output_dir = selection.train_output_dir()
-        self._selected_keeper = selection.SelectedCheckpointKeeper(output_dir) if output_dir else None
 
     # --- the hooks a method overrides ---------------------------------------------------------------
-    def explanation_loss(self, step: StepContext) -> tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]:
-        """The method's weighted loss beyond CE (and DRE's term, which ``uses_mixup`` adds), from what ``step``
-        computes on demand (logits, training Grad-CAMs, input gradients, annotations).
+    def explanation_loss(self, step: Step) -> Terms:
+        """The method's weighted loss beyond CE (and DRE's term, which ``uses_mixup`` adds), from ``step``.
 
         Returns (weighted total added to the classifier loss, terms to report under the same keys every step).
         """
@@ -128,31 +128,14 @@ class ExplanationGuidedAlgorithm(nn.Module):
         """The weight of CE in the classifier loss (1; CARE trades it against its term: 1 - alpha)."""
         return 1.0
 
-    def after_classifier_step(self, step: StepContext) -> dict[str, float]:
-        """Work done after each classifier step (ALIGN: its masker steps); returns terms to report (floats,
-        each optimizer step checked with :meth:`checked_floats` before it is taken)."""
-        return {}
-
     # --- DomainBed contract -------------------------------------------------------------------------
     def update(self, minibatches: Minibatches, unlabeled: Any = None) -> dict[str, float]:
-        images, annotations = self.split_annotations(torch.cat([x for x, _ in minibatches]))
-        labels = torch.cat([y for _, y in minibatches])
-        if self.uses_gt_masks and annotations is None:
-            self.monitor.warn_once("no_annotations", self.steps_done, NO_ANNOTATIONS.format(name=type(self).__name__))
-        step = StepContext(self, self.prepare_images(images), labels, annotations)
-        images = step.images
+        images, labels, annotations = self.training_batch(minibatches)
         with self.autocast(images):
+            step = self.compute_step(images, labels, annotations)
             loss, terms = self.classifier_loss(step)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaled(loss, "classifier", images).backward()
-        floats = self.step_optimizer(self.optimizer, "classifier", {"loss": loss, **terms},
-                                     self.classifier.parameters(), "grad_norm", "classifier step")
-        with self.autocast(images):
-            floats.update(self.after_classifier_step(step))
-        self.monitor.observe(self.steps_done, floats)
-        floats["diverged"] = float(self.monitor.diverged)  # every step, so results.jsonl marks a diverged run
-        self.steps_done += 1
-        return floats
+        floats = self.classifier_step(loss, terms, images)
+        return self.finish_update(floats)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         images = self.prepare_images(self.split_annotations(images)[0])
@@ -180,16 +163,28 @@ class ExplanationGuidedAlgorithm(nn.Module):
             channels += int(images.shape[1] == self.in_channels + 1)
         check_explanation_inputs(images, labels, channels, self.num_classes, model_device)
 
-    # --- machinery ----------------------------------------------------------------------------------
-    def split_annotations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(images, annotations ``[N, 1, H, W]`` or None): the run's mask channel split off, if it has one and
-        ``inputs`` carries it (DomainBed's evaluation loaders do; explanations may pass plain images)."""
-        if self.mask_channel and inputs.dim() == 4 and inputs.shape[1] == self.in_channels + 1:
-            return inputs[:, :-1], inputs[:, -1:]
-        return inputs, None
+    # --- the pieces of a training step (update() above; ALIGN's own update) -------------------------
+    def training_batch(self, minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images, labels, annotations or None) of the concatenated environments: the mask channel split off,
+        the images in the classifier's memory layout."""
+        images, annotations = self.split_annotations(torch.cat([x for x, _ in minibatches]))
+        labels = torch.cat([y for _, y in minibatches])
+        if self.uses_gt_masks and annotations is None:
+            self.monitor.warn_once("no_annotations", self.steps_done, NO_ANNOTATIONS.format(name=type(self).__name__))
+        return self.prepare_images(images), labels, annotations
 
-    def classifier_loss(self, step: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        """CE, plus (``uses_mixup``) DRE's mixup term and the method's :meth:`explanation_loss`."""
+    def compute_step(self, images: torch.Tensor, labels: torch.Tensor, annotations: torch.Tensor | None) -> Step:
+        """The step's shared quantities, everything this method's class declares it reads, in the classifier's
+        one forward (call it inside :meth:`autocast`). DRE's pairing is drawn first, as every run has drawn it."""
+        h = self.hparams
+        mixup_draw = self.sample_mixup(labels) if self.uses_mixup else None
+        cam = step_lib.TrainingCam(h["train_cam_relu"], h["train_cam_weight_gradient"]) if self.uses_gradcam else None
+        return step_lib.compute(self.classifier, images, labels, annotations, cam=cam, mixup_draw=mixup_draw,
+                                input_gradient=self.needs_input_gradient)
+
+    def base_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """CE (times :meth:`cross_entropy_weight`) plus, with ``uses_mixup``, lambda_reg times DRE's mixup term;
+        with the step's bookkeeping terms (blank Grad-CAMs, annotated share)."""
         cross_entropy = F.cross_entropy(step.logits.float(), step.labels)
         weight = self.cross_entropy_weight()
         loss, terms = (cross_entropy if weight == 1.0 else weight * cross_entropy), {"ce": cross_entropy}
@@ -203,8 +198,29 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                          mixup.logits, step.labels, self.num_classes)
             loss = loss + self.hparams["lambda_reg"] * regulariser["loss"]
             terms.update({f"reg_{key}" if key != "loss" else "reg": value for key, value in regulariser.items()})
+        return loss, terms
+
+    def classifier_loss(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """:meth:`base_loss` plus the method's :meth:`explanation_loss`, with all their terms."""
+        loss, terms = self.base_loss(step)
         explanation, explanation_terms = self.explanation_loss(step)
         return loss + explanation, {**terms, **explanation_terms}
+
+    def classifier_step(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor | float],
+                        images: torch.Tensor) -> dict[str, float]:
+        """The classifier's backward and optimizer step on ``loss``; returns ``loss``, ``terms`` and the gradient
+        norm as checked floats (:meth:`step_optimizer`)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaled(loss, "classifier", images).backward()
+        return self.step_optimizer(self.optimizer, "classifier", {"loss": loss, **terms},
+                                   self.classifier.parameters(), "grad_norm", "classifier step")
+
+    def finish_update(self, floats: dict[str, float]) -> dict[str, float]:
+        """The end of every update: the collapse monitor sees the step, which is then counted."""
+        self.monitor.observe(self.steps_done, floats)
+        floats["diverged"] = float(self.monitor.diverged)  # every step, so results.jsonl marks a diverged run
+        self.steps_done += 1
+        return floats
 
     def sample_mixup(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DRE's pairing: a random same-class partner per sample and lam ~ Beta(alpha, alpha) per pair."""
@@ -215,14 +231,38 @@ class ExplanationGuidedAlgorithm(nn.Module):
         mix_weight = torch.distributions.Beta(concentration, concentration, validate_args=False).sample()
         return same_class_partners(labels, self.num_classes), mix_weight
 
+    # --- machinery ----------------------------------------------------------------------------------
+    def split_annotations(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images, annotations ``[N, 1, H, W]`` or None): the run's mask channel split off, if it has one and
+        ``inputs`` carries it (DomainBed's evaluation loaders do; explanations may pass plain images)."""
+        return split_mask_channel(inputs, self.in_channels) if self.mask_channel else (inputs, None)
+
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in the memory layout the classifier runs in (channels_last on CUDA unless switched off)."""
+        """Images in the memory layout the classifier runs in (channels_last on CUDA unless switched off); the
+        model itself was converted when it moved to the GPU (:meth:`to`)."""
         if images.is_cuda and self.hparams["channels_last"]:
-            if not self._channels_last_applied:
-                self.to(memory_format=torch.channels_last)
-                self._channels_last_applied = True
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+    # DomainBed moves the algorithm once (algorithm.to(device)): on CUDA the weights then also take the
+    # channels_last layout the inputs get (hparam channels_last), the layout cuDNN's convolutions run fastest in.
+    def to(self, *args: Any, **kwargs: Any) -> ExplanationGuidedAlgorithm:
+        """As nn.Module's; on a CUDA device with hparam ``channels_last`` (and no memory_format of the caller's)
+        the weights also become channels_last. On the CPU nothing else changes."""
+        super().to(*args, **kwargs)
+        if "memory_format" not in kwargs:
+            self._channels_last_on_cuda()
+        return self
+
+    def cuda(self, device: Any = None) -> ExplanationGuidedAlgorithm:
+        """As nn.Module's, with :meth:`to`'s channels_last rule."""
+        super().cuda(device)
+        self._channels_last_on_cuda()
+        return self
+
+    def _channels_last_on_cuda(self) -> None:
+        if self.hparams["channels_last"] and next(self.classifier.parameters()).is_cuda:
+            super().to(memory_format=torch.channels_last)
 
     def precision(self, device: torch.device) -> str:
         """The precision this run trains in on ``device``: "bf16", "fp16" or "fp32" (:mod:`domainbed_align.methods.precision`)."""
@@ -297,15 +337,6 @@ class ExplanationGuidedAlgorithm(nn.Module):
                 f"the optimizer step, so no weight took it. Lower 'lr' or the lambda_* weights, or set "
                 f"--hparams '{{\"mixed_precision\": \"off\"}}'. Earlier checkpoints in results.jsonl are intact.")
         return floats
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
-        """As nn.Module's; inside train.py, train.py's call right after a results line also keeps the checkpoint
-        training-domain validation selects (``model_selected.pkl``, :mod:`domainbed_align.report.selection`)."""
-        state = super().state_dict(*args, **kwargs)
-        keeper = getattr(self, "_selected_keeper", None)
-        if keeper is not None and not args and not kwargs:
-            keeper.after_checkpoint(self, state, self._checkpoint_fields)
-        return state
 
     # Warm-up progress travels with state_dict(), the only thing DomainBed checkpoints.
     def get_extra_state(self) -> dict[str, int]:

@@ -40,8 +40,11 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from domainbed_align import annotations
 from domainbed_align.report import metrics
 from domainbed_align.report import selection
+from domainbed_align.report import sweep_records
+from domainbed_align.report.render import DIVERGED_MARK, UNFINISHED_MARK, format_cell, mean_and_error, pipe_table
 from domainbed_align.runs import records as results_files
 from domainbed_align.runs.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
@@ -79,6 +82,7 @@ def dataset_of_run(checkpoint: dict, data_dir: str | None = None) -> Any:
     (masks come from ``environment.mask(i)``). ``data_dir`` overrides the run's own."""
     args = checkpoint["args"]
     plain = {**checkpoint["model_hparams"], "data_augmentation": False, "gt_masks": False, "mask_dir": ""}
+    assert not annotations.wants_mask_channel(plain)  # the one rule, by which the datasets append the channel
     return _dataset(args["dataset"], data_dir or args["data_dir"], list(args["test_envs"]), plain)
 
 
@@ -100,10 +104,10 @@ def evaluation_images(checkpoint: dict, envs: str, data_dir: str | None) -> list
             everything = list(range(len(environment)))
             chosen.append(dict(env=index, split="test", environment=environment, indices=everything))
         elif envs == "all":
-            from domainbed_align.upstream import hook as _hook
+            from domainbed_align.upstream import adapter
 
             _require_domainbed("--envs all (the training environments' held-out splits)")
-            out = _hook.upstream_holdout_indices(environment, checkpoint_args["holdout_fraction"],
+            out = adapter.upstream_holdout_indices(environment, checkpoint_args["holdout_fraction"],
                                                  checkpoint_args["trial_seed"], index)
             chosen.append(dict(env=index, split="out", environment=environment, indices=out))
     for entry in chosen:
@@ -120,7 +124,7 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
     device = next(algorithm.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     order = seeded_subset(indices, max_images, generator)
-    has_masks = callable(getattr(environment, "mask", None))
+    has_masks = metrics.has_ground_truth(environment)
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -188,18 +192,17 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool 
 def read_records(path: Path) -> list[dict]:
     """The records of a .jsonl file this command wrote; one clear error for a missing or damaged one."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = results_files.json_lines(path)  # the one JSON-lines reader
     except OSError as error:
         raise ResultsFileError(f"--records {path} cannot be read ({error.strerror}).") from None
     records = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or any(key not in record for key in ("algorithm", "env_name", *REPORTED)):
-                raise ValueError("not one of this command's records")
-        except ValueError as error:
+    for number, _, record, error in lines:
+        if error is None and (not isinstance(record, dict)
+                              or any(key not in record for key in ("algorithm", "env_name", *REPORTED))):
+            error = ValueError("not one of this command's records")
+        if error is not None:
             raise ResultsFileError(f"--records {path} line {number} is not a record of domainbed_align.report.evaluate "
-                                  f"({str(error)[:80]}); give the file its jsonl output was written to.") from None
+                                   f"({str(error)[:80]}); give the file its jsonl output was written to.")
         records.append(record)
     if not records:
         raise ResultsFileError(f"--records {path} is empty.")
@@ -208,10 +211,10 @@ def read_records(path: Path) -> list[dict]:
 
 def finished_runs(models: Sequence[Path]) -> tuple[dict[Path, bool | None], dict[Path, str]]:
     """(run folder -> whether the run finished, None when the folder is no run folder (a model file copied out of
-    its run: nothing tells), the unfinished run folders -> why), by :func:`domainbed_align.runs.records.unfinished_runs`."""
+    its run: nothing tells), the unfinished run folders -> why), by :func:`domainbed_align.report.sweep_records.unfinished_runs`."""
     folders = list(dict.fromkeys(model.parent for model in models))
     runs = [folder for folder in folders if folder.is_dir() and results_files.is_run_folder(folder)]
-    why = results_files.unfinished_runs(runs)
+    why = sweep_records.unfinished_runs(runs)
     finished = {folder: (folder not in why if folder in runs else None) for folder in folders}
     return finished, why
 
@@ -226,36 +229,33 @@ def markdown_table(records: list[dict]) -> str:
         groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"], which)].append(record)
     columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps",
                *FOREGROUND, *MASKER)
-    lines = ["| dataset | algorithm | environment | checkpoint | runs | images | " + " | ".join(columns) + " |",
-             "|" + "---|" * (6 + len(columns))]
+    rows = []
     for (dataset, algorithm, env_name, split, which), group in sorted(groups.items()):
         cells = [_mean_and_error([r.get(c) for r in group]) for c in columns]
         images = sum(r["n_images"] for r in group)
         steps = sorted({r.get("step") for r in group}, key=lambda step: (step is None, step))
         shown = ", ".join("?" if step is None else str(step) for step in steps)
-        marks = ("†" if any(r.get("finished") is False for r in group) else "") + \
-            ("§" if any(r.get("diverged") for r in group) else "")
+        marks = (UNFINISHED_MARK if any(r.get("finished") is False for r in group) else "") + \
+            (DIVERGED_MARK if any(r.get("diverged") for r in group) else "")
         checkpoint = f"{which} (step {shown})" + (f" {marks}" if marks else "")
-        lines.append(f"| {dataset} | {algorithm} | {env_name} ({split}) | {checkpoint} | {len(group)} | {images} | "
-                     + " | ".join(cells) + " |")
+        rows.append([dataset, algorithm, f"{env_name} ({split})", checkpoint, str(len(group)), str(images), *cells])
+    lines = pipe_table(["dataset", "algorithm", "environment", "checkpoint", "runs", "images", *columns], rows)
     unfinished = sorted({Path(r["run"]).name for r in records if r.get("finished") is False})
     if unfinished:
-        lines.append(f"\n†: counts unfinished runs (no DomainBed `done` file; --include_unfinished): "
+        lines.append(f"\n{UNFINISHED_MARK}: counts unfinished runs (no DomainBed `done` file; --include_unfinished): "
                      f"{', '.join(unfinished)}.")
     diverged = sorted({Path(r["run"]).name for r in records if r.get("diverged")})
     if diverged:
-        lines.append(f"\n§: counts runs that diverged (their results.jsonl's last record says `diverged` > 0; see "
-                     f"each run's err.txt): {', '.join(diverged)}.")
+        lines.append(f"\n{DIVERGED_MARK}: counts runs that diverged (their results.jsonl's last record says `diverged` "
+                     f"> 0; see each run's err.txt): {', '.join(diverged)}.")
     return "\n".join(lines)
 
 
 def _mean_and_error(values: list[float | None]) -> str:
     if any(value is None for value in values):  # e.g. the foreground columns of a dataset without masks
         return "-"
-    from domainbed_align.report.tables import mean_and_error
-
     mean, spread = mean_and_error(values)
-    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {spread:.3f}"
+    return format_cell({"mean": mean, "se": spread if len(values) > 1 else None, "digits": 3}, "markdown")
 
 
 def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
@@ -263,11 +263,11 @@ def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
 
     if name in ours:  # offline datasets: no DomainBed needed
         return ours[name](root, test_envs, hparams)
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter
 
     _require_domainbed(f"the run's dataset {name!r} (one of DomainBed's)")
     try:
-        return _hook.upstream_dataset(name, root, test_envs, hparams)
+        return adapter.upstream_dataset(name, root, test_envs, hparams)
     except (OSError, RuntimeError) as error:  # DomainBed's own datasets fail on a missing folder with these
         reason = f"{type(error).__name__}: {str(error)[:200]}"
         raise CheckpointError(f"DomainBed could not load the run's dataset {name!r} from {root!r} ({reason}); pass "
@@ -275,9 +275,9 @@ def _dataset(name: str, root: str, test_envs: list[int], hparams: dict) -> Any:
 
 
 def _require_domainbed(what: str) -> None:
-    from domainbed_align.upstream import hook as _hook
+    from domainbed_align.upstream import adapter
 
-    if not _hook.domainbed_importable():
+    if not adapter.domainbed_importable():
         raise CheckpointError(f"{what} needs DomainBed: run from your DomainBed clone (python -m "
                               f"domainbed_align.report.evaluate ...) or set DOMAINBED_ROOT to it.")
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from domainbed_align import atomic  # noqa: E402
+from domainbed_align.report import metrics  # noqa: E402
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError  # noqa: E402
 
 TILE_INCHES = 1.0
@@ -68,7 +69,7 @@ def environment_rows(runs: Sequence[tuple[str, Any]], environment: Any, indices:
     labels = torch.tensor([int(y) for _, y in samples], device=device)
     pictures = unnormalize(images, IMAGENET_MEAN, IMAGENET_STD).permute(0, 2, 3, 1).cpu()
     rows = [("image", "image", pictures, None)]
-    if hasattr(environment, "mask"):
+    if metrics.has_ground_truth(environment):
         masks = torch.stack([environment.mask(i).reshape(images.shape[-2:]) for i in indices]).float()
         rows.append(("ground truth", "mask", masks, None))
     for label, algorithm in runs:

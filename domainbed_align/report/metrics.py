@@ -160,6 +160,13 @@ def foreground_mass(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return torch.where(total > 0, on_foreground / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0)
 
 
+def has_ground_truth(environment: object) -> bool:
+    """Whether a dataset environment gives ground-truth foreground masks (``environment.mask(i)``, float
+    ``[1, H, W]``: our TextureMNIST datasets). Not the mask channel (:mod:`domainbed_align.annotations`): the report
+    commands build datasets without it and read the ground truth from here, for evaluate, figures and mask export."""
+    return callable(getattr(environment, "mask", None))
+
+
 def mask_iou(masks: torch.Tensor, objects: torch.Tensor, threshold: float | None = 0.5) -> torch.Tensor:
     """``[N]`` IoU of soft masks ``[N, H, W]`` in [0, 1] with ground-truth objects ``[N, H, W]`` (1 = object).
 

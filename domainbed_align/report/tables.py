@@ -36,15 +36,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from domainbed_align import atomic
-from domainbed_align.runs import records as results_files
 from domainbed_align.errors import DomainbedAlignError, ResultsFileError
+from domainbed_align.report.render import (Table, domainbed_mean_and_error, mean_and_error,  # noqa: F401
+                                           percent_mean_and_error, render)
 from domainbed_align.report.selection import IID, LODO, ORACLE, SELECTION_METHODS, n_envs, records_by, select
+# what the tables read (the records, the marks): re-exported, tables.load_records is this module's public reader
+from domainbed_align.report.sweep_records import Marks, Sweep, load_records, read_sweep  # noqa: F401
 
 
 LAYOUTS = ("domainbed", "single_source", "in_domain", "explanations")
@@ -53,133 +55,6 @@ EXPLANATION_COLUMNS = {"insertion_auc": "insertion AUC", "random_insertion_auc":
                        "zero_maps": "zero maps", "foreground_mass": "mass on object",
                        "foreground_share": "object share", "masker_iou": "masker IoU"}
 REFERENCE = "TimmERM"  # the cost ratio's denominator
-
-
-# --- reading ------------------------------------------------------------------------------------------------------
-UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK = "†", "‡", "§"
-MARKS = (UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK)  # the order a cell shows them in
-LATEX_MARKS = {UNFINISHED_MARK: "$^\\dagger$", DAMAGED_MARK: "$^\\ddagger$", DIVERGED_MARK: "$^\\S$"}
-
-
-class Sweep:
-    """What the tables read of a sweep folder: ``records`` (each results.jsonl line counted, in collect_results'
-    order, each with ``_run``, its folder's name, ``_unfinished``, why its run is unfinished or None, and
-    ``_damaged``, its run's damaged lines), and ``notes`` for under the tables (runs left out or counted
-    unfinished, ``--max_step``)."""
-
-    def __init__(self, records: list[dict], notes: list[str]) -> None:
-        self.records, self.notes = records, notes
-
-
-def read_sweep(input_dir: str | os.PathLike, warn: Callable[[str], None] | None = None, *,
-               max_step: int | None = None, include_unfinished: bool = False,
-               note: Callable[[str], None] | None = None) -> Sweep:
-    """Every results.jsonl line of the finished runs (``include_unfinished``: of every run) of a sweep folder (or
-    of a results folder's ``runs/``), up to step ``max_step`` when given. A damaged line is skipped with a warning
-    naming file, line and why, and every cell that reads its run is marked; the runs left out (or counted
-    unfinished) are summed up in one line (``note``) and in the tables' notes."""
-    warn = warn or (lambda text: print(f"domainbed-align: warning: {text}", file=sys.stderr))
-    note = note or (lambda text: print(f"domainbed-align: note: {text}", file=sys.stderr))
-    given = Path(input_dir)
-    if not given.is_dir():
-        raise ResultsFileError(f"--input_dir {given} is not a folder: give the --output_dir of 'sweep launch' (or a "
-                               f"results folder holding its runs/).")
-    folder = results_files.sweep_folder(given)
-    runs = results_files.run_folders(folder)
-    unfinished = results_files.unfinished_runs(runs)
-    notes = []
-    if unfinished:
-        fix = (f"their cells are marked {UNFINISHED_MARK}" if include_unfinished else
-               f"--include_unfinished counts them, their cells marked {UNFINISHED_MARK}")
-        summary = results_files.unfinished_summary(unfinished, len(runs), include_unfinished, fix)
-        note(summary)
-        if not include_unfinished:  # counted ones are named under each table that reads them (Marks)
-            notes.append(summary[0].upper() + summary[1:])
-    records = []
-    for run in runs:
-        path = run / results_files.RESULTS_FILE
-        if (run in unfinished and not include_unfinished) or not path.is_file():
-            continue
-        readable, damaged = results_files.read_results(path)
-        damage = tuple(f"{path} line {number}: {reason}" if number else f"{path}: {reason}"
-                       for number, reason in damaged)
-        consequence = ("every cell that reads this run is marked " + DAMAGED_MARK if readable else
-                       "the run has no readable line, so it is in no table")
-        for line in damage:
-            warn(f"{line}; skipped, {consequence}.")
-        for _, record in readable:
-            if max_step is None or record["step"] <= max_step:
-                records.append({**record, "_run": run.name, "_unfinished": unfinished.get(run), "_damaged": damage})
-    if max_step is not None:
-        notes.append(f"Only checkpoints at or before step {max_step} (--max_step {max_step}): DomainBed's model "
-                     f"selection over each run's records up to that step.")
-    if not records:
-        left_out = (f" ({len(unfinished)} unfinished run{'s' if len(unfinished) > 1 else ''} left out: "
-                    f"--include_unfinished counts them)" if unfinished and not include_unfinished else "")
-        at = f" at or before step {max_step}" if max_step is not None else ""
-        raise ResultsFileError(f"no readable results.jsonl line{at} under {folder}{left_out}: give the --output_dir "
-                               f"of 'sweep launch' (its runs write <run>/results.jsonl at each checkpoint).")
-    return Sweep(records, notes)
-
-
-def load_records(input_dir: str | os.PathLike, warn: Callable[[str], None] | None = None, *,
-                 max_step: int | None = None, include_unfinished: bool = True) -> list[dict]:
-    """:func:`read_sweep`'s records; by default of every run (the tables command counts finished runs only unless
-    ``--include_unfinished``), each flagged so that the cells reading an unfinished one are marked."""
-    return read_sweep(input_dir, warn, max_step=max_step, include_unfinished=include_unfinished,
-                      note=lambda text: None).records
-
-
-class Marks:
-    """The marks of cells whose runs include an unfinished one (†), one with a damaged line (‡) or one that diverged
-    (§: its last record counted says ``diverged`` > 0), and the notes under the table naming those runs."""
-
-    def __init__(self, records: list[dict]) -> None:
-        self.flags = {r["_run"]: (r.get("_unfinished"), tuple(r.get("_damaged") or ())) for r in records
-                      if "_run" in r}
-        last: dict[str, dict] = {}  # each run's last record counted (--max_step: up to that step)
-        for record in records:
-            if "_run" in record and (record["_run"] not in last or record["step"] >= last[record["_run"]]["step"]):
-                last[record["_run"]] = record
-        self.diverging = {run: record["step"] for run, record in last.items() if results_files.diverged(record)}
-        self.unfinished: dict[str, str] = {}
-        self.damaged: dict[str, tuple] = {}
-        self.diverged: dict[str, int] = {}
-
-    def of(self, runs: Iterable[str]) -> str:
-        """The marks of a cell that reads ``runs`` (folder names)."""
-        marks = ""
-        for run in runs:
-            unfinished, damaged = self.flags.get(run, (None, ()))
-            if unfinished:
-                self.unfinished[run] = unfinished
-                marks += UNFINISHED_MARK
-            if damaged:
-                self.damaged[run] = damaged
-                marks += DAMAGED_MARK
-            if run in self.diverging:
-                self.diverged[run] = self.diverging[run]
-                marks += DIVERGED_MARK
-        return "".join(mark for mark in MARKS if mark in marks)
-
-    def notes(self) -> list[str]:
-        notes = []
-        if self.unfinished:
-            notes.append(f"{UNFINISHED_MARK}: counts unfinished runs (no DomainBed `done` file; "
-                         f"--include_unfinished): {results_files.grouped_names(self.unfinished, shown=9)}.")
-        if self.damaged:
-            lines = [line for _, damage in sorted(self.damaged.items()) for line in damage]
-            notes.append(f"{DAMAGED_MARK}: reads a run with a damaged results.jsonl line, skipped: {_some(lines, 3)}.")
-        if self.diverged:
-            runs = [f"{run} (step {step})" for run, step in sorted(self.diverged.items())]
-            notes.append(f"{DIVERGED_MARK}: counts runs that diverged (their last record says `diverged` > 0: the "
-                         f"loss blew up, see each run's err.txt; their accuracies mean nothing): "
-                         f"{', '.join(runs[:9])}{f', and {len(runs) - 9} more' if len(runs) > 9 else ''}.")
-        return notes
-
-
-def _some(items: Sequence[str], shown: int) -> str:
-    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def _runs_by_cell(records: list[dict]) -> dict[tuple, set[str]]:
@@ -191,26 +66,6 @@ def _runs_by_cell(records: list[dict]) -> dict[tuple, set[str]]:
         for env in args["test_envs"]:
             runs.setdefault((args["dataset"], args["algorithm"], env), set()).add(record["_run"])
     return runs
-
-
-# --- statistics ----------------------------------------------------------------------------------------------------
-def domainbed_mean_and_error(values: Sequence[float]) -> tuple[float, float]:
-    """collect_results' ``format_mean``: percent mean and ``np.std(values / sqrt(n))`` (ddof 0)."""
-    values = list(values)
-    return 100 * np.mean(values), 100 * np.std(np.asarray(values) / np.sqrt(len(values)))
-
-
-def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (std with ddof 1 / sqrt(n); 0 for one value)."""
-    series = pd.Series(list(values), dtype=float)
-    return float(series.mean()), float(series.sem()) if len(series) > 1 else 0.0
-
-
-def percent_mean_and_error(fractions: Sequence[float]) -> tuple[float, float]:
-    """Percent mean, computed as collect_results computes it (``100 * np.mean``: the mean of the percentages can
-    differ in the last bit, and a mean such as 62.75 then rounds the other way), and the ddof-1 standard error."""
-    values = list(fractions)
-    return 100 * float(np.mean(values)), 100 * mean_and_error(values)[1]
 
 
 # --- names and orders (DomainBed's when it is importable, as collect_results orders them) ------------------------
@@ -245,61 +100,13 @@ class Names:
 
 
 def _upstream_modules() -> tuple[Any, Any] | None:
-    from domainbed_align.upstream import hook as _hook
+    """``(domainbed.algorithms, domainbed.datasets)`` through the boundary, or None without DomainBed."""
+    from domainbed_align.upstream import adapter
 
-    if not _hook.domainbed_importable():
-        return None
-    import domainbed.algorithms
-    import domainbed.datasets
-
-    return domainbed.algorithms, domainbed.datasets
+    return adapter.registry_modules()
 
 
 # --- tables ---------------------------------------------------------------------------------------------------------
-class Table:
-    """A titled table: ``frame`` (label columns, then formatted cells) for markdown/LaTeX, ``tidy`` (one row per
-    cell: mean, standard error, n, why a cell is empty) for CSV."""
-
-    def __init__(self, title: str, rows: list[dict], label_columns: list[str], value_columns: list[str],
-                 notes: Sequence[str] = ()) -> None:
-        self.title, self.label_columns, self.value_columns = title, label_columns, value_columns
-        self.rows, self.notes = rows, list(notes)
-
-    def frame(self, style: str) -> pd.DataFrame:
-        table = pd.DataFrame([{**{c: row[c] for c in self.label_columns},
-                               **{c: _cell(row["cells"].get(c), style) for c in self.value_columns}}
-                              for row in self.rows], columns=self.label_columns + self.value_columns)
-        return table
-
-    def tidy(self) -> pd.DataFrame:
-        return pd.DataFrame([{"table": self.title, **{c: row[c] for c in self.label_columns}, "column": column,
-                              **_numbers(row["cells"].get(column))}
-                             for row in self.rows for column in self.value_columns])
-
-
-def _numbers(cell: Any) -> dict:
-    if isinstance(cell, dict):
-        return {"mean": cell["mean"], "se": cell.get("se"), "n": cell.get("n"), "note": cell.get("note", ""),
-                "marks": cell.get("marks", "")}
-    return {"mean": None, "se": None, "n": 0, "note": cell or "", "marks": ""}
-
-
-def _cell(cell: Any, style: str) -> str:
-    """A number cell (dict: mean, se, n, digits) or the reason it has no number (str)."""
-    if not isinstance(cell, dict):
-        return cell or ""
-    digits = cell.get("digits", 1)
-    marks = cell.get("marks", "")
-    if style == "latex":
-        marks = "".join(LATEX_MARKS.get(mark, mark) for mark in marks)
-    marks = f" {marks}" if marks else ""
-    if cell.get("se") is None:
-        return f"{cell['mean']:.{digits}f}{marks}"
-    pm = "$\\pm$" if style == "latex" else "±"
-    text = f"{cell['mean']:.{digits}f} {pm} {cell['se']:.{digits}f}"
-    return text + (f" ({cell['note']})" if cell.get("note") else "") + marks
-
-
 def domainbed_tables(records: list[dict], names: Names) -> list[Table]:
     """collect_results' tables: per dataset and selection method, then the averages per selection method."""
     tables = []
@@ -544,33 +351,6 @@ def build(records: list[dict], layouts: Sequence[str], explanations: list[dict] 
     for table in tables:  # each table may be read alone (one is pasted into a paper): each says what it counts
         table.notes.extend(notes)
     return tables
-
-
-def render(tables: Sequence[Table], style: str) -> str:
-    if style == "csv":
-        return pd.concat([table.tidy() for table in tables], ignore_index=True).to_csv(index=False)
-    parts = []
-    for table in tables:
-        frame = table.frame(style)
-        if style == "latex":
-            frame = frame.map(_latex_escape_labels) if hasattr(frame, "map") else frame.applymap(_latex_escape_labels)
-            caption = _latex_escape(table.title + ". " + " ".join(table.notes))
-            parts.append(frame.to_latex(index=False, escape=False, caption=caption))
-        else:
-            notes = "".join(f"\n\n{note}" for note in table.notes)
-            parts.append(f"### {table.title}\n\n{frame.to_markdown(index=False)}{notes}\n")
-    return "\n".join(parts)
-
-
-def _latex_escape(text: str) -> str:
-    for plain, escaped in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                           ("`", ""), ("±", "$\\pm$"), *LATEX_MARKS.items()):
-        text = text.replace(plain, escaped)
-    return text
-
-
-def _latex_escape_labels(value: Any) -> Any:
-    return value if not isinstance(value, str) or "$" in value else _latex_escape(value)  # "$": a number cell
 
 
 def parser() -> argparse.ArgumentParser:

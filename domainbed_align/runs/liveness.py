@@ -250,7 +250,7 @@ def _heartbeat_of(run_dir: str) -> tuple[str, dict]:
         return _BEAT_NONE, {}
     if not isinstance(content, dict):
         content = {}
-    if content.get("host") == socket.gethostname() and not _process_alive(content.get("pid")):
+    if content.get("host") == socket.gethostname() and not atomic.process_alive(content.get("pid")):
         return _BEAT_GONE, content
     content["age"] = time.time() - modified
     return (_BEAT_FRESH if content["age"] < STALE_SECONDS else _BEAT_STALE), content
@@ -336,22 +336,6 @@ def launcher_record(launcher: str, **fields: object) -> dict:
                 **fields)
 
 
-def _process_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:  # os.kill(-1, 0) would ask about every process
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 class SlurmUnavailable(DomainbedAlignError):
     """squeue could not say which jobs Slurm still has: their runs' states are unknown, so none may be judged."""
 
@@ -434,7 +418,7 @@ def _judge(run_dir: str, slurm: dict[str, str] | None, lock: str, lock_why: str,
         return RunState(FAILED, _log_of(run_dir, record), "training stopped without 'done' (killed or crashed)")
     if job_id:
         return RunState(FAILED, _log_of(run_dir, record), f"Slurm no longer lists job {job_id} and it never trained")
-    if record and record.get("host") == socket.gethostname() and _process_alive(record.get("launcher_pid")):
+    if record and record.get("host") == socket.gethostname() and atomic.process_alive(record.get("launcher_pid")):
         return RunState(QUEUED)  # its launcher, alive here, has not started it yet
     if record:
         return RunState(FAILED, _log_of(run_dir, record), "its launcher ended without starting it")

@@ -1,25 +1,53 @@
-"""Readable errors for the sweep output that DomainBed's ``collect_results`` reads (DomainBed is imported only to
-learn the default ``N_STEPS`` of one of its datasets).
+"""The one reader of the sweep output that DomainBed's ``collect_results`` reads, and readable errors for it.
 
 ``train.py`` appends one JSON line per checkpoint to ``<run>/results.jsonl``; a run killed while writing leaves
 a partial last line, and upstream's reader then stops every table with a JSONDecodeError traceback that names
 no file. :func:`check_results_files` finds every damaged line in a sweep folder and says what to do; it reads
 only and never edits a file (a damaged run stays for the user to inspect). Below: what ``tables`` and ``evaluate``
 read, each damaged line with its whole reason, and which runs are finished (liveness' run states).
+
+Every reader here (and ``evaluate``'s of its own JSON lines) goes through :func:`json_lines`: one way to split and
+parse a JSON-lines file, upstream's. This module imports nothing above ``runs``: a dataset's default step count
+(needed to tell a complete copy from a cut one) is given to :func:`unfinished_runs` by its caller
+(:mod:`domainbed_align.report.finished`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from domainbed_align.runs import liveness
 from domainbed_align.errors import ResultsFileError
 
 RESULTS_FILE = "results.jsonl"
 _SHOWN = 5  # damaged files named in full; the rest are counted
+
+# (1-based line number, the line as read (with its newline, if it has one), the parsed value or None, the parse
+# error or None)
+JsonLine = tuple[int, str, Any, "json.JSONDecodeError | None"]
+DefaultSteps = Callable[[str], "int | None"]  # dataset name -> its N_STEPS, None when unknown here
+
+
+def json_lines(path: str | os.PathLike) -> list[JsonLine]:
+    """Every line of a JSON-lines file, parsed: split as upstream's reader splits it (text mode, universal newlines,
+    each line keeping its ``\\n``), each parsed without its newline (a cut-off line's error column is its own).
+    Raises ``OSError`` when the file cannot be read, ``UnicodeDecodeError`` when it is not UTF-8 text."""
+    text = Path(path).read_text(encoding="utf-8")  # whole: a decoding error's byte offset is the file's
+    parsed = []
+    for number, line in enumerate(io.StringIO(text).readlines(), start=1):  # "\n" only, as file iteration
+        try:
+            parsed.append((number, line, json.loads(line.rstrip("\n")), None))
+        except json.JSONDecodeError as error:
+            parsed.append((number, line, None, error))
+    return parsed
+
+
+def _not_utf8(error: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text ({error.reason} at byte {error.start})"
 
 
 def damaged_lines(input_dir: str | os.PathLike) -> list[tuple[Path, int, str]]:
@@ -34,18 +62,14 @@ def damaged_lines(input_dir: str | os.PathLike) -> list[tuple[Path, int, str]]:
         if not path.is_file():
             continue
         try:
-            with open(path, encoding="utf-8") as results:
-                lines = list(results)
+            lines = json_lines(path)
         except UnicodeDecodeError as error:
-            damaged.append((path, 0, f"not UTF-8 text ({error.reason} at byte {error.start})"))
+            damaged.append((path, 0, _not_utf8(error)))
             continue
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
+        for number, line, record, error in lines:
+            if error is not None:
                 damaged.append((path, number, f"not JSON (column {error.colno}: {error.msg})"))
-                continue
-            if not isinstance(record, dict):
+            elif not isinstance(record, dict):
                 damaged.append((path, number, f"a JSON {type(record).__name__}, not a record"))
             elif not line.endswith("\n"):
                 damaged.append((path, number, "a complete record without its final newline (add one)"))
@@ -56,18 +80,10 @@ def readable_records(run_dir: str | os.PathLike) -> list[dict]:
     """The checkpoint records of one run folder that parse, in order; lines being written or cut off by a kill
     are skipped (:func:`damaged_lines` names them). Empty when the run has not checkpointed yet."""
     try:
-        lines = (Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8").splitlines()
+        lines = json_lines(Path(run_dir) / RESULTS_FILE)
     except (OSError, UnicodeDecodeError):
         return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return [record for _, _, record, _ in lines if isinstance(record, dict)]
 
 
 def check_results_files(input_dir: str | os.PathLike) -> None:
@@ -94,19 +110,16 @@ def read_results(path: str | os.PathLike) -> tuple[list[tuple[int, dict]], list[
     train.py checkpoint records, and the damaged ones with their whole reason (line 0: the file cannot be read).
     A line without its final newline is damaged: the kill that cut it may have cut the record too."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = json_lines(path)
     except OSError as error:
         return [], [(0, f"cannot be read ({error.strerror or type(error).__name__})")]
     except UnicodeDecodeError as error:
-        return [], [(0, f"not UTF-8 text ({error.reason} at byte {error.start})")]
+        return [], [(0, _not_utf8(error))]
     records, damaged = [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line.rstrip("\r\n"))  # the newline is no part of a cut-off record
-        except json.JSONDecodeError as error:
+    for number, line, record, error in lines:
+        if error is not None:
             damaged.append((number, f"not JSON: {error.msg} (column {error.colno})"))
-            continue
-        if not isinstance(record, dict):
+        elif not isinstance(record, dict):
             damaged.append((number, f"a JSON {type(record).__name__}, not a record"))
         elif not {"args", "step"} <= record.keys():
             damaged.append((number, "not a train.py checkpoint record (no 'args' or 'step')"))
@@ -150,22 +163,13 @@ def run_folders(folder: str | os.PathLike) -> list[Path]:
     return [folder / name for name in os.listdir(folder) if (folder / name).is_dir() and is_run_folder(folder / name)]
 
 
-def final_step(record: dict) -> int | None:
+def final_step(record: dict, default_steps: DefaultSteps | None = None) -> int | None:
     """The step of train.py's last checkpoint for this record's run (``args.steps or dataset.N_STEPS``, minus one),
-    or None when the dataset's default is unknown here (one of DomainBed's, and DomainBed is not importable)."""
+    or None when the run gave no ``--steps`` and ``default_steps`` (dataset name -> ``N_STEPS``) does not know its
+    dataset's default (none given: the datasets and DomainBed sit above ``runs``)."""
     steps = record["args"].get("steps")
     if not steps:
-        name = record["args"].get("dataset")
-        try:
-            from domainbed_align.upstream import hook as _hook
-            from domainbed_align.data import DATASETS
-
-            if name in DATASETS:
-                steps = DATASETS[name].N_STEPS
-            elif _hook.domainbed_importable():
-                steps = _hook.upstream_dataset_class(name).N_STEPS
-        except (ImportError, NotImplementedError, AttributeError):  # get_dataset_class: NotImplementedError
-            return None
+        steps = default_steps(record["args"].get("dataset")) if default_steps is not None else None
     return int(steps) - 1 if steps else None
 
 
@@ -176,12 +180,13 @@ UNFINISHED_WHY = {liveness.FAILED: "killed or failed", liveness.RUNNING: "still 
 SQUEUE_SILENT = "state unknown (squeue did not answer)"
 
 
-def unfinished_runs(folders: Iterable[Path]) -> dict[Path, str]:
+def unfinished_runs(folders: Iterable[Path], default_steps: DefaultSteps | None = None) -> dict[Path, str]:
     """Why each run folder that is not finished is not (:data:`UNFINISHED_WHY`'s words); finished ones are absent.
 
     Finished: DomainBed's ``done`` file (:func:`domainbed_align.runs.liveness.run_state`), or, for a copy that kept only
     results.jsonl (as this project's ``results/`` folders do), a run no process holds whose last readable line is
-    train.py's last checkpoint (``args.steps - 1``): the tables read nothing train.py writes after it."""
+    train.py's last checkpoint (``args.steps - 1``; for a run without ``--steps``, its dataset's ``N_STEPS - 1`` as
+    ``default_steps`` gives it): the tables read nothing train.py writes after it."""
     pending = [folder for folder in folders if not (folder / "done").exists()]
     job_ids = [(liveness.read_job_record(str(folder)) or {}).get("slurm_job_id") for folder in pending]
     try:
@@ -199,7 +204,7 @@ def unfinished_runs(folders: Iterable[Path]) -> dict[Path, str]:
         if state.state == liveness.FAILED:
             readable = readable_records(folder)
             last = readable[-1] if readable else None
-            if last is not None and "args" in last and last.get("step") == final_step(last):
+            if last is not None and "args" in last and last.get("step") == final_step(last, default_steps):
                 continue  # results.jsonl complete; only the marker is missing (a copy)
         why[folder] = UNFINISHED_WHY.get(state.state, f"state {state.state}")  # e.g. a lock nobody can check
     return why

@@ -5,8 +5,7 @@ Every Python process pays for what this module imports, DomainBed's or not, so i
 of :data:`TARGETS`, the finder wraps that module's loader, and right after the module's body runs
 :func:`domainbed_align.upstream.patches.patch_module` (the patches, imported only then) adds our entries.
 
-Other names (``install_excepthook``, ``upstream_*``, ...) are :mod:`domainbed_align.upstream.patches`'s, reached through
-this module for the callers that predate the split.
+It only finds and loads: what the rest of the package asks of DomainBed is :mod:`domainbed_align.upstream.adapter`'s.
 """
 
 import sys
@@ -65,13 +64,3 @@ def install() -> None:
 def is_installed() -> bool:
     return any(isinstance(finder, _DomainBedFinder) for finder in sys.meta_path)
 
-
-def __getattr__(name):
-    if name.startswith("__"):  # the import system asks for __path__ etc.: never import the patches for that
-        raise AttributeError(name)
-    from domainbed_align.upstream import patches as upstream
-
-    try:
-        return getattr(upstream, name)
-    except AttributeError:
-        raise AttributeError(f"module 'domainbed_align.upstream.hook' has no attribute {name!r}") from None

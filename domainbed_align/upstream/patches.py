@@ -1,11 +1,13 @@
-"""The only code that touches DomainBed's modules: registration into an unmodified clone, and the adapter the
-rest of the package calls (``upstream_*``).
+"""Registration into an unmodified DomainBed clone: the patches its modules get as they load (the functions the
+rest of the package calls are :mod:`domainbed_align.upstream.adapter`'s).
 
 :mod:`domainbed_align.upstream.hook` (installed by ``domainbed_align_hook.pth`` in every interpreter, and cheap) finds
 DomainBed's modules as they are imported and calls :func:`patch_module` right after each module's body runs:
 
 - ``algorithms``: every algorithm in our registry (:mod:`domainbed_align.methods.registry`) becomes a module attribute (``get_algorithm_class`` looks in
-  ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order);
+  ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order); the class
+  DomainBed sees keeps, in train.py, the checkpoint training-domain validation selects
+  (:mod:`domainbed_align.upstream.checkpoint_keeper`);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
 - ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments), and
@@ -14,9 +16,8 @@ DomainBed's modules as they are imported and calls :func:`patch_module` right af
 - ``lib.reporting``: ``load_records`` (collect_results' reader) says which results.jsonl is damaged and what to do,
   instead of a JSONDecodeError traceback that names no file;
 - ``lib.misc``: ``Tee`` (the scripts' log file) names a missing folder, e.g. a mistyped ``collect_results
-  --input_dir``, in one line instead of a traceback; when train.py opens its ``out.txt`` it records the run's
-  folder, where our algorithms keep ``model_selected.pkl`` (:mod:`domainbed_align.report.selection`), and takes the
-  run's lock for the life of the process (:mod:`domainbed_align.runs.liveness`: how ``sweep status`` tells running);
+  --input_dir``, in one line instead of a traceback; when train.py opens its ``out.txt`` it takes the run's lock
+  for the life of the process (:mod:`domainbed_align.runs.liveness`: how ``sweep status`` tells running);
 - ``command_launchers``: our ``slurm``, ``submitit_local`` and ``parallel`` launchers join ``REGISTRY``
   (:mod:`domainbed_align.runs.launchers`);
 - ``lib.fast_data_loader``: ``InfiniteDataLoader`` refuses a batch larger than its split (it would hang).
@@ -50,49 +51,30 @@ def patch_module(module: types.ModuleType) -> None:
                 "domainbed.datasets": _patch_datasets, "domainbed.lib.reporting": _patch_reporting,
                 "domainbed.lib.misc": _patch_misc, "domainbed.command_launchers": _patch_command_launchers,
                 "domainbed.lib.fast_data_loader": _patch_fast_data_loader}
+    install_excepthook()  # first: a floor or patch error below is then reported in one line
     if module.__name__ in _NEED_TORCH:  # our torch code is about to be imported: below the floors, say so first
         from domainbed_align.floors import require_runtime
 
-        require_runtime()
+        require_runtime()  # its one line goes through the excepthook installed above
     patchers[module.__name__](module)
     setattr(module, _PATCHED_FLAG, True)
-    install_excepthook()
 
 
 def _patch_algorithms(module: types.ModuleType) -> None:
     from domainbed_align.methods import registry  # checks the torch and timm floors (floors.require_runtime)
+    from domainbed_align.upstream.adapter import upstream_hparam_names
+    from domainbed_align.upstream.checkpoint_keeper import KeepsSelectedCheckpoint
 
     for entry in registry.entries():
         name, core = entry.name, entry.cls
-        # Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
-        cls = type(name, (core, module.Algorithm), {"__module__": module.__name__, "__qualname__": name,
-                                                     "__doc__": core.__doc__,
-                                                     "known_hparam_names": staticmethod(upstream_hparam_names)})
+        # The keeper first (its __init__ and state_dict wrap ours), Algorithm after our class in the MRO: our
+        # __init__ runs, isinstance(x, Algorithm) holds.
+        cls = type(name, (KeepsSelectedCheckpoint, core, module.Algorithm),
+                   {"__module__": module.__name__, "__qualname__": name, "__doc__": core.__doc__,
+                    "known_hparam_names": staticmethod(upstream_hparam_names)})
         setattr(module, name, cls)
         if name not in module.ALGORITHMS:
             module.ALGORITHMS.append(name)
-
-
-_hparam_names: list[frozenset] = []  # upstream_hparam_names' cache (filled once)
-
-
-def upstream_hparam_names() -> frozenset:
-    """Every hparam name any registered algorithm defines on any dataset.
-
-    A sweep's --hparams goes to all its algorithms, so ALIGN must accept e.g. another algorithm's
-    'mixup_alpha'; a name no algorithm defines is a typo.
-    """
-    import domainbed.algorithms
-    import domainbed.datasets
-    import domainbed.hparams_registry as registry
-
-    if not _hparam_names:
-        names: set[str] = set()
-        for algorithm in domainbed.algorithms.ALGORITHMS:
-            for dataset in domainbed.datasets.DATASETS:
-                names.update(registry._hparams(algorithm, dataset, 0))
-        _hparam_names.append(frozenset(names))
-    return _hparam_names[0]
 
 
 def _patch_hparams(module: types.ModuleType) -> None:
@@ -125,7 +107,9 @@ _train_arguments_checked: list[bool] = []
 def _check_train_arguments_once() -> None:
     """In train.py, its command line is checked when it first asks for hparams: after printing its arguments,
     before printing the hparams or loading any data (:mod:`domainbed_align.upstream.preflight`)."""
-    if _train_arguments_checked or not _main_is_train():
+    from domainbed_align.upstream.train_script import is_train_process
+
+    if _train_arguments_checked or not is_train_process():
         return
     _train_arguments_checked.append(True)  # first: the check itself asks for hparams
     from domainbed_align.upstream.preflight import check_train_arguments
@@ -178,6 +162,8 @@ def _patch_reporting(module: types.ModuleType) -> None:
 
 
 def _patch_misc(module: types.ModuleType) -> None:
+    from domainbed_align.upstream.train_script import is_train_process
+
     original = module.Tee
 
     class Tee(original):
@@ -192,12 +178,10 @@ def _patch_misc(module: types.ModuleType) -> None:
                     f"{folder!r} is not a folder, so DomainBed cannot write {os.path.basename(fname)!r} there; for "
                     f"collect_results give --input_dir the --output_dir that 'sweep launch' wrote to.")
             super().__init__(fname, *args, **kwargs)
-            if os.path.basename(fname) == "out.txt" and _main_is_train():  # train.py's log: its --output_dir
+            if os.path.basename(fname) == "out.txt" and is_train_process():  # train.py's log: its --output_dir
                 from domainbed_align.runs import liveness
-                from domainbed_align.report import selection
 
                 liveness.hold_run_lock(folder)  # held until the process ends: `sweep status` sees it running
-                selection.note_train_output_dir(folder)
 
     Tee.__module__, Tee.__qualname__ = original.__module__, original.__qualname__
     module.Tee = Tee
@@ -255,125 +239,12 @@ def _recording(launcher: Any, name: str) -> Any:
     return launch
 
 
-def _main_is_train() -> bool:
-    """Whether this interpreter runs DomainBed's train.py (``python -m domainbed.scripts.train`` or its path)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name == "domainbed.scripts.train":
-        return True
-    return os.path.normpath(getattr(main, "__file__", "") or "").endswith(os.path.join("domainbed", "scripts",
-                                                                                     "train.py"))
-
-
 def install_excepthook() -> None:
-    """Our errors already say what to do: show their message, not a traceback through upstream's train.py.
-    ``DOMAINBED_ALIGN_TRACEBACK=1`` shows our errors' traceback too (a value the settings reader refuses also does:
-    nothing may raise in the hook). What the hook needs is imported now: when a failed import of this package is
-    what it reports, importing the package again from the hook would fail again."""
-    if getattr(sys.excepthook, _PATCHED_FLAG, False):
-        return
+    """:func:`domainbed_align.errors.install_excepthook` with the ``DOMAINBED_ALIGN_TRACEBACK`` switch (a value the
+    settings reader refuses also shows the traceback: nothing may raise in the hook). The settings module is
+    imported now and held by the switch: when a failed import of this package is what the hook reports, importing
+    it then would fail again."""
     from domainbed_align import settings
-    from domainbed_align.errors import DomainbedAlignError, user_message
+    from domainbed_align.errors import install_excepthook as install
 
-    previous = sys.excepthook
-
-    def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
-        if isinstance(error, DomainbedAlignError) and not settings.value("traceback", fallback=True):
-            sys.stderr.write(f"domainbed-align: error: {user_message(error)}\n")
-        else:  # anything unexpected keeps its traceback
-            previous(kind, error, traceback)
-
-    setattr(excepthook, _PATCHED_FLAG, True)
-    sys.excepthook = excepthook
-
-
-# --- Upstream pieces the explanation evaluation reuses (so its images are the ones train.py held out) ------------
-def upstream_dataset(name: str, data_dir: str, test_envs: list[int], hparams: dict) -> Any:
-    """DomainBed's dataset ``name`` (ours included: the patch registers them) as train.py builds it."""
-    import domainbed.datasets
-
-    if name not in domainbed.datasets.DATASETS:
-        from domainbed_align.errors import CheckpointError
-
-        raise CheckpointError(f"the run used dataset {name!r}, which this DomainBed does not define.")
-    return getattr(domainbed.datasets, name)(data_dir, test_envs, hparams)
-
-
-def upstream_holdout_indices(environment: Any, holdout_fraction: float, trial_seed: int, env_index: int) -> list[int]:
-    """The indices of one environment's held-out ("out") part, split exactly as train.py splits it for that run."""
-    from domainbed.lib import misc
-
-    out, _ = misc.split_dataset(environment, int(len(environment) * holdout_fraction),
-                                misc.seed_hash(trial_seed, env_index))
-    return list(out.keys)
-
-
-def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms: list[str],
-                        test_envs: list[list[int]], n_hparams: int, n_trials: int, steps: int | None,
-                        hparams: str | None) -> list[Any]:
-    """Upstream ``sweep``'s own jobs (``make_args_list`` + ``Job``: the same arguments, seeds and md5-named folders
-    as ``sweep launch --single_test_envs``), restricted to ``test_envs``. ``domainbed`` must be importable."""
-    from domainbed.scripts import sweep
-
-    args_list = sweep.make_args_list(n_trials=n_trials, dataset_names=[dataset], algorithms=algorithms,
-                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
-                                     task="domain_generalization", holdout_fraction=0.2, single_test_envs=True,
-                                     hparams=hparams)
-    return [sweep.Job(args, output_dir) for args in args_list if args["test_envs"] in test_envs]
-
-
-def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
-                                n_hparams: int, n_trials: int, steps: int | None, hparams: str | None,
-                                n_hparams_from: int = 0, task: str = "domain_generalization",
-                                holdout_fraction: float = 0.2) -> list[Any]:
-    """Single-source jobs as upstream ``Job``s: for each of upstream's single-test-environment arguments, the same
-    run with that environment as its only training domain (``test_envs`` = every other one) and the seed upstream's
-    ``seed_hash`` gives those test environments; md5-named folders as ``sweep launch`` makes them."""
-    import domainbed.datasets
-    from domainbed.lib import misc
-    from domainbed.scripts import sweep
-
-    jobs = []
-    for args in sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
-                                     n_hparams_from=n_hparams_from, n_hparams=n_hparams, steps=steps,
-                                     data_dir=data_dir, task=task, holdout_fraction=holdout_fraction,
-                                     single_test_envs=True, hparams=hparams):
-        source = args["test_envs"][0]
-        others = [e for e in range(domainbed.datasets.num_environments(args["dataset"])) if e != source]
-        args = dict(args, test_envs=others)
-        args["seed"] = misc.seed_hash(args["dataset"], args["algorithm"], others, args["hparams_seed"],
-                                      args["trial_seed"])
-        jobs.append(sweep.Job(args, output_dir))
-    return jobs
-
-
-def upstream_protocol_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
-                           n_hparams: int, n_trials: int, steps: int | None, hparams: str | None,
-                           pairs: bool) -> list[Any]:
-    """DomainBed's protocol as ``sweep launch`` makes it: one held-out domain per run (``pairs``: also every pair
-    of held-out domains, which leave-one-domain-out selection needs)."""
-    from domainbed.scripts import sweep
-
-    args_list = sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
-                                     n_hparams_from=0, n_hparams=n_hparams, steps=steps, data_dir=data_dir,
-                                     task="domain_generalization", holdout_fraction=0.2,
-                                     single_test_envs=not pairs, hparams=hparams)
-    return [sweep.Job(args, output_dir) for args in args_list]
-
-
-def upstream_dataset_class(name: str) -> Any:
-    """DomainBed's dataset class ``name`` (ours included: the patch registers them): N_STEPS, ENVIRONMENTS, ..."""
-    import domainbed.datasets
-
-    return domainbed.datasets.get_dataset_class(name)
-
-
-def domainbed_importable() -> bool:
-    """Whether ``domainbed`` can be imported, putting ``$DOMAINBED_ROOT`` on sys.path first when it is not."""
-    import importlib.util
-
-    root = os.environ.get("DOMAINBED_ROOT")
-    if importlib.util.find_spec("domainbed") is None and root and os.path.isdir(os.path.join(root, "domainbed")):
-        sys.path.insert(0, root)
-    return importlib.util.find_spec("domainbed") is not None
-
+    install(lambda: settings.value("traceback", fallback=True))

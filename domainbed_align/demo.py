@@ -22,6 +22,9 @@ from pathlib import Path
 from domainbed_align import atomic
 from domainbed_align.errors import DomainbedAlignError
 from domainbed_align.runs.records import readable_records
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align demo"  # how its errors are prefixed (errors.print_error)
 
 ALGORITHMS = ("TimmERM", "DRE", "ALIGN")  # a fixed list: the reference, ALIGN's codebase, ALIGN
 PHOTOS = 3  # TextureMNIST's environment 'photos'
@@ -212,8 +215,8 @@ def run(domainbed_root: Path, data_dir: Path, output_dir: Path | None, full: boo
     print(f"== runs finished in {time.monotonic() - started:.0f}s: {done}/{total} runs done")
     if done != total:
         failed = [job.output_dir for job, code in zip(to_run, codes) if code != 0]
-        print(f"error: {total - done} of {total} runs did not finish (e.g. {failed[:1]}); see each run's err.txt "
-              f"under {output_dir}. Rerun the same command to redo them (finished runs are kept).", file=sys.stderr)
+        print_error(f"{total - done} of {total} runs did not finish (e.g. {failed[:1]}); see each run's err.txt "
+                    f"under {output_dir}. Rerun the same command to redo them (finished runs are kept).", COMMAND)
         return 1
     table = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir",
                             str(output_dir)], env=env, capture_output=True, text=True)
@@ -239,18 +242,18 @@ def clear_failed_runs(run_dirs: list[str]) -> int:
         try:
             state = liveness.delete_if_failed(run_dir)
         except liveness.SlurmUnavailable as error:
-            print(f"error: {error}", file=sys.stderr)
+            print_error(f"{error}", COMMAND)
             return 2
         except OSError as error:
-            print(f"error: the failed run {run_dir} could not be deleted ({error.strerror or error}): delete it by "
-                  f"hand, then run the demo again", file=sys.stderr)
+            print_error(f"the failed run {run_dir} could not be deleted ({error.strerror or error}): delete it by "
+                        f"hand, then run the demo again", COMMAND)
             return 2
         if state.live:
-            print(f"error: {run_dir} is {state.state} (another demo or sweep on the same folder): wait for it, or "
-                  f"stop it, then run the demo again", file=sys.stderr)
+            print_error(f"{run_dir} is {state.state} (another demo or sweep on the same folder): wait for it, or "
+                        f"stop it, then run the demo again", COMMAND)
             return 2
         if state.state == liveness.UNKNOWN:  # never trained into: a second trainer could be writing it
-            print(f"error: {run_dir}: state unknown ({state.why})", file=sys.stderr)
+            print_error(f"{run_dir}: state unknown ({state.why})", COMMAND)
             return 2
     return 0
 
@@ -312,8 +315,8 @@ def explanation_table(output_dir: Path, env: dict[str, str], max_images: int) ->
             if evaluated.returncode != 0:
                 raise _EvaluateFailed(evaluated.returncode)
     except _EvaluateFailed as failed:
-        print(f"error: evaluate stopped (exit code {failed.code}, its message above): {records} was not written",
-              file=sys.stderr)
+        print_error(f"evaluate stopped (exit code {failed.code}, its message above): {records} was not written",
+                    COMMAND)
         return failed.code
     from domainbed_align.report import evaluate
     from domainbed_align.report import tables
@@ -365,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="end after collect_results' table (a sweep that evaluates its runs itself)")
     args = parser.parse_args(argv)
     if not args.domainbed_root:
-        print("error: no DomainBed: pass --domainbed_root or set DOMAINBED_ROOT to a clone of "
-              "facebookresearch/DomainBed at b93c22a", file=sys.stderr)
+        print_error("no DomainBed: pass --domainbed_root or set DOMAINBED_ROOT to a clone of "
+                    "facebookresearch/DomainBed at b93c22a", COMMAND)
         return 2
     try:
         output_dir = Path(args.output_dir) if args.output_dir else None
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                    args.steps, args.n_hparams, args.n_trials, args.dataset, args.parallel, algorithms,
                    args.hparams, args.test_envs, args.skip_explanations)
     except DomainbedAlignError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 2
 
 

@@ -90,10 +90,15 @@ def check_dependencies(report: Report) -> bool:
 
 def check_floors(report: Report) -> bool:
     """Every dependency of ours against its floor (:mod:`domainbed_align.floors`), one line each."""
-    from domainbed_align.floors import FLOORS, below_floor, installed_version
+    from domainbed_align.floors import EXTRAS, FLOORS, below_floor, installed_version
 
+    extra_of = {name: extra for extra, names in EXTRAS.items() for name in names}
     ok = True
     for name, floor in FLOORS.items():
+        if name in extra_of and installed_version(name) is None:  # an optional part: only what needs it fails
+            report.warn(f"{name} is not installed (optional, the [{extra_of[name]}] extra): pip install "
+                        f"'domainbed-align[{extra_of[name]}]' for what needs it")
+            continue
         problem = below_floor(name)
         if problem:
             ok = False
@@ -176,7 +181,10 @@ def check_settings(report: Report, environ: Mapping[str, str] | None = None) -> 
     return not any(finding.error for finding in found)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m domainbed_align.doctor", description=__doc__.split("\n\n")[0]).parse_args(argv)
     report = Report()
     print(f"domainbed-align doctor (python {sys.version.split()[0]} at {sys.executable})")
     floors_ok = check_floors(report)

@@ -37,6 +37,18 @@ def user_message(error: DomainbedAlignError) -> str:
     return last.split(prefix, 1)[1] if prefix in last else text
 
 
+def print_error(error: BaseException | str, command: str = "domainbed-align") -> None:
+    """The one way a command reports a problem whose message already names the culprit and the fix: one line on
+    stderr, ``<command>: error: <message>`` (the console command, every ``python -m`` form, the excepthook)."""
+    message = user_message(error) if isinstance(error, DomainbedAlignError) else str(error)
+    sys.stderr.write(f"{command}: error: {message}\n")
+    sys.stderr.flush()
+
+
+class MissingExtraError(DomainbedAlignError, ImportError):
+    """An optional dependency a command needs is not installed; the message names the extra that installs it."""
+
+
 class DependencyVersionError(DomainbedAlignError, ImportError):
     """torch or timm older than the release this package is tested with (:mod:`domainbed_align.floors`)."""
 
@@ -81,7 +93,7 @@ def install_excepthook(show_traceback: Callable[[], bool]) -> None:
 
     def excepthook(kind: type, error: BaseException, traceback: Any) -> None:
         if isinstance(error, DomainbedAlignError) and not show_traceback():
-            sys.stderr.write(f"domainbed-align: error: {user_message(error)}\n")
+            print_error(error)
         else:  # anything unexpected keeps its traceback
             previous(kind, error, traceback)
 

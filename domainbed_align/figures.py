@@ -1,8 +1,8 @@
-"""``python -m domainbed_align.figures`` (users' scripts call it): the code is :mod:`domainbed_align.report.figures`."""
+"""``python -m domainbed_align.figures`` (users' scripts call it): ``domainbed-align figures``, run through :mod:`domainbed_align.cli`."""
 
 import sys
 
-from domainbed_align.report.figures import main
+from domainbed_align import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("figures", sys.argv[1:]))

@@ -9,7 +9,7 @@ releases are refused at first use (torch, timm) or reported by ``doctor`` (the o
   later (``aminmax``'s derivative, 2.12; ``nn.utils.get_total_norm``, 2.6; ``serialization.safe_globals``, 2.5) and
   uses ``serialization.add_safe_globals`` (2.4) to load DomainBed checkpoints with ``weights_only``.
 - timm 1.0.3: the first 1.0 release, already this package's floor.
-- numpy 1.24.4, pandas 2.0.3, matplotlib 3.7.5 and the rest: the releases of mid-2023 that a torch-2.4 environment
+- numpy 1.24.4, pandas 2.0.3, matplotlib 3.7.5, pillow 9.5.0 and the rest: the releases of mid-2023 that a torch-2.4 environment
   typically has, all with Python 3.10 wheels.
 
 This module imports nothing heavy: the ``.pth`` hook and ``setup.py`` read it.
@@ -33,7 +33,17 @@ FLOORS: dict[str, str] = {
     "tqdm": "4.66.1",
     "tabulate": "0.9.0",
     "jinja2": "3.1.2",
+    "pillow": "9.5.0",
 }
+
+# The optional parts: extra -> the floored dependencies it installs (the rest of FLOORS is always installed).
+# submitit: the slurm and submitit_local launchers; matplotlib: every figure; jinja2: LaTeX tables (pandas' Styler).
+EXTRAS: dict[str, tuple[str, ...]] = {"slurm": ("submitit",), "report": ("matplotlib", "jinja2")}
+# what each extra's import is called, where it differs from the distribution's name
+IMPORT_NAMES = {"pillow": "PIL"}
+# extras without a tested floor (test oracles and benchmark references): named, never pinned
+UNFLOORED_EXTRAS: dict[str, tuple[str, ...]] = {"bench": ("grad-cam",)}
+_IMPORTS_OF_UNFLOORED = {"grad-cam": "pytorch_grad_cam"}
 
 # checked when the package is first used (the others are checked by ``doctor``): a torch or timm below its floor
 # fails in ways that do not name the cause (a missing derivative at step 1, an AttributeError in a checkpoint)
@@ -43,8 +53,30 @@ _checked = False
 
 
 def requirements() -> list[str]:
-    """``install_requires`` entries: ``name>=floor`` for every dependency."""
-    return [f"{name}>={floor}" for name, floor in FLOORS.items()]
+    """``install_requires`` entries: ``name>=floor`` for every dependency no extra owns."""
+    optional = {name for names in EXTRAS.values() for name in names}
+    return [f"{name}>={floor}" for name, floor in FLOORS.items() if name not in optional]
+
+
+def extra_requirements() -> dict[str, list[str]]:
+    """``extras_require`` entries of the optional parts, each dependency at its floor."""
+    floored = {extra: [f"{name}>={FLOORS[name]}" for name in names] for extra, names in EXTRAS.items()}
+    return {**floored, **{extra: list(names) for extra, names in UNFLOORED_EXTRAS.items()}}
+
+
+def require_extra(extra: str, needed_by: str) -> None:
+    """Raise one :class:`~domainbed_align.errors.MissingExtraError` naming the extra to install when a dependency of
+    ``extra`` is not importable (``needed_by``: the command or feature that needs it)."""
+    import importlib.util
+
+    names = EXTRAS.get(extra) or UNFLOORED_EXTRAS[extra]
+    modules = {name: IMPORT_NAMES.get(name) or _IMPORTS_OF_UNFLOORED.get(name) or name for name in names}
+    missing = [name for name, module in modules.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        from domainbed_align.errors import MissingExtraError
+
+        raise MissingExtraError(f"{needed_by} needs {' and '.join(missing)}, which is not installed: "
+                                f"pip install 'domainbed-align[{extra}]'")
 
 
 def release(version: str) -> tuple[int, ...]:

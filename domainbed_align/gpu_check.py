@@ -50,6 +50,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from domainbed_align import atomic
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align gpu-check"  # how its errors are prefixed (errors.print_error)
 
 DOMAINBED_COMMIT = "b93c22a"
 OUTPUT_FILES = ("summary.json", "tests.txt", "bench.json", "tables.md", "maps.png", "curves.png", "runs.tar.gz",
@@ -571,7 +574,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     out = Path(args.out or os.environ.get("OUT") or "")
     if not str(out) or str(out) == ".":
-        print("error: no output folder: set OUT or pass --out DIR", file=sys.stderr)
+        print_error("no output folder: set OUT or pass --out DIR", COMMAND)
         return 2
     started = args.started_at or time.time()
     deadline_s = args.deadline if args.deadline is not None else mode.deadline_s
@@ -670,7 +673,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from domainbed_align.upstream import adapter, hook
 
     if not adapter.domainbed_importable():
-        print(f"error: no DomainBed: set DOMAINBED_ROOT to a checkout at {DOMAINBED_COMMIT}", file=sys.stderr)
+        print_error(f"no DomainBed: set DOMAINBED_ROOT to a checkout at {DOMAINBED_COMMIT}", COMMAND)
         return 2
     hook.install()
     algorithms = adapter.algorithm_names()  # domainbed.algorithms first, as before
@@ -690,7 +693,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     try:
         return sweep.launch(options, jobs)
     except DomainbedAlignError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
+        print_error(f"{user_message(error)}", COMMAND)
         return 2
 
 
@@ -700,13 +703,13 @@ def cmd_carry(args: argparse.Namespace) -> int:
     target = repo / args.out if not Path(args.out).is_absolute() else Path(args.out)
     git = args.domainbed_git or os.environ.get("DOMAINBED_GIT")
     if not git:
-        print("error: no DomainBed git repository: pass --domainbed_git PATH (a clone or mirror of "
-              f"facebookresearch/DomainBed holding {DOMAINBED_COMMIT}) or set DOMAINBED_GIT", file=sys.stderr)
+        print_error("no DomainBed git repository: pass --domainbed_git PATH (a clone or mirror of "
+                    f"facebookresearch/DomainBed holding {DOMAINBED_COMMIT}) or set DOMAINBED_GIT", COMMAND)
         return 2
     if subprocess.run(["git", "-C", git, "cat-file", "-e", f"{DOMAINBED_COMMIT}^{{commit}}"],
                       capture_output=True).returncode != 0:
-        print(f"error: {git} is not a git repository holding DomainBed's commit {DOMAINBED_COMMIT}: pass a clone or "
-              f"mirror of facebookresearch/DomainBed (git fetch it first)", file=sys.stderr)
+        print_error(f"{git} is not a git repository holding DomainBed's commit {DOMAINBED_COMMIT}: pass a clone or "
+                    f"mirror of facebookresearch/DomainBed (git fetch it first)", COMMAND)
         return 2
     try:
         # the old carry stays in place (its wheels are reused) until the new one replaces it in one rename
@@ -715,11 +718,11 @@ def cmd_carry(args: argparse.Namespace) -> int:
             wheels.mkdir()
             _build_carry(repo, target, partial, wheels, git)
     except CarryError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 2
     except OSError as error:  # e.g. a full disk: nothing half-built is left, the previous carry is untouched
-        print(f"error: could not write {target} ({type(error).__name__}: {error}); the previous carry, if any, is "
-              f"unchanged: free the space or fix the permissions, then run carry again", file=sys.stderr)
+        print_error(f"could not write {target} ({type(error).__name__}: {error}); the previous carry, if any, is "
+                    f"unchanged: free the space or fix the permissions, then run carry again", COMMAND)
         return 2
     manifest = json.loads((target / "MANIFEST.json").read_text())
     tree = manifest["tree_bytes"]

@@ -1,9 +1,8 @@
-"""``python -m domainbed_align.masks export`` (users' scripts call it): the code is
-:mod:`domainbed_align.report.mask_export` (the mask-export command; not the masker, nor mask folders)."""
+"""``python -m domainbed_align.masks`` (users' scripts call it): ``domainbed-align masks``, run through :mod:`domainbed_align.cli`."""
 
 import sys
 
-from domainbed_align.report.mask_export import main
+from domainbed_align import cli
 
 if __name__ == "__main__":
-    sys.exit(main())  # main's return value is the exit status (1: an error it explained)
+    sys.exit(cli.run("masks", sys.argv[1:]))

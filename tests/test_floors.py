@@ -18,19 +18,37 @@ from domainbed_align import doctor, floors, settings
 IN_FLOOR_ENVIRONMENT = bool(settings.value("floor_env"))
 
 
-def _declared_floors() -> dict[str, str]:
-    """name -> floor of the installed package's metadata (Requires-Dist without an extra)."""
+def _declared_floors(extra: str | None = None) -> dict[str, str]:
+    """name -> floor of the installed package's metadata: the Requires-Dist entries without an extra, or those of
+    ``extra``."""
     declared = {}
     for requirement in metadata.requires("domainbed-align") or []:
-        if "extra ==" in requirement:
+        spec, _, marker = requirement.partition(";")
+        if (extra is None and marker) or (extra is not None and f'extra == "{extra}"' not in marker):
             continue
-        name, _, floor = requirement.split(";")[0].replace(" ", "").partition(">=")
+        name, _, floor = spec.replace(" ", "").partition(">=")
         declared[name.lower().replace("-", "_")] = floor
     return declared
 
 
 def test_the_metadata_declares_every_floor_and_only_floors():
-    assert _declared_floors() == {name.lower(): floor for name, floor in floors.FLOORS.items()}
+    optional = {name for names in floors.EXTRAS.values() for name in names}
+    assert _declared_floors() == {name.lower(): floor for name, floor in floors.FLOORS.items() if name not in optional}
+    for extra, names in floors.EXTRAS.items():  # the optional parts, each at its floor
+        assert _declared_floors(extra) == {name.lower(): floors.FLOORS[name] for name in names}, extra
+
+
+def test_a_missing_extra_is_named_with_its_install_command(monkeypatch):
+    import importlib.util
+
+    from domainbed_align.errors import MissingExtraError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"^domainbed-align figures needs matplotlib, which is not installed: "
+                                                r"pip install 'domainbed-align\[report\]'$"):
+        floors.require_extra("report", "domainbed-align figures")
+    floors.require_extra("slurm", "the slurm launcher")  # installed here: no error
 
 
 def test_the_environment_meets_the_floors_exactly_in_the_floor_environment():

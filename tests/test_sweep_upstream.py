@@ -159,7 +159,7 @@ def test_slurm_sweep_failures_scancel_recovery_then_collect_results(tmp_path, sl
 def test_sweep_launch_refuses_a_bad_name_before_making_any_job(tmp_path, change, message):
     result = ours("launch", [*sweep_args(tmp_path, **change), "--command_launcher", "parallel",
                              "--skip_confirmation"])
-    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {message}"), result.stderr
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"domainbed-align sweep: error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "sweep").exists()  # nothing launched, nothing made
 

@@ -407,7 +407,7 @@ def test_output_is_written_whole_and_a_folder_that_is_not_there_is_one_line(swee
     missing = tmp_path / "nowhere" / "tables.md"
     assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed", "--output", str(missing)]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"domainbed-align: error: cannot write --output {missing} (No such file or directory)")
+    assert line.startswith(f"domainbed-align tables: error: cannot write --output {missing} (No such file or directory)")
     synced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])

@@ -5,6 +5,9 @@ import argparse
 import sys
 
 from .prepare import COMPONENTS, DATASET_COMPONENTS, MissingSourceError, components_for, prepare
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align prepare"  # how its errors are prefixed (errors.print_error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.data_dir, components)
     except MissingSourceError as e:
         # One clear line, no traceback: the user only has to install a package.
-        print(f"error: {e}", file=sys.stderr)
+        print_error(f"{e}", COMMAND)
         return 2
     except (OSError, RuntimeError) as e:  # a bad --data_dir, a full disk, a source failing its checksum
-        print(f"error: could not prepare {args.data_dir!r}: {type(e).__name__}: {e} (prepare is atomic: "
-              f"no partial dataset was left; fix the cause and rerun)", file=sys.stderr)
+        print_error(f"could not prepare {args.data_dir!r}: {type(e).__name__}: {e} (prepare is atomic: "
+                    f"no partial dataset was left; fix the cause and rerun)", COMMAND)
         return 2
     return 0
 

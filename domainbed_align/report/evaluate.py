@@ -48,6 +48,9 @@ from domainbed_align.report.render import DIVERGED_MARK, UNFINISHED_MARK, format
 from domainbed_align.runs import records as results_files
 from domainbed_align.runs.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align evaluate"  # how its errors are prefixed (errors.print_error)
 
 REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_sufficiency",
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
@@ -371,22 +374,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(json.dumps(record), flush=True)
             except CheckpointError as error:  # one damaged run must not cost the others' records
                 failed.append(str(error))
-                print(f"domainbed-align: error: {error}", file=sys.stderr, flush=True)
+                print_error(f"{error}", COMMAND)
         if failed and not records:
             if len(failed) > 1:
-                print(f"domainbed-align: error: none of the {len(models)} models could be evaluated (above).",
-                      file=sys.stderr)
+                print_error(f"none of the {len(models)} models could be evaluated (above).",
+                            COMMAND)
             return 1
         if not records and options.hparams_seed is not None:
             raise CheckpointError(f"no run has hparams_seed {options.hparams_seed}.")
     except DomainbedAlignError as error:
-        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 1
     if options.format == "table":
         print(markdown_table(records))
     if failed:  # the records above are complete for the others; the exit status says some are missing
-        print(f"domainbed-align: error: {len(failed)} of {len(models)} models could not be evaluated (named above); "
-              f"the output holds the other {len(models) - len(failed)}.", file=sys.stderr)
+        print_error(f"{len(failed)} of {len(models)} models could not be evaluated (named above); "
+                    f"the output holds the other {len(models) - len(failed)}.", COMMAND)
         return 1
     return 0
 

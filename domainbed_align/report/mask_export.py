@@ -34,6 +34,9 @@ from domainbed_align.report import metrics
 from domainbed_align.methods.checkpoints import algorithm_from_checkpoint, read_checkpoint
 from domainbed_align.errors import CheckpointError, DomainbedAlignError
 from domainbed_align.annotations.folder import environment_keys, mask_path, read_mask
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align masks"  # how its errors are prefixed (errors.print_error)
 
 MANIFEST = "manifest.json"
 
@@ -155,11 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = export(options.model, options.output_dir, options.data_dir, options.envs, options.batch_size,
                           options.device)
     except DomainbedAlignError as error:
-        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 1
     except OSError as error:  # e.g. a full disk: the temporary folder is gone, --output_dir untouched
-        print(f"domainbed-align: error: masks export failed ({error}); {str(options.output_dir)!r} was not "
-              f"written.", file=sys.stderr)
+        print_error(f"masks export failed ({error}); {str(options.output_dir)!r} was not "
+                    f"written.", COMMAND)
         return 1
     for name, entry in manifest["environments"].items():
         iou = f"; IoU with the ground truth {entry['iou']:.3f} ± {entry['iou_se']:.3f}" if "iou" in entry else ""

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from domainbed_align import floors
+
 # a cell that counts an unfinished run, one with a damaged results line, one whose run diverged
 UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK = "†", "‡", "§"
 MARKS = (UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK)  # the order a cell shows them in
@@ -94,6 +96,7 @@ def render(tables: Sequence[Table], style: str) -> str:
     for table in tables:
         frame = table.frame(style)
         if style == "latex":
+            floors.require_extra("report", "LaTeX tables (--format latex: pandas' to_latex needs jinja2)")
             frame = frame.map(_latex_escape_labels) if hasattr(frame, "map") else frame.applymap(_latex_escape_labels)
             caption = _latex_escape(table.title + ". " + " ".join(table.notes))
             parts.append(frame.to_latex(index=False, escape=False, caption=caption))

@@ -47,6 +47,9 @@ from domainbed_align.report.render import (Table, domainbed_mean_and_error, mean
 from domainbed_align.report.selection import IID, LODO, ORACLE, SELECTION_METHODS, n_envs, records_by, select
 # what the tables read (the records, the marks): re-exported, tables.load_records is this module's public reader
 from domainbed_align.report.sweep_records import Marks, Sweep, load_records, read_sweep  # noqa: F401
+from domainbed_align.errors import print_error
+
+COMMAND = "domainbed-align tables"  # how its errors are prefixed (errors.print_error)
 
 
 LAYOUTS = ("domainbed", "single_source", "in_domain", "explanations")
@@ -395,14 +398,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    f"(single_source and in_domain need runs with one training domain).")
         text = render(tables, options.format)
     except DomainbedAlignError as error:
-        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 1
     if options.output:
         try:
             atomic.write_text(options.output, text)  # a reader never sees half a table, nor a kill's leftovers
         except OSError as error:
-            print(f"domainbed-align: error: cannot write --output {options.output} ({error.strerror or error}): give "
-                  f"a file in a folder that exists and that you can write to.", file=sys.stderr)
+            print_error(f"cannot write --output {options.output} ({error.strerror or error}): give "
+                        f"a file in a folder that exists and that you can write to.", COMMAND)
             return 1
     else:
         sys.stdout.write(text)

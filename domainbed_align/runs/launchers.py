@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from domainbed_align.runs import liveness
 from domainbed_align import settings as declared
+from domainbed_align import floors
 from domainbed_align.errors import DomainbedAlignError
 
 CONFIG_VARIABLE = declared.CONFIG_VARIABLE
@@ -170,6 +171,7 @@ def slurm_launcher(commands: list[str]) -> None:
     """One Slurm job array per launch, through submitit; waits unless ``detach``."""
     if not commands:
         return
+    floors.require_extra("slurm", "the slurm and submitit_local launchers")
     import submitit
 
     config = settings()
@@ -201,6 +203,7 @@ def submitit_local_launcher(commands: list[str]) -> None:
     GPU-/MIG- UUID) and an explicit time limit (its own default is 2 minutes). It always waits: it feeds the jobs."""
     if not commands:
         return
+    floors.require_extra("slurm", "the slurm and submitit_local launchers")
     import submitit
 
     config = settings()

@@ -124,8 +124,8 @@ def _comparison_sweep(root):
     rng = np.random.default_rng(0)
     for algorithm, trials in (("TimmERM", 3), ("ALIGN", 3), ("DRE", 2), ("RRR", 1)):
         for trial in range(trials):
-            steps = {step: {f"{split}{env}": float(rng.uniform(0.05, 0.9)) for env in range(4) for split in ("in", "out")}
-                     for step in (0, 100, 200)}
+            steps = {step: {f"{split}{env}": float(rng.uniform(0.05, 0.9))
+                            for env in range(4) for split in ("in", "out")} for step in (0, 100, 200)}
             folder = write_run(root, f"{algorithm}{trial}", algorithm, [3], trial, 0, steps)
             extras = {}
             for step in steps:

@@ -43,6 +43,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from domainbed_align import atomic  # noqa: E402
 from domainbed_align.report import metrics  # noqa: E402
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError  # noqa: E402
+from domainbed_align.errors import print_error  # noqa: E402
+
+COMMAND = "domainbed-align figures"  # how its errors are prefixed (errors.print_error)
 
 TILE_INCHES = 1.0
 LABEL_INCHES = 1.1  # the row labels' margin
@@ -155,8 +158,8 @@ COLUMNS = 4  # panels per row of the shared quantities
 TERM_COLUMNS = 5  # panels per row of the small multiples (one method's own explanation loss each)
 PANEL_INCHES = (3.1, 2.35)
 TERM_PANEL_INCHES = (2.48, 1.95)
-CAPTION = ("lines: mean over trials; bands: ± standard error (DomainBed's: std over trials / √n); losses and shares: "
-           "mean over the steps since the previous checkpoint")
+CAPTION = ("lines: mean over trials; bands: ± standard error (DomainBed's: std over trials / √n); "
+           "losses and shares: mean over the steps since the previous checkpoint")
 
 
 class Panel:
@@ -439,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save(curves_figure(records, tables.Names(records), explanations), options.out)
             print(f"{options.out}: training curves of {len({r['_run'] for r in records})} runs")
     except (DomainbedAlignError, ResultsFileError) as error:
-        print(f"domainbed-align: error: {error}", file=sys.stderr)
+        print_error(f"{error}", COMMAND)
         return 1
     return 0
 

@@ -116,5 +116,5 @@ def test_methods_option_names_an_unknown_method():
     process = subprocess.run([sys.executable, "-m", "domainbed_align.bench", "--methods", "SGT", "Nope"], cwd=REPO,
                              capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert process.returncode == 2 and process.stdout == ""
-    assert process.stderr.strip().splitlines()[-1].startswith("bench: --methods: Nope not registered; choose from "
-                                                              "TimmERM DRE ALIGN")
+    assert process.stderr.strip().splitlines()[-1].startswith(
+        "domainbed-align bench: error: --methods: Nope not registered; choose from TimmERM DRE ALIGN")

@@ -221,20 +221,26 @@ def test_records_say_whether_the_run_diverged_and_the_table_marks_it(tmp_path, d
     from pathlib import Path
 
     sweep = tmp_path / "sweep"
-    for name, flags in (("calm", [0.0, 0.0]), ("blew_up", [0.0, 0.4])):  # 0.4: fired within the last interval
+    # 0.4: fired within the last interval; blew_up's mask collapsed too (issue 29: its last mask_mean past warm-up)
+    for name, flags, mask in (("calm", [0.0, 0.0], 0.1), ("blew_up", [0.0, 0.4], 0.0004)):
         model = save_align_run(sweep / name, data_dir)
         args = torch.load(model, weights_only=False)["args"]
-        lines = [json.dumps({"args": args, "step": 100 * i, "diverged": flag}) for i, flag in enumerate(flags)]
+        lines = [json.dumps({"args": args, "step": 100 * i, "diverged": flag, "in_warmup": float(i == 0),
+                             "mask_mean": mask if i else 0.0}) for i, flag in enumerate(flags)]
         (sweep / name / "results.jsonl").write_text("\n".join(lines) + "\n")
         (sweep / name / "done").write_text("done")
     save_align_run(sweep / "copied", data_dir, seed=1)  # a model file alone: no results.jsonl to tell
     records = _records(capsys, ["--model", *(str(sweep / n / "model.pkl") for n in ("calm", "blew_up", "copied")),
                                 "--max_images", "2", *FAST])
     assert {Path(r["run"]).name: r["diverged"] for r in records} == {"calm": False, "blew_up": True, "copied": None}
+    assert {Path(r["run"]).name: r["degenerate_mask"] for r in records} == {"calm": False, "blew_up": True,
+                                                                             "copied": None}
     table = evaluate.markdown_table(records)
     (row,) = [line for line in table.splitlines() if "| ALIGN |" in line]
-    assert "| last (step 100, ?) § | 3 |" in row, row  # three runs, one diverged
+    assert "| last (step 100, ?) §¶ | 3 |" in row, row  # three runs, one diverged with a degenerate final mask
+    assert "¶: counts runs whose final mask is degenerate (their results.jsonl's last record has a `mask_mean` past " \
+           "warm-up under 2% or over 98%; see each run's err.txt): blew_up." in table
     assert "§: counts runs that diverged (their results.jsonl's last record says `diverged` > 0; see each run's " \
            "err.txt): blew_up." in table
     calm = evaluate.markdown_table([r for r in records if Path(r["run"]).name == "calm"])
-    assert "§" not in calm
+    assert "§" not in calm and "¶" not in calm

@@ -164,3 +164,18 @@ def test_diverged_reads_the_trainers_mean_over_the_interval():
 
     assert [diverged(r) for r in ({}, {"diverged": 0.0}, {"diverged": None}, {"diverged": "1"})] == [False] * 4
     assert diverged({"diverged": 0.01}) and diverged({"diverged": 1.0})  # fired late in the interval, or before it
+
+
+def test_a_degenerate_mask_is_an_empty_or_full_mask_mean_past_warm_up():
+    from domainbed_align.annotations import EMPTY_MASK, FULL_MASK
+    from domainbed_align.runs.records import degenerate_mask
+
+    assert (EMPTY_MASK, FULL_MASK) == (0.02, 0.98)  # the collapse monitor's thresholds (issue 29)
+    past = {"in_warmup": 0.0}
+    assert degenerate_mask({**past, "mask_mean": 0.0004}) and degenerate_mask({**past, "mask_mean": 0.99})
+    healthy = ({**past, "mask_mean": 0.1}, {**past, "mask_mean": 0.031}, {**past, "mask_mean": EMPTY_MASK})
+    assert not any(degenerate_mask(r) for r in healthy)
+    # in warm-up (ALIGN reports zeros there, and a part of an interval is no collapse), or no mask at all: no
+    undecided = ({"in_warmup": 1.0, "mask_mean": 0.0}, {"in_warmup": 0.49, "mask_mean": 0.01}, {"mask_mean": 0.0},
+                 {"in_warmup": 0.0}, {}, {"in_warmup": 0.0, "mask_mean": None})
+    assert not any(degenerate_mask(r) for r in undecided)

@@ -403,6 +403,46 @@ def test_a_run_that_diverged_marks_every_cell_that_counts_it_in_every_layout(swe
         assert any("§: counts runs that diverged" in note and "t1 (step 5)" in note for note in table.notes)
 
 
+# --- a degenerate final mask (issue 29) -------------------------------------------------------------------------------
+def _mask(folder: Path, means: dict, in_warmup: float = 0.0) -> None:
+    """Add ALIGN's `mask_mean` and `in_warmup` (their means over each checkpoint interval) to these steps' records."""
+    path = folder / "results.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "mask_mean": means.get(r["step"], 0.1), "in_warmup": in_warmup}) + "\n"
+                            for r in records))
+
+
+def test_a_run_whose_final_mask_is_degenerate_marks_every_cell_that_counts_it(sweep, tmp_path):
+    _mask(sweep / "f", {2: 0.0004})  # ALIGN trial 0: its mask collapsed
+    _mask(sweep / "g", {2: 0.031})  # trial 1: low, not degenerate
+    records = tables.load_records(sweep)
+    built = tables.build(records, ["domainbed", "explanations"], [_explanation(run, 2) for run in "fg"])
+    iid = f"{DATASET}, model selection method: {tables.IID}"
+    assert _cells(built, iid, "ALIGN")["photos"]["marks"] == "¶"
+    assert _cells(built, iid, "TimmERM")["photos"]["marks"] == ""
+    assert _cells(built, "explanations of the checkpoint", "ALIGN")["accuracy"]["marks"] == "¶"
+    markdown = tables.render(built, "markdown")
+    assert _shown(markdown, "65.0 ± 3.5 ¶")
+    assert "¶: counts runs whose final mask is degenerate (their last record's `mask_mean` past warm-up is under 2% " \
+           "or over 98%: the masker's mask selects nothing; see each run's err.txt for the collapse warning and the " \
+           "hparams to look at): f (mask mean 0.0004 at step 2)." in markdown
+    latex = tables.render(built, "latex")
+    assert "65.0 $\\pm$ 3.5 $^\\P$" in latex and "¶" not in latex
+    # a mean taken partly in warm-up says nothing yet: no mark
+    _mask(sweep / "f", {2: 0.0004}, in_warmup=0.49)
+    assert "¶" not in tables.render(tables.build(tables.load_records(sweep), ["domainbed"]), "markdown")
+    # single-source layouts, and the marks' order when a run also diverged
+    single = tmp_path / "single"
+    for trial in (0, 1):
+        write_run(single, f"t{trial}", "ALIGN", [0, 2, 3], trial, 0, {5: {"out1": 0.9, "in0": 0.5}})
+    _mask(single / "t0", {5: 0.99})
+    _diverge(single / "t0", {5: 1.0})
+    matrices = tables.build(tables.load_records(single), ["single_source", "in_domain"])
+    for table in matrices:
+        assert table.rows[0]["cells"]["medical"]["marks"] == "§¶", table.title
+        assert any(note.startswith("¶") and "t0 (mask mean 0.99 at step 5)" in note for note in table.notes)
+
+
 def test_output_is_written_whole_and_a_folder_that_is_not_there_is_one_line(sweep, tmp_path, monkeypatch, capsys):
     missing = tmp_path / "nowhere" / "tables.md"
     assert tables.main(["--input_dir", str(sweep), "--layout", "domainbed", "--output", str(missing)]) == 1

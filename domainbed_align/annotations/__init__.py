@@ -1,7 +1,7 @@
 """Annotation masks: how they travel with the images and how a method reads them.
 
-The one protocol (the shape marker, the sentinel, the rule, the split); :mod:`domainbed_align.annotations.folder`
-reads mask folders.
+The one protocol (the shape marker, the sentinel, the rule, the split, what a degenerate mask is);
+:mod:`domainbed_align.annotations.folder` reads mask folders.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 # A sample's annotation channel filled with this value means "no mask for this image" (for mask folders with gaps;
 # no dataset of this release produces it).
 MISSING_ANNOTATION = -1.0
+
+# A degenerate mask: a mean under EMPTY_MASK keeps (almost) no pixel, over FULL_MASK (almost) every pixel; either way
+# the mask selects nothing. Here because both readers need them: the collapse monitor
+# (:mod:`domainbed_align.methods.monitor`, as the masker trains) and the run records
+# (:func:`domainbed_align.runs.records.degenerate_mask`, a run's final mask), siblings that may not import each other.
+EMPTY_MASK = 0.02
+FULL_MASK = 0.98
 
 
 class ShapeWithMaskChannel(tuple):

@@ -1,8 +1,17 @@
 """Loud collapses: one warning when a run's explanations or masks degenerate, naming the hparams to look at.
 
 The trainer feeds every update()'s reported floats to :class:`CollapseMonitor`. A rule fires when its condition
-holds at every step of a window (``WINDOW`` update() calls), once per run, printed to stderr (upstream's train.py
-copies stderr into the run's ``err.txt``). Python's ``warnings`` is not used: sweeps run with warnings ignored.
+holds at every step of a window, once per run, printed to stderr (upstream's train.py copies stderr into the run's
+``err.txt``). Python's ``warnings`` is not used: sweeps run with warnings ignored.
+
+The window: ``WINDOW`` update() calls for blank Grad-CAMs and missing annotations. The mask rules' window scales with
+the masker's phase (issue 29): a fifth (``PHASE_SHARE``) of the steps the masker has trained so far, at least
+``MIN_WINDOW``, at most ``WINDOW``. A fixed 100 misses any collapse that starts within a run's last 100 steps, and
+every one in a masker phase shorter than that (issue 29: ALIGN trained 500 steps on one domain, warm-ups 250 + 100,
+ended with a mask mean of 0.0004). With the scaling window a collapse late in a short run fires (after 250 masker
+steps, a 50-step window), a brief dip does not (at least 10 steps), and a long run keeps the 100-step window. Each message names the step range, the value now and
+the hparams to look at; :func:`domainbed_align.runs.records.degenerate_mask` marks a run whose final mask is
+degenerate in the tables and evaluate.
 """
 
 from __future__ import annotations
@@ -12,15 +21,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping, TextIO
 
+from domainbed_align.annotations import EMPTY_MASK, FULL_MASK  # what a degenerate mask is: runs' records read it too
+
 WINDOW = 100  # update() calls; DomainBed's checkpoints are 100-300 steps apart on its datasets
+# A scaling rule's window: the steps it has been active so far (counting this one) // PHASE_SHARE (20 %), clamped
+# to [MIN_WINDOW, WINDOW]: a collapse must last a fifth of the phase so far, and never under MIN_WINDOW steps.
+PHASE_SHARE = 5
+MIN_WINDOW = 10
 # Divergence that stays finite (the non-finite guard catches the rest): the cross-entropy over 1000 times its value
 # at the first step (at least 1.0, so that a near-perfect pretrained start is no hair trigger) at every step of
 # DIVERGENCE_WINDOW. Healthy runs stay within a few times ln(classes); an lr of 1e6 reaches 1e11 within 20 steps.
 DIVERGENCE_FACTOR = 1000.0
 DIVERGENCE_WINDOW = 10
 ZERO_MAP_LIMIT = 0.5
-EMPTY_MASK = 0.02
-FULL_MASK = 0.98
 
 
 @dataclass(frozen=True)
@@ -29,9 +42,17 @@ class Rule:
     key: str  # the reported float the rule reads
     holds: Callable[[float], bool]
     active: Callable[[Mapping[str, float]], bool]  # whether this step counts (e.g. the masker is training)
-    message: str  # what happened and which hparams to look at; {first}, {last} are the window's steps
+    message: str  # what happened and which hparams to look at; {first}, {last}: the window's steps; {value}: now
+    # whether the window scales with the steps the rule has been active (CollapseMonitor.window_for), else WINDOW
+    scales: bool = False
 
 
+# blank_cams and no_annotations keep the fixed window. They are active from the very first step, where a scaling
+# window would be MIN_WINDOW steps long, and at the very start of training the Grad-CAMs can be blank spuriously: a
+# freshly initialised head's class weights give the feature channels near-zero or negative weights, which the ReLU
+# map zeroes, until a few dozen steps have trained it; a run still blank after WINDOW steps is reported. (A batch
+# without annotations is reported at once by the trainer.) The mask rules count only once the masker trains, from
+# a trained classifier.
 RULES = (
     Rule("blank_cams", "zero_cams", lambda share: share > ZERO_MAP_LIMIT, lambda floats: True,
          "more than half of the true-class Grad-CAMs (standard ReLU map) were zero everywhere in each of "
@@ -40,12 +61,13 @@ RULES = (
          "'gradcam_layer' and 'warmup_steps'."),
     Rule("empty_mask", "mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an empty "
-         f"mask: the alignment target is blank). Look at 'lambda_sparsity' (lower), and at 'warmup_steps' / "
-         f"'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity signal), "
-         f"'masker_lr'."),
+         f"mask: the alignment target is blank; its mean now {{value:.2g}}). Look at 'lambda_sparsity' (lower), and "
+         f"at 'warmup_steps' / 'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity "
+         f"signal), 'masker_lr'.", scales=True),
     Rule("full_mask", "mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept over {FULL_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an all-ones "
-         f"mask selects nothing). Look at 'lambda_sparsity' (higher), 'masker_lr' and 'masker_warmup_steps'."),
+         f"mask selects nothing; its mean now {{value:.2g}}). Look at 'lambda_sparsity' (higher), 'masker_lr' and "
+         f"'masker_warmup_steps'.", scales=True),
     Rule("no_annotations", "annotated", lambda share: share == 0.0, lambda floats: True,
          "no sample of steps {first}-{last} had an annotation mask: the explanation loss was zero and the method "
          "trained as plain ERM. Check the run's masks (a mask file or folder that does not match the dataset)."),
@@ -55,12 +77,17 @@ RULES = (
 class CollapseMonitor:
     """Watches reported floats step by step; prints each rule's warning at most once."""
 
-    def __init__(self, algorithm: str, window: int = WINDOW, stream: TextIO | None = None) -> None:
+    def __init__(self, algorithm: str, window: int = WINDOW, stream: TextIO | None = None,
+                 min_window: int = MIN_WINDOW) -> None:
+        """``window``: the longest window (every rule's that does not scale); ``min_window``: a scaling rule's
+        shortest (``min_window=window``: a fixed window for every rule, the rule before issue 29)."""
         self.algorithm = algorithm
         self.window = window
+        self.min_window = min(min_window, window)
         self.stream = stream
         self.fired: list[str] = []  # the messages printed, in order
         self._runs = [deque(maxlen=window) for _ in RULES]  # steps at which each rule held, consecutively
+        self._active = [0 for _ in RULES]  # steps at which each rule was active (its key reported), so far
         self._done: set[str] = set()  # names of the rules (and warn_once names) that fired
         self._first_ce: float | None = None
         self._diverging = 0  # consecutive steps over the divergence threshold
@@ -70,16 +97,29 @@ class CollapseMonitor:
         """Whether the divergence warning has fired: the trainer reports it (``diverged``) at every later step."""
         return "diverged" in self._done
 
+    def window_for(self, rule: Rule, active: int) -> int:
+        """The window of ``rule`` after it has been active ``active`` steps (this one included): ``WINDOW`` (the
+        monitor's ``window``), or for a scaling rule ``active // PHASE_SHARE`` clamped to [min_window, window]."""
+        if not rule.scales:
+            return self.window
+        return max(self.min_window, min(self.window, active // PHASE_SHARE))
+
     def observe(self, step: int, floats: Mapping[str, float]) -> None:
         self._observe_divergence(step, floats)
         for index, rule in enumerate(RULES):
             run = self._runs[index]
-            if rule.key not in floats or not rule.active(floats) or not rule.holds(floats[rule.key]):
+            if rule.key not in floats or not rule.active(floats):
+                run.clear()
+                continue
+            self._active[index] += 1
+            if not rule.holds(floats[rule.key]):
                 run.clear()
                 continue
             run.append(step)
-            if len(run) == self.window:
-                self.warn_once(rule.name, step, rule.message.format(first=run[0], last=run[-1]))
+            window = self.window_for(rule, self._active[index])
+            if len(run) >= window:  # a growing window: the run gains a step each step, the window at most one
+                self.warn_once(rule.name, step, rule.message.format(first=run[-window], last=run[-1],
+                                                                    value=float(floats[rule.key])))
 
     def _observe_divergence(self, step: int, floats: Mapping[str, float]) -> None:
         ce = floats.get("ce")

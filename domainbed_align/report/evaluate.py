@@ -18,7 +18,8 @@ images would be one class).
 Output: one JSON line per (run, environment) on stdout (``split`` "test": a whole test environment; "out": a
 training environment's held-out split; ``zero_maps``: the share of images whose Grad-CAM is zero everywhere, which
 ranks no pixel above another: the metrics then take the pixels in a fixed scrambled order, like a random map;
-``diverged``: whether the run's last results.jsonl record says ``diverged`` > 0, null without one), or
+``diverged``: whether the run's last results.jsonl record says ``diverged`` > 0, ``degenerate_mask``: whether that
+record's masker mask is degenerate (:func:`domainbed_align.runs.records.degenerate_mask`), both null without one), or
 with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every
 run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
 ``--records FILE`` tabulates saved JSON lines. On datasets with ground-truth foreground masks (TextureMNIST,
@@ -44,7 +45,8 @@ from domainbed_align import annotations
 from domainbed_align.report import metrics
 from domainbed_align.report import selection
 from domainbed_align.report import sweep_records
-from domainbed_align.report.render import DIVERGED_MARK, UNFINISHED_MARK, format_cell, mean_and_error, pipe_table
+from domainbed_align.report.render import (DEGENERATE_MASK_MARK, DIVERGED_MARK, UNFINISHED_MARK, format_cell,
+                                           mean_and_error, pipe_table)
 from domainbed_align.runs import records as results_files
 from domainbed_align.runs.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
@@ -177,6 +179,8 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool 
     step = selection.checkpoint_step(checkpoint, results)
     # whether the run diverged (its last record: tables marks the same runs §); None: no results.jsonl to tell
     diverged = results_files.diverged(results[-1]) if results else None
+    # whether its final mask is degenerate (the same record: tables marks the same runs ¶); None: nothing to tell
+    degenerate_mask = results_files.degenerate_mask(results[-1]) if results else None
     for entry in evaluation_images(checkpoint, options.envs, options.data_dir):
         print(f"domainbed-align: {model_pkl.parent.name}: {args['algorithm']}, {entry['env_name']} "
               f"({entry['split']})", file=sys.stderr, flush=True)
@@ -184,6 +188,7 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool 
                                        options.batch_size, options.explain, options.steps, options.fractions,
                                        options.seed)
         yield {"run": str(model_pkl.parent), "finished": finished, "diverged": diverged,
+               "degenerate_mask": degenerate_mask,
                "algorithm": args["algorithm"], "dataset": args["dataset"],
                "test_envs": list(args["test_envs"]), "hparams_seed": args["hparams_seed"],
                "trial_seed": args["trial_seed"], "checkpoint": which, "step": step, "env": entry["env"],
@@ -225,7 +230,8 @@ def finished_runs(models: Sequence[Path]) -> tuple[dict[Path, bool | None], dict
 def markdown_table(records: list[dict]) -> str:
     """Mean (± standard error over runs, when several) per algorithm, environment and checkpoint kind (selected or
     last, with the steps evaluated); a row that counts an unfinished run (``finished`` false) is marked †, one that
-    counts a run that diverged (``diverged`` true) §."""
+    counts a run that diverged (``diverged`` true) §, one whose final mask is degenerate (``degenerate_mask`` true)
+    ¶."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         which = record.get("checkpoint", "last")  # records written before the field existed: model.pkl's
@@ -239,7 +245,8 @@ def markdown_table(records: list[dict]) -> str:
         steps = sorted({r.get("step") for r in group}, key=lambda step: (step is None, step))
         shown = ", ".join("?" if step is None else str(step) for step in steps)
         marks = (UNFINISHED_MARK if any(r.get("finished") is False for r in group) else "") + \
-            (DIVERGED_MARK if any(r.get("diverged") for r in group) else "")
+            (DIVERGED_MARK if any(r.get("diverged") for r in group) else "") + \
+            (DEGENERATE_MASK_MARK if any(r.get("degenerate_mask") for r in group) else "")
         checkpoint = f"{which} (step {shown})" + (f" {marks}" if marks else "")
         rows.append([dataset, algorithm, f"{env_name} ({split})", checkpoint, str(len(group)), str(images), *cells])
     lines = pipe_table(["dataset", "algorithm", "environment", "checkpoint", "runs", "images", *columns], rows)
@@ -251,6 +258,11 @@ def markdown_table(records: list[dict]) -> str:
     if diverged:
         lines.append(f"\n{DIVERGED_MARK}: counts runs that diverged (their results.jsonl's last record says `diverged` "
                      f"> 0; see each run's err.txt): {', '.join(diverged)}.")
+    degenerate = sorted({Path(r["run"]).name for r in records if r.get("degenerate_mask")})
+    if degenerate:
+        lines.append(f"\n{DEGENERATE_MASK_MARK}: counts runs whose final mask is degenerate (their results.jsonl's "
+                     f"last record has a `mask_mean` past warm-up under {annotations.EMPTY_MASK:.0%} or over "
+                     f"{annotations.FULL_MASK:.0%}; see each run's err.txt): {', '.join(degenerate)}.")
     return "\n".join(lines)
 
 

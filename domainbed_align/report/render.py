@@ -14,10 +14,12 @@ import pandas as pd
 
 from domainbed_align import floors
 
-# a cell that counts an unfinished run, one with a damaged results line, one whose run diverged
-UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK = "†", "‡", "§"
-MARKS = (UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK)  # the order a cell shows them in
-LATEX_MARKS = {UNFINISHED_MARK: "$^\\dagger$", DAMAGED_MARK: "$^\\ddagger$", DIVERGED_MARK: "$^\\S$"}
+# a cell that counts an unfinished run, one with a damaged results line, one whose run diverged, one whose run's final
+# mask is degenerate (empty or all ones: runs.records.degenerate_mask)
+UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK, DEGENERATE_MASK_MARK = "†", "‡", "§", "¶"
+MARKS = (UNFINISHED_MARK, DAMAGED_MARK, DIVERGED_MARK, DEGENERATE_MASK_MARK)  # the order a cell shows them in
+LATEX_MARKS = {UNFINISHED_MARK: "$^\\dagger$", DAMAGED_MARK: "$^\\ddagger$", DIVERGED_MARK: "$^\\S$",
+               DEGENERATE_MASK_MARK: "$^\\P$"}
 
 
 # --- statistics of a cell ------------------------------------------------------------------------------------------

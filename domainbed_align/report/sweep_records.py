@@ -4,7 +4,7 @@ The records are :mod:`domainbed_align.runs.records`' (its one reader of results.
 finished; what ``runs`` cannot know is a dataset's default step count (``N_STEPS``, for a run without ``--steps``):
 ours live in :mod:`domainbed_align.data` and DomainBed's behind the boundary (:mod:`domainbed_align.upstream`), both
 layers above ``runs``, so :func:`unfinished_runs` passes it in from here. :class:`Marks` says which cells read an
-unfinished, damaged or diverged run.
+unfinished, damaged or diverged run, or one whose final mask is degenerate.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from domainbed_align.annotations import EMPTY_MASK, FULL_MASK
 from domainbed_align.errors import ResultsFileError
-from domainbed_align.report.render import DAMAGED_MARK, DIVERGED_MARK, MARKS, UNFINISHED_MARK
+from domainbed_align.report.render import DAMAGED_MARK, DEGENERATE_MASK_MARK, DIVERGED_MARK, MARKS, UNFINISHED_MARK
 from domainbed_align.runs import records as results_files
 
 
@@ -112,8 +113,10 @@ def load_records(input_dir: str | os.PathLike, warn: Callable[[str], None] | Non
 
 
 class Marks:
-    """The marks of cells whose runs include an unfinished one (†), one with a damaged line (‡) or one that diverged
-    (§: its last record counted says ``diverged`` > 0), and the notes under the table naming those runs."""
+    """The marks of cells whose runs include an unfinished one (†), one with a damaged line (‡), one that diverged
+    (§: its last record counted says ``diverged`` > 0) or one whose final mask is degenerate (¶: its last record
+    counted has a masker mask mean under 2 % or over 98 % past warm-up, :func:`domainbed_align.runs.records.
+    degenerate_mask`), and the notes under the table naming those runs."""
 
     def __init__(self, records: list[dict]) -> None:
         self.flags = {r["_run"]: (r.get("_unfinished"), tuple(r.get("_damaged") or ())) for r in records
@@ -123,9 +126,12 @@ class Marks:
             if "_run" in record and (record["_run"] not in last or record["step"] >= last[record["_run"]]["step"]):
                 last[record["_run"]] = record
         self.diverging = {run: record["step"] for run, record in last.items() if results_files.diverged(record)}
+        self.collapsing = {run: (record["step"], record["mask_mean"]) for run, record in last.items()
+                           if results_files.degenerate_mask(record)}
         self.unfinished: dict[str, str] = {}
         self.damaged: dict[str, tuple] = {}
         self.diverged: dict[str, int] = {}
+        self.degenerate: dict[str, tuple[int, float]] = {}  # run -> (its last step counted, its mask mean there)
 
     def of(self, runs: Iterable[str]) -> str:
         """The marks of a cell that reads ``runs`` (folder names)."""
@@ -141,6 +147,9 @@ class Marks:
             if run in self.diverging:
                 self.diverged[run] = self.diverging[run]
                 marks += DIVERGED_MARK
+            if run in self.collapsing:
+                self.degenerate[run] = self.collapsing[run]
+                marks += DEGENERATE_MASK_MARK
         return "".join(mark for mark in MARKS if mark in marks)
 
     def notes(self) -> list[str]:
@@ -155,6 +164,14 @@ class Marks:
             runs = [f"{run} (step {step})" for run, step in sorted(self.diverged.items())]
             notes.append(f"{DIVERGED_MARK}: counts runs that diverged (their last record says `diverged` > 0: the "
                          f"loss blew up, see each run's err.txt; their accuracies mean nothing): "
+                         f"{', '.join(runs[:9])}{f', and {len(runs) - 9} more' if len(runs) > 9 else ''}.")
+        if self.degenerate:
+            runs = [f"{run} (mask mean {mean:.2g} at step {step})"
+                    for run, (step, mean) in sorted(self.degenerate.items())]
+            notes.append(f"{DEGENERATE_MASK_MARK}: counts runs whose final mask is degenerate (their last record's "
+                         f"`mask_mean` past warm-up is under {EMPTY_MASK:.0%} or over {FULL_MASK:.0%}: the masker's "
+                         f"mask selects nothing; see each run's err.txt for the collapse warning and the hparams "
+                         f"to look at): "
                          f"{', '.join(runs[:9])}{f', and {len(runs) - 9} more' if len(runs) > 9 else ''}.")
         return notes
 

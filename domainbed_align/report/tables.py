@@ -26,8 +26,11 @@ line is train.py's last step), the others left out in one line on stderr and in 
 counts them, each cell reading one marked †). ``--max_step N``: only checkpoints up to step N, before selection. A
 damaged or cut-off results line is skipped with one warning naming file, line and why, and every cell reading its
 run is marked ‡. A cell that counts a run whose last record says it diverged (``diverged`` > 0: the trainer's
-divergence warning fired, its accuracies mean nothing) is marked §. ``--input_dir`` may be a sweep folder or a
-results folder holding its runs in ``runs/``.
+divergence warning fired, its accuracies mean nothing) is marked §, one that counts a run whose last record has a
+degenerate masker mask (ALIGN's ``mask_mean`` past warm-up under 2 % or over 98 %: the mask selects nothing, the
+collapse monitor's thresholds; :func:`domainbed_align.runs.records.degenerate_mask`) ¶; the notes name the runs (and
+the step, or the final mask mean). ``--input_dir`` may be a sweep folder or a results folder holding its runs in
+``runs/``.
 """
 
 from __future__ import annotations

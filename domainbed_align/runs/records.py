@@ -4,7 +4,8 @@
 a partial last line, and upstream's reader then stops every table with a JSONDecodeError traceback that names
 no file. :func:`check_results_files` finds every damaged line in a sweep folder and says what to do; it reads
 only and never edits a file (a damaged run stays for the user to inspect). Below: what ``tables`` and ``evaluate``
-read, each damaged line with its whole reason, and which runs are finished (liveness' run states).
+read, each damaged line with its whole reason, which runs are finished (liveness' run states), and what a record says
+of its run (:func:`diverged`, :func:`degenerate_mask`: the report commands mark such runs).
 
 Every reader here (and ``evaluate``'s of its own JSON lines) goes through :func:`json_lines`: one way to split and
 parse a JSON-lines file, upstream's. This module imports nothing above ``runs``: a dataset's default step count
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from domainbed_align.annotations import EMPTY_MASK, FULL_MASK
 from domainbed_align.runs import liveness
 from domainbed_align.errors import ResultsFileError
 
@@ -136,6 +138,18 @@ def diverged(record: dict) -> bool:
     the key (DomainBed's own algorithms, older runs) say no."""
     value = record.get("diverged")
     return isinstance(value, (int, float)) and value > 0
+
+
+def degenerate_mask(record: dict) -> bool:
+    """Whether a train.py checkpoint record says its run's masker mask was degenerate over the interval: ALIGN reports
+    ``mask_mean`` (its mean over the interval) and ``in_warmup``; past the classifier's warm-up (``in_warmup`` 0 over
+    the whole interval: the masker trained at every step) a mean under ``EMPTY_MASK`` (an empty mask) or over
+    ``FULL_MASK`` (an all-ones one) selects nothing. The thresholds are the collapse monitor's
+    (:mod:`domainbed_align.annotations`). Records without the keys (other methods, older runs) say no."""
+    mean, warmup = record.get("mask_mean"), record.get("in_warmup")
+    if not isinstance(mean, (int, float)) or not isinstance(warmup, (int, float)) or warmup != 0:
+        return False
+    return mean < EMPTY_MASK or mean > FULL_MASK
 
 
 def sweep_folder(input_dir: str | os.PathLike) -> Path:

@@ -26,7 +26,6 @@ import argparse
 import os
 import sys
 import threading
-import time
 from typing import Any, Sequence
 
 from domainbed_align.errors import DomainbedAlignError, user_message

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from domainbed_align.report.selection import selected_record
+from domainbed_align.runs.validation import selected_record
 from domainbed_align.runs.records import json_lines, readable_records  # the one JSON-lines reader
 
 

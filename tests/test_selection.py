@@ -15,6 +15,7 @@ import torch
 
 from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.report import selection
+from domainbed_align.runs import validation
 from domainbed_align.methods.erm import TimmERM
 from domainbed_align.methods.checkpoints import load_algorithm, read_checkpoint
 from domainbed_align.upstream import checkpoint_keeper, train_script
@@ -48,7 +49,7 @@ def _record(step, out_accs, test_envs=(2,)):
 @pytest.fixture
 def in_train_py(tmp_path, monkeypatch):
     _as_train_py(monkeypatch, tmp_path)
-    monkeypatch.delenv(selection.SWITCH, raising=False)
+    monkeypatch.delenv(validation.SWITCH, raising=False)
     return tmp_path
 
 
@@ -75,10 +76,10 @@ def test_the_first_best_checkpoint_is_kept_with_its_step_and_weights(in_train_py
     # validation = mean over training envs 0 and 1 (env 2 is the test env, its 0.99 must not count)
     accs = [[0.2, 0.4, 0.99], [0.6, 0.6, 0.0], [0.5, 0.7, 0.0], [0.1, 0.1, 0.99]]
     _, weights = _simulate(in_train_py, accs)
-    checkpoint = read_checkpoint(in_train_py / selection.SELECTED_FILE)
+    checkpoint = read_checkpoint(in_train_py / validation.SELECTED_FILE)
     # step 1 and step 2 both have validation 0.6: the earlier is kept, as upstream's argmax keeps it
-    assert checkpoint["selection"] == {"method": selection.METHOD, "step": 1, "val_acc": pytest.approx(0.6)}
-    loaded = load_algorithm(in_train_py / selection.SELECTED_FILE)
+    assert checkpoint["selection"] == {"method": validation.METHOD, "step": 1, "val_acc": pytest.approx(0.6)}
+    loaded = load_algorithm(in_train_py / validation.SELECTED_FILE)
     for key, value in loaded.classifier.state_dict().items():
         assert torch.equal(value, weights[1][key]), key
     assert not torch.equal(weights[1]["backbone.fc.weight"], weights[3]["backbone.fc.weight"])
@@ -89,29 +90,29 @@ def test_the_first_best_checkpoint_is_kept_with_its_step_and_weights(in_train_py
 
 def test_an_earlier_attempts_lines_do_not_count(in_train_py):
     _simulate(in_train_py, [[0.3, 0.3, 0.0], [0.5, 0.5, 0.0], [0.4, 0.4, 0.0]], stale_lines=2)
-    assert read_checkpoint(in_train_py / selection.SELECTED_FILE)["selection"]["step"] == 1
+    assert read_checkpoint(in_train_py / validation.SELECTED_FILE)["selection"]["step"] == 1
 
 
 def test_nothing_is_written_outside_train_py_or_when_switched_off(tmp_path, monkeypatch):
     _as_train_py(monkeypatch, None)
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
-    assert not (tmp_path / selection.SELECTED_FILE).exists()
+    assert not (tmp_path / validation.SELECTED_FILE).exists()
     _as_train_py(monkeypatch, tmp_path)
-    monkeypatch.setenv(selection.SWITCH, "0")
+    monkeypatch.setenv(validation.SWITCH, "0")
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
-    assert not (tmp_path / selection.SELECTED_FILE).exists()
+    assert not (tmp_path / validation.SELECTED_FILE).exists()
 
 
 @pytest.mark.parametrize("word", ["OFF", "False", "no", " 0 "])
 def test_every_way_of_saying_off_switches_it_off(tmp_path, monkeypatch, word):
     _as_train_py(monkeypatch, tmp_path)
-    monkeypatch.setenv(selection.SWITCH, word)
+    monkeypatch.setenv(validation.SWITCH, word)
     _simulate(tmp_path, [[0.3, 0.3, 0.0]])
-    assert not (tmp_path / selection.SELECTED_FILE).exists()
+    assert not (tmp_path / validation.SELECTED_FILE).exists()
 
 
 @pytest.mark.parametrize("variable, value, named", [
-    (selection.SWITCH, "maybe", "DOMAINBED_ALIGN_KEEP_SELECTED = 'maybe' is not a boolean"),
+    (validation.SWITCH, "maybe", "DOMAINBED_ALIGN_KEEP_SELECTED = 'maybe' is not a boolean"),
     ("DOMAINBED_ALIGN_KEEP_SELECTD", "0", "did you mean DOMAINBED_ALIGN_KEEP_SELECTED?")])
 def test_a_switch_it_cannot_read_stops_train_py_instead_of_saving(in_train_py, monkeypatch, variable, value, named):
     from domainbed_align.settings import SettingsError
@@ -131,17 +132,17 @@ def test_a_line_that_does_not_describe_the_weights_is_not_saved(in_train_py):
         handle.write(json.dumps(_record(7, [0.5, 0.5, 0.5])) + "\n")  # step 7, but one update was made
     algorithm.state_dict()
     assert any("step 7" in message for message in algorithm.monitor.fired)
-    assert not (in_train_py / selection.SELECTED_FILE).exists()
+    assert not (in_train_py / validation.SELECTED_FILE).exists()
 
 
 def test_validation_accuracy_is_upstreams_mean_over_training_environments():
     record = _record(0, [0.1, 0.2, 0.7, 0.4], test_envs=(2,))
-    assert selection.validation_accuracy(record) == np.mean([0.1, 0.2, 0.4])
+    assert validation.validation_accuracy(record) == np.mean([0.1, 0.2, 0.4])
     # several test environments (single-source runs): all of them are excluded
-    assert selection.validation_accuracy(_record(0, [0.1, 0.2, 0.7], test_envs=(1, 2))) == 0.1
-    assert selection.validation_accuracy(_record(0, [0.1, 0.2], test_envs=(0, 1))) is None
+    assert validation.validation_accuracy(_record(0, [0.1, 0.2, 0.7], test_envs=(1, 2))) == 0.1
+    assert validation.validation_accuracy(_record(0, [0.1, 0.2], test_envs=(0, 1))) is None
     records = [_record(s, accs) for s, accs in enumerate([[0.1, 0.1, 0], [0.3, 0.1, 0], [0.1, 0.3, 0]])]
-    assert selection.selected_record(records)["step"] == 1
+    assert validation.selected_record(records)["step"] == 1
     assert selection.checkpoint_step({"selection": {"step": 4}}, records) == 4
     assert selection.checkpoint_step({}, records) == 2
 
@@ -162,9 +163,9 @@ def test_a_failed_write_warns_once_and_training_goes_on(in_train_py, monkeypatch
     monkeypatch.setattr(checkpoint_keeper.torch, "save", save)
     (in_train_py / "results.jsonl").unlink()
     algorithm, _ = _simulate(in_train_py, [[0.3, 0.3, 0.0], [0.4, 0.4, 0.0]])  # two improvements, both fail
-    warnings = [line for line in capsys.readouterr().err.splitlines() if selection.SELECTED_FILE in line]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if validation.SELECTED_FILE in line]
     assert len(warnings) == 1, warnings
-    assert str(in_train_py / selection.SELECTED_FILE) in warnings[0] and "No space left on device" in warnings[0]
+    assert str(in_train_py / validation.SELECTED_FILE) in warnings[0] and "No space left on device" in warnings[0]
     assert "training continues" in warnings[0]
     # the earlier file is not the selection any more: gone, and no half-written file or temporary is left
     assert [p.name for p in in_train_py.iterdir()] == ["results.jsonl"]
@@ -173,7 +174,7 @@ def test_a_failed_write_warns_once_and_training_goes_on(in_train_py, monkeypatch
         handle.write(json.dumps(_record(2, [0.5, 0.5, 0.0]), sort_keys=True) + "\n")
     algorithm.update(_batches(2))
     algorithm.state_dict()
-    assert read_checkpoint(in_train_py / selection.SELECTED_FILE)["selection"]["step"] == 2
+    assert read_checkpoint(in_train_py / validation.SELECTED_FILE)["selection"]["step"] == 2
 
 
 def test_the_keeper_learns_the_run_folder_from_train_pys_own_arguments(monkeypatch):

@@ -2,8 +2,9 @@
 
 Give it run folders' ``model.pkl`` files (``--model``) or a sweep's output folder (``--input_dir``: every
 ``*/model.pkl`` in it, or with ``--checkpoint selected`` every ``*/model_selected.pkl``, the checkpoint
-training-domain validation selects, which our algorithms keep while train.py runs: :mod:`domainbed_align.report.selection`;
-each record says which checkpoint and step it describes). Each model is loaded with :func:`domainbed_align.methods.checkpoints.load_algorithm`, its dataset
+training-domain validation selects, which our algorithms keep while train.py runs:
+:mod:`domainbed_align.upstream.checkpoint_keeper`; each record says which checkpoint and step it describes). Each
+model is loaded with :func:`domainbed_align.methods.checkpoints.load_algorithm`, its dataset
 rebuilt from the run's own arguments (without data augmentation), and on each evaluated environment it reports
 accuracy and the three metrics of :mod:`domainbed_align.report.metrics` for its true-class Grad-CAMs (``--explain
 predicted`` for the predicted class), next to the same metrics for random maps of the same resolution (the level
@@ -44,6 +45,7 @@ import torch
 from domainbed_align import annotations
 from domainbed_align.report import metrics
 from domainbed_align.report import selection
+from domainbed_align.runs import validation
 from domainbed_align.report import sweep_records
 from domainbed_align.report.render import (DEGENERATE_MASK_MARK, DIVERGED_MARK, UNFINISHED_MARK, format_cell,
                                            mean_and_error, pipe_table)
@@ -60,7 +62,7 @@ FOREGROUND = ("foreground_mass", "foreground_share")  # None where the dataset h
 MASKER = ("masker_iou", "masker_soft_iou", "all_ones_iou", "mask_mean")  # ALIGN on datasets with masks, else None
 
 
-CHECKPOINT_FILES = {"last": selection.LAST_FILE, "selected": selection.SELECTED_FILE}
+CHECKPOINT_FILES = {"last": validation.LAST_FILE, "selected": validation.SELECTED_FILE}
 
 
 def find_models(input_dir: str | os.PathLike, checkpoint: str = "last") -> list[Path]:

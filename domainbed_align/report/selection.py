@@ -15,8 +15,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from domainbed_align.runs.validation import LAST_FILE, METHOD, SELECTED_FILE, SWITCH  # noqa: F401 (re-exported)
-from domainbed_align.runs.validation import selected_record, validation_accuracy  # noqa: F401 (re-exported)
 
 IID, LODO, ORACLE = ("training-domain validation set", "leave-one-domain-out cross-validation",
                      "test-domain validation set (oracle)")  # upstream's names for its selection methods

@@ -54,7 +54,10 @@ def describe_random(spec) -> str:
         return "fixed"
     cells = dict(zip(sample.__code__.co_freevars, (c.cell_contents for c in sample.__closure__ or ())))
     if sample.__qualname__.startswith("log_uniform.") and {"low", "high"} <= set(cells):
-        return f"10^U({cells['low']:g}, {cells['high']:g})"
+        scaled = {dataset: spec.scale_for(dataset) for dataset in _datasets()} if spec.scale_for else {}
+        scaled = {dataset: factor for dataset, factor in scaled.items() if factor != 1.0}
+        return f"10^U({cells['low']:g}, {cells['high']:g})" + "".join(
+            f"; times {factor:.3g} on {dataset}" for dataset, factor in scaled.items())
     if sample.__qualname__.startswith("choice.") and "values" in cells:
         return "{" + ", ".join(f"{v:g}" if isinstance(v, float) else _value(v) for v in cells["values"]) + "}"
     return "random"

@@ -120,6 +120,9 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
        GENERAL),
     _S("keep_selected", bool, True, "train.py runs of our algorithms keep model_selected.pkl, the checkpoint "
                                     "training-domain validation selects", GENERAL),
+    _S("trace_steps", bool, False, "train.py runs of our algorithms append every update()'s floats to steps.jsonl "
+                                   "in the run's folder, with diagnostics (ALIGN: each masker term's gradient "
+                                   "norm); changes no step", GENERAL),
     _S("traceback", bool, False, "our errors show Python's full traceback instead of one line (for debugging)",
        GENERAL),
     # --- the test suite (environment only; read by tests/ and .ci/run) ---

@@ -46,6 +46,13 @@ def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParse
     # ours
     p.add_argument("--protocol", choices=["domainbed", "single_source"], default="domainbed",
                    help="domainbed: upstream's test environments; single_source: train on one domain, test on the rest")
+    p.add_argument("--source_envs", type=int, nargs="+", default=None, metavar="ENV",
+                   help="single_source: only the runs trained on these environments (indices; default: every one), "
+                        "e.g. the paper's VOC2007-only single-source protocol")
+    p.add_argument("--held_out_envs", type=int, nargs="+", default=None, metavar="ENV",
+                   help="domainbed protocol: only the runs that hold out every one of these environments (none trains "
+                        "on them), e.g. DecoyMNIST's 2; without --single_test_envs the pairs that leave-one-domain-out "
+                        "selection needs stay")
     p.add_argument("--detach", action="store_true", help="launch: return once submitted (slurm); see status")
     p.add_argument("--poll_seconds", type=float, default=5.0, help="launch: how often the progress bar looks")
     return p
@@ -54,7 +61,8 @@ def parser(datasets: list[str], algorithms: list[str]) -> argparse.ArgumentParse
 def make_jobs(options: argparse.Namespace) -> list[Any]:
     """Upstream ``Job``s for the options: ``sweep launch``'s own (domainbed) or single-source ones."""
     make = adapter.upstream_single_source_jobs if options.protocol == "single_source" else adapter.upstream_jobs
-    extra = {} if options.protocol == "single_source" else {"single_test_envs": options.single_test_envs}
+    extra = ({"source_envs": options.source_envs} if options.protocol == "single_source"
+             else {"single_test_envs": options.single_test_envs, "held_out_envs": options.held_out_envs})
     return make(options.output_dir, options.data_dir, options.datasets, options.algorithms, options.n_hparams,
                 options.n_trials, options.steps, options.hparams, n_hparams_from=options.n_hparams_from,
                 task=options.task, holdout_fraction=options.holdout_fraction, **extra)
@@ -220,6 +228,26 @@ def check_names(options: argparse.Namespace) -> None:
     from domainbed_align.upstream import preflight
 
     given = preflight.parse_hparams(options.hparams)
+    if options.held_out_envs is not None:
+        if options.protocol != "domainbed":
+            raise preflight.RunArgumentError("--held_out_envs filters --protocol domainbed's runs; with single_source "
+                                             "use --source_envs (the training domain) instead")
+        for dataset in options.datasets:
+            n_envs = len(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)
+            wrong = [env for env in options.held_out_envs if not 0 <= env < n_envs]
+            if wrong:
+                raise preflight.RunArgumentError(f"--held_out_envs {wrong}: {dataset} has environments 0-{n_envs - 1} "
+                                                 f"({', '.join(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)})")
+    if options.source_envs is not None:
+        if options.protocol != "single_source":
+            raise preflight.RunArgumentError("--source_envs chooses the training domain of --protocol single_source; "
+                                             "add --protocol single_source, or drop --source_envs")
+        for dataset in options.datasets:
+            n_envs = len(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)
+            wrong = [env for env in options.source_envs if not 0 <= env < n_envs]
+            if wrong:
+                raise preflight.RunArgumentError(f"--source_envs {wrong}: {dataset} has environments 0-{n_envs - 1} "
+                                                 f"({', '.join(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)})")
     for dataset in options.datasets:
         for algorithm in options.algorithms:
             preflight.check_run(algorithm, dataset, given, options.data_dir, test_envs=(),

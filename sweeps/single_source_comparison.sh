@@ -4,7 +4,10 @@
 # 500 steps, batch 8, DomainBed's default hparams, two runs at a time with one thread each (`parallel` launcher).
 #
 #   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/single_source_comparison.sh DATASET RESULTS_DIR \
-#       [--algorithms TimmERM DRE ALIGN] [--n_trials 3]
+#       [--algorithms TimmERM DRE ALIGN] [--n_trials 3] [--source_envs 1 ...] [--hparams '{"sparsity_floor": 0.05}']
+#
+# --source_envs: only the runs trained on these environments; --hparams: a JSON object merged into the settings
+# below (same keys: yours win). Runs are named by their arguments, so the same settings give the same runs.
 #
 # Run from the repository root (train.py records --data_dir and --output_dir, so they stay relative). Resumable:
 # rerun the same command; our delete_incomplete removes dead runs (never live ones) and launch trains the rest.
@@ -18,12 +21,14 @@ if [ $# -lt 2 ]; then
 fi
 dataset=$1 results=$2
 shift 2
-algorithms=(TimmERM DRE ALIGN) n_trials=3
+algorithms=(TimmERM DRE ALIGN) n_trials=3 source_envs=() extra_hparams='{}'
 while [ $# -gt 0 ]; do
   case "$1" in
     --algorithms) shift; algorithms=(); while [ $# -gt 0 ] && [[ $1 != --* ]]; do algorithms+=("$1"); shift; done ;;
+    --source_envs) shift; while [ $# -gt 0 ] && [[ $1 != --* ]]; do source_envs+=("$1"); shift; done ;;
     --n_trials) n_trials=$2; shift 2 ;;
-    *) echo "error: unknown option $1 (known: --algorithms, --n_trials)" >&2; exit 2 ;;
+    --hparams) extra_hparams=$2; shift 2 ;;
+    *) echo "error: unknown option $1 (known: --algorithms, --n_trials, --source_envs, --hparams)" >&2; exit 2 ;;
   esac
 done
 [ -n "${DOMAINBED_ROOT:-}" ] || { echo "error: set DOMAINBED_ROOT to DomainBed at b93c22a" >&2; exit 2; }
@@ -33,9 +38,14 @@ out="sweeps/out/$(basename "$results")_500steps_${n_trials}trials"
 mkdir -p "$results/runs" "$out"
 export PYTHONPATH="$DOMAINBED_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export DOMAINBED_ALIGN_JOBS=${DOMAINBED_ALIGN_JOBS:-2} DOMAINBED_ALIGN_THREADS_PER_JOB=${DOMAINBED_ALIGN_THREADS_PER_JOB:-1}
-sweep=("$python" -m domainbed_align.sweep --datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data"
+# The settings as one JSON object; the key order of the default settings is kept (it is part of the run's name).
+hparams=$("$python" -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[1]), **json.loads(sys.argv[2])}))' \
+  '{"batch_size": 8, "warmup_steps": 250, "masker_warmup_steps": 100}' "$extra_hparams") \
+  || { echo "error: --hparams must be a JSON object, got: $extra_hparams" >&2; exit 2; }
+sweep=("$python" -m domainbed_align.sweep)  # then the command, then its options (--source_envs takes a list)
+options=(--datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data"
        --output_dir "$out" --protocol single_source --n_hparams 1 --n_trials "$n_trials" --steps 500
-       --hparams '{"batch_size": 8, "warmup_steps": 250, "masker_warmup_steps": 100}')
+       --hparams "$hparams" ${source_envs[@]:+--source_envs "${source_envs[@]}"})
 
 "$python" -m domainbed_align.data prepare --data_dir "$data"
 copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
@@ -50,9 +60,9 @@ copier_loop() { while [ ! -f "$stop" ]; do copy_finished 2>/dev/null || true; sl
 rm -f "$stop"
 copier_loop &
 trap 'touch "$stop"' EXIT
-"${sweep[@]}" delete_incomplete --skip_confirmation
+"${sweep[@]}" delete_incomplete "${options[@]}" --skip_confirmation
 status=0
-"${sweep[@]}" launch --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
+"${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
 copy_finished
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --layout single_source in_domain \
   --output "$results/tables.md"

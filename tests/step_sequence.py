@@ -57,6 +57,8 @@ def run(name: str) -> dict:
     hparams = hparams_lib.default_hparams(name, "TextureMNIST", lr=1e-3, batch_size=4)
     if name == "ALIGN":  # every phase within STEPS: warm-up, masker warm-up, then two aligned steps
         hparams.update(warmup_steps=1, masker_warmup_steps=1)
+        if "sparsity_floor" in hparams:  # the published term, which every tree has (issue 29's floor came later)
+            hparams["sparsity_floor"] = 0.0
     data = batches(entry.annotations)
     shape = (3 + int(entry.annotations), SIDE, SIDE)
     if entry.annotations:

@@ -118,6 +118,32 @@ def test_baselines_train_through_upstream_train_py_annotation_methods_on_their_m
     assert "plain ERM" not in (out / "err.txt").read_text()
 
 
+@pytest.mark.parametrize("algorithm", ["RRR", "ALIGN"])
+def test_decoy_mnist_trains_through_upstream_train_py_holding_out_the_randomized_decoys(
+        data_dir: Path, tmp_path: Path, algorithm: str) -> None:
+    """Issue 30: DecoyMNIST is a dataset of upstream's registry; RRR gets the patch annotation (gt_masks on by default)
+    and the reference's lambda translated to pixel/255 inputs; ALIGN's masker runs on the one-channel digits."""
+    from conftest import hook_active, run_python
+
+    if not hook_active():
+        pytest.skip("pip install -e . first (the .pth hook is inactive)")
+    out = tmp_path / algorithm
+    result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", "DecoyMNIST",
+                         "--data_dir", str(data_dir), "--test_envs", "2", "--steps", "2", "--checkpoint_freq", "5",
+                         "--hparams", '{"batch_size": 4, "warmup_steps": 1}', "--output_dir", str(out)],
+                        Path(ROOT), cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    import json
+
+    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert all(0.0 <= last[f"env{i}_in_acc"] <= 1.0 for i in range(3)) and "env3_in_acc" not in last
+    if algorithm == "RRR":
+        assert last["hparams"]["gt_masks"] is True and last["annotated"] == 1.0 and last["rrr_penalty"] > 0.0
+        assert last["hparams"]["lambda_rrr"] == pytest.approx(1000 / 255 ** 2)
+    else:
+        assert last["in_warmup"] == 0.0 and 0.0 < last["mask_mean"] < 1.0 and "gt_masks" not in last["hparams"]
+
+
 def _write_half_masks(environments: list, mask_dir: Path) -> None:
     """Synthetic masks for image-folder environments: the left half of each image."""
     from PIL import Image

@@ -244,3 +244,40 @@ def test_records_say_whether_the_run_diverged_and_the_table_marks_it(tmp_path, d
            "err.txt): blew_up." in table
     calm = evaluate.markdown_table([r for r in records if Path(r["run"]).name == "calm"])
     assert "§" not in calm and "¶" not in calm
+
+
+class _MapsGiven(torch.nn.Module):
+    """A stand-in algorithm whose explanation is ``maps(images)`` and whose prediction is class 0."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.maps = maps
+
+    def predict(self, images):
+        return torch.zeros(images.shape[0], 10) + torch.arange(10).flip(0)
+
+    def explain(self, images, classes):
+        return self.maps(images)
+
+
+def test_decoy_mass_is_the_grad_cams_share_on_the_patch_and_only_decoy_mnist_shows_it(data_dir):
+    from domainbed_align.data import DecoyMNIST
+
+    environment = DecoyMNIST(str(data_dir), [2], {}).datasets[2]
+    indices = list(range(40))
+    # evaluate_environment draws a seeded subset (seed 0, one batch): a map that is each drawn image's patch
+    order = evaluate.seeded_subset(indices, 40, torch.Generator().manual_seed(0))
+    on_patch = _MapsGiven(lambda images: torch.stack([environment.decoy(i)[0] for i in order[:len(images)]]))
+    uniform = _MapsGiven(lambda images: torch.ones(images.shape[0], 7, 7))
+    measured = evaluate.evaluate_environment(on_patch, environment, indices, 40, 40, "label", 4, (0.1,))
+    assert measured["decoy_mass"] == pytest.approx(1.0) and measured["decoy_share"] == pytest.approx(16 / 784)
+    assert measured["mask_decoy_mass"] is None  # no masker
+    spread = evaluate.evaluate_environment(uniform, environment, indices, 40, 40, "label", 4, (0.1,))
+    assert spread["decoy_mass"] == pytest.approx(1 / 49)  # a 7x7 map cell covers exactly one 4x4 patch
+    table = evaluate.markdown_table([{**spread, "run": "r", "dataset": "DecoyMNIST", "algorithm": "X",
+                                      "env_name": "randomized", "split": "test"}])
+    assert "decoy_mass" in table.splitlines()[0]
+    texture = evaluate.markdown_table([{"run": "r", "dataset": "TextureMNIST", "algorithm": "X", "env_name": "photos",
+                                        "split": "test", "n_images": 1, "accuracy": 0.5}])
+    assert "decoy_mass" not in texture

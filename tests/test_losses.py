@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from domainbed_align.methods.losses import (alignment_bce, class_group_weights, dre_mixup_loss, dre_sparsity,
-                                            haics_bce, masker_loss, same_class_partners, total_variation)
+                                            floored_sparsity, haics_bce, masker_loss, same_class_partners,
+                                            total_variation)
 
 
 def test_total_variation_by_hand():
@@ -30,6 +31,24 @@ def test_masker_loss_by_hand():
     assert terms["smooth"].item() == pytest.approx(smooth)
     assert terms["distance"].item() == pytest.approx(0.5)
     assert terms["loss"].item() == pytest.approx(fidelity + 0.5 * sparsity + 2.0 * smooth)
+
+
+def test_floored_sparsity_by_hand_and_its_gradient_turns_at_the_floor():
+    # image 0 keeps 1/4 of its pixels, image 1 keeps 1/2; floor 0.3: image 0 is 0.05 under it, image 1 0.2 over it
+    masks = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[1.0, 1.0], [0.0, 0.0]]]], requires_grad=True)
+    value = floored_sparsity(masks, 0.3)
+    assert value.item() == pytest.approx((0.05 + 0.2) / 2)
+    (gradient,) = torch.autograd.grad(value, masks)
+    published = torch.autograd.grad(masks.abs().mean(), masks)[0]  # 1 / (N * H * W) on every pixel
+    assert torch.allclose(gradient[1], published[1])  # over the floor: the published push down
+    assert torch.allclose(gradient[0], -published[0])  # under it: the same push, up
+    # floor 0 is the published term (the loss takes the published expression itself then: bit for bit)
+    assert floored_sparsity(masks, 0.0).item() == pytest.approx(masks.mean().item())
+    terms = masker_loss(torch.tensor([0.9, 0.6]), torch.tensor([0.1, 0.4]), masks, 0.5, 2.0, sparsity_floor=0.0)
+    assert terms["sparsity"].item() == masks.mean().item()
+    floored = masker_loss(torch.tensor([0.9, 0.6]), torch.tensor([0.1, 0.4]), masks, 0.5, 2.0, sparsity_floor=0.3)
+    assert floored["sparsity"].item() == pytest.approx(0.125)
+    assert floored["loss"].item() == pytest.approx(terms["loss"].item() - 0.5 * (3 / 8 - 0.125))
 
 
 def test_alignment_bce_by_hand_and_clamped():

@@ -64,3 +64,33 @@ def test_the_masker_finds_the_region_the_classifier_reads(read, ignored):
     assert found >= 3 * all_ones, (found, all_ones)
     assert mask_iou(masks, other).mean().item() < found / 3  # the equally visible patch it does not read
     assert 0.02 < masks.mean().item() < 0.5  # neither empty nor everything
+
+
+class ReadsNothing(nn.Module):
+    """A classifier whose output does not depend on the image: the masker's fidelity term has no gradient, the case a
+    weak single-domain classifier approaches (issue 29: p_y(x*M) and p_y(x*(1-M)) barely differ)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(images.shape[0], 2) + 0.0 * images.sum()
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_without_fidelity_signal_sparsity_empties_the_mask_unless_it_stops_at_a_floor(floor):
+    """Issue 29's mechanism in miniature: with nothing for the fidelity term to find, the published sparsity term
+    (floor 0) drives the mask under EMPTY_MASK (the collapse the monitor reports); with sparsity_floor the mask stays
+    near the floor instead (a one-sided floor, relu(mean - floor), fails this: Adam's momentum carries the masker
+    past the floor and nothing brings it back)."""
+    from domainbed_align.annotations import EMPTY_MASK
+
+    torch.manual_seed(0)
+    hparams = hparams_lib.default_hparams("ALIGN", "Debug28", warmup_steps=0, masker_warmup_steps=0, masker_lr=3e-3,
+                                          sparsity_floor=floor)
+    algorithm = ALIGN((3, SIZE, SIZE), 2, 1, hparams)
+    algorithm.classifier = ReadsNothing()
+    generator = torch.Generator().manual_seed(0)
+    means = [algorithm.masker_step(*_batch(16, generator))["mask_mean"] for _ in range(300)]
+    assert means[0] > 0.3  # a fresh masker keeps about half
+    if floor == 0.0:
+        assert means[-1] < EMPTY_MASK / 2, means[-1]
+    else:
+        assert 0.8 * floor < min(means[-50:]) and max(means[-50:]) < 2 * floor, (min(means[-50:]), max(means[-50:]))

@@ -104,7 +104,8 @@ def test_a_collapse_late_in_a_short_run_fires_once_naming_the_steps_the_value_an
     # the window: a fifth of the masker's steps so far (250 from step 250 on), at least 10
     assert last - first + 1 == (step - 250 + 1) // monitor_lib.PHASE_SHARE == 42 and step == 461
     assert f"its mean now {floats[step]['mask_mean']:.2g}" in fired[0]
-    for hparam in ("'lambda_sparsity' (lower)", "'warmup_steps'", "'masker_warmup_steps'", "'masker_lr'"):
+    for hparam in ("'sparsity_floor'", "'lambda_sparsity' (lower)", "'warmup_steps'", "'masker_warmup_steps'",
+                   "'masker_lr'"):
         assert hparam in fired[0]
     # the rule before issue 29, a fixed window of WINDOW steps, could not fire: the collapse lasts 80 steps
     assert sum(1 for f in floats[420:] if f["mask_mean"] < monitor_lib.EMPTY_MASK) == 80 < monitor_lib.WINDOW
@@ -155,3 +156,27 @@ def test_the_logged_single_source_runs_flag_the_final_mask_of_align_trained_on_m
     assert flagged == {((0, 2, 3), 0)}
     assert finals[((0, 2, 3), 0)]["mask_mean"] < 0.001 and finals[((0, 2, 3), 0)]["step"] == 499
     assert not degenerate_mask(finals[((0, 2, 3), 1)])  # recovered to 0.031 by its last interval
+
+
+def test_the_monitor_fires_on_the_reproduced_collapse_where_train_py_did():
+    """results/align_single_source_collapse/reproduction (issue 29): the medical-only runs again, traced step by step
+    (DOMAINBED_ALIGN_TRACE_STEPS). Fed the traced floats, the monitor fires exactly where train.py's own err.txt says it
+    fired (trials 0 and 1, whose masks emptied in the masker warm-up), and not for trial 2, whose mask held at 0.1."""
+    import json
+    import re
+    from pathlib import Path
+
+    runs = Path(__file__).resolve().parents[1] / "results" / "align_single_source_collapse" / "reproduction" / "runs"
+    fired = {}
+    for folder in sorted(runs.iterdir()):
+        trial = json.loads((folder / "results.jsonl").read_text().splitlines()[-1])["args"]["trial_seed"]
+        steps = [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps] == list(range(500))
+        monitor = CollapseMonitor("ALIGN", stream=io.StringIO())
+        for record in steps:
+            monitor.observe(record["step"], record)
+        logged = re.findall(r"ALIGN at step (\d+): the masker's mask kept under 2%", (folder / "err.txt").read_text())
+        replayed = [re.search(r"at step (\d+)", text).group(1) for text in monitor.fired]
+        assert replayed == logged
+        fired[trial] = [int(step) for step in logged]
+    assert fired == {0: [318], 1: [308], 2: []}

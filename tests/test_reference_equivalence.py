@@ -54,8 +54,10 @@ def _same_class_partners(labels: torch.Tensor, generator: torch.Generator) -> to
 def _setup(freeze_bn: bool = False, **overrides: Any) -> dict[str, Any]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
+    # sparsity_floor 0: the reference is the published masker loss (mean |M|); the floor is tested in test_losses
     hparams = hparams_lib.default_hparams("ALIGN", "Debug28", warmup_steps=0, masker_warmup_steps=0,
-                                          freeze_bn=freeze_bn, lambda_align=1.0, lambda_reg=1.0, **overrides)
+                                          freeze_bn=freeze_bn, lambda_align=1.0, lambda_reg=1.0,
+                                          **{"sparsity_floor": 0.0, **overrides})
     algorithm = ALIGN(SHAPE, CLASSES, len(LABELS), hparams)
     _randomise_batchnorm(algorithm.classifier, generator)
     algorithm.to(DTYPE)

@@ -73,6 +73,34 @@ def test_launchers_join_upstreams_registry_and_runs_land_where_upstreams_sweep_p
             if "test_envs=" in line} == {"[1, 2]", "[0, 2]", "[0, 1]"}
 
 
+def test_source_envs_keeps_the_single_source_runs_of_those_domains_and_refuses_what_cannot_work(tmp_path):
+    every = ours("status", sweep_args(tmp_path, "--protocol", "single_source"))
+    one = ours("status", sweep_args(tmp_path, "--protocol", "single_source", "--source_envs", "1"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    kept = [line for line in one.stdout.splitlines() if "test_envs=" in line]
+    assert len(kept) == 1 and "test_envs=[0, 2]" in kept[0]
+    assert kept[0] in every.stdout  # the same run (folder, seed) as in the whole protocol
+    for extra, named in [(("--protocol", "single_source", "--source_envs", "3"), "--source_envs [3]: Debug28 has "
+                          "environments 0-2"), (("--source_envs", "1"), "add --protocol single_source")]:
+        refused = ours("status", sweep_args(tmp_path, *extra))
+        assert refused.returncode == 2 and named in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_held_out_envs_keeps_the_runs_that_never_train_on_them_pairs_included(tmp_path):
+    def listed(*extra):
+        args = sweep_args(tmp_path, *extra)
+        args.remove("--single_test_envs")  # sweep_args' own; an extra one stays
+        done = ours("status", args)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(line.split("test_envs=")[1].split(" hparams")[0] for line in done.stdout.splitlines()
+                      if "test_envs=" in line)
+
+    assert listed("--held_out_envs", "2") == ["[0, 2]", "[1, 2]", "[2]"]  # leave-one-domain-out's pairs stay
+    assert listed("--held_out_envs", "2", "--single_test_envs") == ["[2]"]
+    refused = ours("status", sweep_args(tmp_path, "--protocol", "single_source", "--held_out_envs", "2"))
+    assert refused.returncode == 2 and "use --source_envs" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def _wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while not predicate():

@@ -360,6 +360,8 @@ DATASET_COMPONENTS = {
     "TextureMNIST": ("MNIST", "align_textures"),
     "SpuriousTextureMNIST": ("MNIST", "align_textures"),
     "VLCSMini": ("VLCSMini",),
+    "DecoyMNIST": ("MNIST",),
+    "DecoyMNISTFull": ("MNIST",),
     "ColoredMNIST": ("MNIST",),
     "RotatedMNIST": ("MNIST",),
 }

@@ -122,15 +122,35 @@ class ALIGN(ExplanationGuidedAlgorithm):
             probs = F.softmax(logits.float(), dim=1)
             true_probs = true_class_scores(probs, torch.cat([labels, labels]))
             terms = masker_loss(true_probs[:n], true_probs[n:], masks, self.hparams["lambda_sparsity"],
-                                self.hparams["lambda_smooth"])
+                                self.hparams["lambda_smooth"], self.hparams["sparsity_floor"])
             # Gradients w.r.t. the masker only: the classifier's .grad stays untouched.
             parameters = list(self.masker.parameters())
+            diagnostics = self.term_gradient_norms(terms, true_probs, n, parameters) if self.diagnostics else {}
             loss = self.scaled(terms["loss"], "masker", images)
             for parameter, gradient in zip(parameters, torch.autograd.grad(loss, parameters)):
                 parameter.grad = gradient
             masks = masks.detach()
             report = {**{f"masker_{key}": value for key, value in terms.items()},
-                      "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean()}
+                      "mask_mean": masks.mean(), "mask_kept": (masks > 0.5).float().mean(), **diagnostics}
             floats = self.step_optimizer(self.masker_optimizer, "masker", report, parameters, "masker_grad_norm",
                                          "masker step")
         return floats
+
+    def term_gradient_norms(self, terms: Mapping[str, torch.Tensor], true_probs: torch.Tensor, n: int,
+                            parameters: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        """Diagnostics (``self.diagnostics``, set by the per-step trace): the norm of each weighted masker term's
+        gradient w.r.t. the masker, and the classifier's mean true-class probability on x*M and x*(1-M).
+
+        Issue 29's question: does the fidelity gradient lose to the sparsity term's? Extra backward passes on the
+        retained graph only, unscaled; the step itself is unchanged (tested: the same floats with and without)."""
+        weighted = {"fidelity": terms["fidelity"], "sparsity": self.hparams["lambda_sparsity"] * terms["sparsity"],
+                    "smooth": self.hparams["lambda_smooth"] * terms["smooth"]}
+        norms = {}
+        for name, term in weighted.items():
+            if not term.requires_grad:  # e.g. sparsity with every image under the floor: no gradient at all
+                norms[f"masker_{name}_grad_norm"] = torch.zeros(())
+                continue
+            gradients = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
+            norms[f"masker_{name}_grad_norm"] = torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g.float()) for g in gradients if g is not None]))
+        return {**norms, "masker_prob_kept": true_probs[:n].mean(), "masker_prob_removed": true_probs[n:].mean()}

@@ -108,14 +108,27 @@ class HAICS(ExplanationGuidedAlgorithm):
 # dtak/rrr's Decoy MNIST lambda 1000 is on raw 0-255 pixels; on ImageNet-normalised inputs the squared input
 # gradient is (255 * std)^2 ~ 3.3e3 times larger, so the same trade-off is lambda ~ 0.3 (README, table of methods).
 RRR_DEFAULT_LAMBDA = 0.3
+# On DecoyMNIST (pixel / 255, unnormalised) the squared input gradient is 255^2 times the reference's: lambda 1000
+# becomes 1000 / 255^2 ~ 0.0154 (both losses are means here, sums there: their ratio, hence lambda, is the same).
+RRR_DECOY_LAMBDA = 1000 / 255 ** 2
+DECOY_DATASETS = ("DecoyMNIST", "DecoyMNISTFull")
+
+
+def rrr_lambda_scale(dataset: str | None) -> float:
+    """lambda_rrr's unit on ``dataset``, relative to ImageNet-normalised inputs (its default and search range move
+    together)."""
+    return RRR_DECOY_LAMBDA / RRR_DEFAULT_LAMBDA if dataset in DECOY_DATASETS else 1.0
 
 
 @register_algorithm(
     hparams=BACKBONE_HPARAMS + (
         *ANNOTATION_HPARAMS,
-        HParam("lambda_rrr", float, RRR_DEFAULT_LAMBDA, log_uniform(-1.0, 2.0),
+        HParam("lambda_rrr", float, lambda dataset: RRR_DEFAULT_LAMBDA * rrr_lambda_scale(dataset),
+               log_uniform(-1.0, 2.0),
                "RRR: weight of the squared input gradient of sum_k log p_k on the pixels outside the mask "
-               "(dtak/rrr's Decoy MNIST 1000, translated to ImageNet-normalised inputs).", minimum=0.0),
+               "(dtak/rrr's Decoy MNIST 1000, translated to ImageNet-normalised inputs: 0.3; on DecoyMNIST's "
+               "pixel/255 inputs: 1000/255^2, the search range scaled alike).", minimum=0.0,
+               scale_for=rrr_lambda_scale),
     ),
     paper="Ross et al., Right for the Right Reasons: Training Differentiable Models by Constraining their "
           "Explanations, IJCAI 2017",

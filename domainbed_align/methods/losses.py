@@ -25,20 +25,34 @@ def total_variation(masks: torch.Tensor) -> torch.Tensor:
 
 
 def masker_loss(prob_kept: torch.Tensor, prob_removed: torch.Tensor, masks: torch.Tensor,
-                lambda_sparsity: float, lambda_smooth: float) -> dict[str, torch.Tensor]:
+                lambda_sparsity: float, lambda_smooth: float, sparsity_floor: float = 0.0) -> dict[str, torch.Tensor]:
     """ALIGN's masker objective.
 
     ``prob_kept`` / ``prob_removed``: true-class softmax probability of x*M and x*(1-M), ``[N]``.
-    dist = prob_kept - prob_removed; loss = mean((dist - 1)^2) + lambda_sparsity * mean|M| +
+    dist = prob_kept - prob_removed; loss = mean((dist - 1)^2) + lambda_sparsity * sparsity +
     lambda_smooth * TV(M). Returns the total under ``loss`` and each term.
+
+    sparsity: the published mean |M| when ``sparsity_floor`` is 0; otherwise each image's distance from the floor,
+    ``mean_i |mean|M_i| - floor|`` (:func:`floored_sparsity`, issue 29's remedy option).
     """
     distance = prob_kept - prob_removed
     fidelity = F.mse_loss(distance, torch.ones_like(distance))
-    sparsity = masks.abs().mean()
+    sparsity = floored_sparsity(masks, sparsity_floor) if sparsity_floor > 0 else masks.abs().mean()
     smooth = total_variation(masks)
     loss = fidelity + lambda_sparsity * sparsity + lambda_smooth * smooth
     return {"loss": loss, "fidelity": fidelity, "sparsity": sparsity, "smooth": smooth,
             "distance": distance.mean()}
+
+
+def floored_sparsity(masks: torch.Tensor, floor: float) -> torch.Tensor:
+    """Sparsity with a floor: the mean over images of |mean|M_i| - floor|, ``masks`` ``[N, 1, H, W]``.
+
+    Issue 29: trained on one domain, a weak classifier's fidelity gradient lost to the published mean |M| and the
+    mask emptied (mean 0.0004). Above the floor this is the published term (the same 1/(N*H*W) push down on every
+    pixel); below it the push is reversed, so sparsity pulls a mask back up to the floor instead of emptying it. A
+    one-sided floor (relu) is not enough: Adam's momentum carries the masker past it, and nothing brings it back.
+    """
+    return (masks.abs().flatten(1).mean(1) - floor).abs().mean()
 
 
 def alignment_bce(cam: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

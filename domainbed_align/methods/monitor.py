@@ -61,9 +61,10 @@ RULES = (
          "'gradcam_layer' and 'warmup_steps'."),
     Rule("empty_mask", "mask_mean", lambda mean: mean < EMPTY_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept under {EMPTY_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an empty "
-         f"mask: the alignment target is blank; its mean now {{value:.2g}}). Look at 'lambda_sparsity' (lower), and "
-         f"at 'warmup_steps' / 'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity "
-         f"signal), 'masker_lr'.", scales=True),
+         f"mask: the alignment target is blank; its mean now {{value:.2g}}). Look at 'sparsity_floor' (e.g. 0.05: "
+         f"sparsity then stops at that share), 'lambda_sparsity' (lower), and at 'warmup_steps' / "
+         f"'masker_warmup_steps' (longer: a classifier near chance gives the masker no fidelity signal), "
+         f"'masker_lr'. results/align_single_source_collapse/ shows the mechanism.", scales=True),
     Rule("full_mask", "mask_mean", lambda mean: mean > FULL_MASK, lambda floats: floats.get("in_warmup", 1.0) == 0.0,
          f"the masker's mask kept over {FULL_MASK:.0%} of the pixels in each of steps {{first}}-{{last}} (an all-ones "
          f"mask selects nothing; its mean now {{value:.2g}}). Look at 'lambda_sparsity' (higher), 'masker_lr' and "

@@ -42,7 +42,7 @@ Terms = tuple[torch.Tensor | float, dict[str, torch.Tensor | float]]
 
 NO_ANNOTATIONS = ("{name} trains on annotation masks, but this run has none (hparam 'gt_masks' is false, or the "
                   "dataset has no masks): its explanation loss is zero and it trains as plain ERM. Give a mask folder "
-                  "(hparam mask_dir) or use a dataset with masks (TextureMNIST, SpuriousTextureMNIST).")
+                  "(hparam mask_dir) or use a dataset with masks (TextureMNIST, SpuriousTextureMNIST, DecoyMNIST).")
 
 
 def overflow_key(optimizer_name: str) -> str:
@@ -66,6 +66,9 @@ class ExplanationGuidedAlgorithm(nn.Module):
     uses_gt_masks = False  # annotations (Step.annotations); the other methods must never see the mask channel
     needs_input_gradient = False  # the input gradient of the summed log-probabilities (Step.input_gradient)
     explanation_term = ""  # the results.jsonl key of the method's own explanation loss (figures' curves)
+    # Extra diagnostic floats in update()'s report (ALIGN: each masker term's gradient norm); the per-step trace
+    # (upstream.step_trace) switches it on. Never changes a step.
+    diagnostics = False
 
     @staticmethod
     def known_hparam_names() -> frozenset | None:
@@ -90,8 +93,8 @@ class ExplanationGuidedAlgorithm(nn.Module):
             setting = "mask_dir is set" if self.hparams["mask_dir"] else "gt_masks is true"
             raise HParamError(
                 f"hparam {setting} for {self.name}, but the dataset's input shape {tuple(input_shape)} has no mask "
-                f"channel (TextureMNIST and SpuriousTextureMNIST give their own; image-folder datasets take "
-                f"mask_dir): {self.name} would read the last colour channel as a mask. Drop it from --hparams (the "
+                f"channel (TextureMNIST, SpuriousTextureMNIST and DecoyMNIST give their own; image-folder datasets "
+                f"take mask_dir): {self.name} would read the last colour channel as a mask. Drop it from --hparams (the "
                 f"method then trains as plain ERM); building it by hand, pass the dataset's own input_shape.")
         self.monitor = CollapseMonitor(type(self).__name__)
         if has_mask_channel(input_shape) and not self.mask_channel:

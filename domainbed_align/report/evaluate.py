@@ -24,10 +24,12 @@ record's masker mask is degenerate (:func:`domainbed_align.runs.records.degenera
 with ``--format table`` a markdown table averaged over the runs of each algorithm and environment (it pools every
 run it is given: pass the runs you want compared, e.g. ``--hparams_seed 0`` for DomainBed's default hparams).
 ``--records FILE`` tabulates saved JSON lines. On datasets with ground-truth foreground masks (TextureMNIST,
-SpuriousTextureMNIST) it also reports ``foreground_mass``, the share of the Grad-CAM's mass on the object, next to
+SpuriousTextureMNIST, DecoyMNIST: the digit's strokes) it also reports ``foreground_mass``, the share of the Grad-CAM's mass on the object, next to
 ``foreground_share``, the object's share of the image (what a uniform map scores), and for ALIGN its masker's own
 mask against the object: ``masker_iou`` (mask > 0.5), ``masker_soft_iou`` (sum(min) / sum(max)) and ``mask_mean``,
-beside ``all_ones_iou``, the IoU of a mask that keeps everything.
+beside ``all_ones_iou``, the IoU of a mask that keeps everything. On DecoyMNIST also ``decoy_mass``, the Grad-CAM's
+mass on the decoy patch, beside ``decoy_share`` (1/49, what a uniform map scores), and for ALIGN ``mask_decoy_mass``,
+its mask's mass on the patch.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ REPORTED = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "ra
             "random_comprehensiveness", "random_insertion_auc", "zero_maps")
 FOREGROUND = ("foreground_mass", "foreground_share")  # None where the dataset has no ground-truth masks
 MASKER = ("masker_iou", "masker_soft_iou", "all_ones_iou", "mask_mean")  # ALIGN on datasets with masks, else None
+# Decoy-MNIST (environment.decoy(i), the patch): the Grad-CAM's mass on the decoy, the decoy's share of the image (what
+# a uniform map scores: 1/49) and ALIGN's mask's mass on it; None elsewhere, and the table shows them only then.
+DECOY = ("decoy_mass", "decoy_share", "mask_decoy_mass")
 
 
 CHECKPOINT_FILES = {"last": validation.LAST_FILE, "selected": validation.SELECTED_FILE}
@@ -132,6 +137,7 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
     generator = torch.Generator().manual_seed(seed)
     order = seeded_subset(indices, max_images, generator)
     has_masks = metrics.has_ground_truth(environment)
+    has_decoys = callable(getattr(environment, "decoy", None))
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -159,10 +165,17 @@ def evaluate_environment(algorithm: Any, environment: Any, indices: Sequence[int
                 batch["masker_soft_iou"] = metrics.mask_iou(kept, masks, threshold=None)
                 batch["all_ones_iou"] = metrics.mask_iou(torch.ones_like(kept), masks)
                 batch["mask_mean"] = kept.flatten(1).mean(1)
+        if has_decoys:
+            patches = torch.stack([environment.decoy(i) for i in chunk]).flatten(0, 1).to(device)  # [N, H, W]
+            batch["decoy_mass"] = metrics.foreground_mass(saliency, patches)
+            batch["decoy_share"] = patches.flatten(1).mean(1)
+            if hasattr(algorithm, "masker"):
+                batch["mask_decoy_mass"] = (kept * patches).flatten(1).sum(1) / kept.flatten(1).sum(1).clamp(
+                    min=torch.finfo(kept.dtype).tiny)
         for key, values in batch.items():
             sums[key] += float(values.sum())
     measured = set(sums)  # before the lookups below, which would add the missing keys to the defaultdict
-    means = {key: sums[key] / max(len(order), 1) for key in (*REPORTED, *FOREGROUND, *MASKER)}
+    means = {key: sums[key] / max(len(order), 1) for key in (*REPORTED, *FOREGROUND, *MASKER, *DECOY)}
     return {"n_images": len(order), **{key: (means[key] if key in measured else None) for key in means}}
 
 
@@ -238,8 +251,9 @@ def markdown_table(records: list[dict]) -> str:
     for record in records:
         which = record.get("checkpoint", "last")  # records written before the field existed: model.pkl's
         groups[(record["dataset"], record["algorithm"], record["env_name"], record["split"], which)].append(record)
+    decoys = DECOY if any(record.get("decoy_mass") is not None for record in records) else ()
     columns = ("accuracy", "sufficiency", "comprehensiveness", "insertion_auc", "random_insertion_auc", "zero_maps",
-               *FOREGROUND, *MASKER)
+               *FOREGROUND, *MASKER, *decoys)
     rows = []
     for (dataset, algorithm, env_name, split, which), group in sorted(groups.items()):
         cells = [_mean_and_error([r.get(c) for r in group]) for c in columns]

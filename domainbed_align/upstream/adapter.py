@@ -129,16 +129,18 @@ def add_sweep_arguments(p: argparse.ArgumentParser, datasets: list[str], algorit
 def upstream_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str], n_hparams: int,
                   n_trials: int, steps: int | None, hparams: str | None, *, n_hparams_from: int = 0,
                   task: str = "domain_generalization", holdout_fraction: float = 0.2,
-                  single_test_envs: bool = False) -> list[Any]:
+                  single_test_envs: bool = False, held_out_envs: Sequence[int] | None = None) -> list[Any]:
     """Upstream ``sweep``'s own jobs (``make_args_list`` + ``Job``): the arguments, seeds and md5-named folders
-    ``sweep launch`` gives them."""
+    ``sweep launch`` gives them. ``held_out_envs``: only the runs whose test environments include every one of these
+    (a domain no run may train on, e.g. DecoyMNIST's randomized decoys)."""
     from domainbed.scripts import sweep
 
     args_list = sweep.make_args_list(n_trials=n_trials, dataset_names=datasets, algorithms=algorithms,
                                      n_hparams_from=n_hparams_from, n_hparams=n_hparams, steps=steps,
                                      data_dir=data_dir, task=task, holdout_fraction=holdout_fraction,
                                      single_test_envs=single_test_envs, hparams=hparams)
-    return [sweep.Job(args, output_dir) for args in args_list]
+    return [sweep.Job(args, output_dir) for args in args_list
+            if held_out_envs is None or set(held_out_envs) <= set(args["test_envs"])]
 
 
 def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms: list[str],
@@ -158,10 +160,11 @@ def upstream_sweep_jobs(output_dir: str, data_dir: str, dataset: str, algorithms
 def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[str], algorithms: list[str],
                                 n_hparams: int, n_trials: int, steps: int | None, hparams: str | None,
                                 n_hparams_from: int = 0, task: str = "domain_generalization",
-                                holdout_fraction: float = 0.2) -> list[Any]:
+                                holdout_fraction: float = 0.2, source_envs: Sequence[int] | None = None) -> list[Any]:
     """Single-source jobs as upstream ``Job``s: for each of upstream's single-test-environment arguments, the same
     run with that environment as its only training domain (``test_envs`` = every other one) and the seed upstream's
-    ``seed_hash`` gives those test environments; md5-named folders as ``sweep launch`` makes them."""
+    ``seed_hash`` gives those test environments; md5-named folders as ``sweep launch`` makes them. ``source_envs``:
+    only the runs trained on these environments (None: every one)."""
     import domainbed.datasets
     from domainbed.lib import misc
     from domainbed.scripts import sweep
@@ -172,6 +175,8 @@ def upstream_single_source_jobs(output_dir: str, data_dir: str, datasets: list[s
                                      data_dir=data_dir, task=task, holdout_fraction=holdout_fraction,
                                      single_test_envs=True, hparams=hparams):
         source = args["test_envs"][0]
+        if source_envs is not None and source not in source_envs:
+            continue
         others = [e for e in range(domainbed.datasets.num_environments(args["dataset"])) if e != source]
         args = dict(args, test_envs=others)
         args["seed"] = misc.seed_hash(args["dataset"], args["algorithm"], others, args["hparams_seed"],

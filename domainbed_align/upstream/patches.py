@@ -7,7 +7,8 @@ DomainBed's modules as they are imported and calls :func:`patch_module` right af
 - ``algorithms``: every algorithm in our registry (:mod:`domainbed_align.methods.registry`) becomes a module attribute (``get_algorithm_class`` looks in
   ``globals()``) and are appended to ``ALGORITHMS`` (sweep's default list and collect_results' order); the class
   DomainBed sees keeps, in train.py, the checkpoint training-domain validation selects
-  (:mod:`domainbed_align.upstream.checkpoint_keeper`);
+  (:mod:`domainbed_align.upstream.checkpoint_keeper`) and, switched on, traces every step
+  (:mod:`domainbed_align.upstream.step_trace`);
 - ``hparams_registry``: ``_hparams`` is wrapped to add our hparams (``default_hparams``/``random_hparams``
   look it up at call time);
 - ``datasets``: our offline datasets are added (the sweep process itself asks them for their environments), and
@@ -64,12 +65,13 @@ def _patch_algorithms(module: types.ModuleType) -> None:
     from domainbed_align.methods import registry  # checks the torch and timm floors (floors.require_runtime)
     from domainbed_align.upstream.adapter import upstream_hparam_names
     from domainbed_align.upstream.checkpoint_keeper import KeepsSelectedCheckpoint
+    from domainbed_align.upstream.step_trace import TracesSteps
 
     for entry in registry.entries():
         name, core = entry.name, entry.cls
-        # The keeper first (its __init__ and state_dict wrap ours), Algorithm after our class in the MRO: our
-        # __init__ runs, isinstance(x, Algorithm) holds.
-        cls = type(name, (KeepsSelectedCheckpoint, core, module.Algorithm),
+        # The keeper first (its __init__ and state_dict wrap ours), then the per-step trace (its update() wraps
+        # ours), Algorithm after our class in the MRO: our __init__ runs, isinstance(x, Algorithm) holds.
+        cls = type(name, (KeepsSelectedCheckpoint, TracesSteps, core, module.Algorithm),
                    {"__module__": module.__name__, "__qualname__": name, "__doc__": core.__doc__,
                     "known_hparam_names": staticmethod(upstream_hparam_names)})
         setattr(module, name, cls)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Decoy-MNIST (issue 30) at CPU size: our sweep on DecoyMNIST (2,000 digits per environment), every run holding out
+# the randomized-decoy environment 2 (--held_out_envs 2: no run trains on it), three trials, 500 steps, batch 16 per
+# training environment, DomainBed's default hparams otherwise (RRR's lambda: the reference's 1000 translated to
+# pixel/255 inputs, 1000/255^2), one torch thread per run.
+#
+#   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/decoy_mnist.sh RESULTS_DIR [--algorithms TimmERM RRR ...] \
+#       [--n_trials 3] [--hparams JSON] [--pairs]
+#
+# --pairs adds the runs leave-one-domain-out selection needs (test_envs [0, 2] and [1, 2]: three times the runs);
+# --hparams is merged into the settings above. Run from the repository root; resumable (rerun the same command:
+# our delete_incomplete removes dead runs, never live ones, and launch trains the rest). Each finished run's
+# results.jsonl is copied to RESULTS_DIR/runs/<run>/ as it ends; model files stay in sweeps/out/. At the end:
+# RESULTS_DIR/tables.md (test environment 2: training-domain validation, oracle, and leave-one-domain-out with
+# --pairs), explanations.jsonl/.md (evaluate of each run's selected checkpoint on 500 randomized images: Grad-CAM
+# mass on the patch, ALIGN's mask) and decoy_accuracy.md (sweeps/decoy_accuracy.py: the authors' figures beside).
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: bash sweeps/decoy_mnist.sh RESULTS_DIR [--algorithms A B ...] [--n_trials N] [--hparams JSON] [--pairs]" >&2
+  exit 2
+fi
+results=$1
+shift
+algorithms=(TimmERM RRR) n_trials=3 extra_hparams='{}' pairs=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --algorithms) shift; algorithms=(); while [ $# -gt 0 ] && [[ $1 != --* ]]; do algorithms+=("$1"); shift; done ;;
+    --n_trials) n_trials=$2; shift 2 ;;
+    --hparams) extra_hparams=$2; shift 2 ;;
+    --pairs) pairs=1; shift ;;
+    *) echo "error: unknown option $1 (known: --algorithms, --n_trials, --hparams, --pairs)" >&2; exit 2 ;;
+  esac
+done
+[ -n "${DOMAINBED_ROOT:-}" ] || { echo "error: set DOMAINBED_ROOT to DomainBed at b93c22a" >&2; exit 2; }
+python=${PYTHON:-python}
+data=${DATA_DIR:-data}
+out="sweeps/out/$(basename "$results")_decoy_${n_trials}trials"
+mkdir -p "$results/runs" "$out"
+export PYTHONPATH="$DOMAINBED_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export DOMAINBED_ALIGN_JOBS=${DOMAINBED_ALIGN_JOBS:-2} DOMAINBED_ALIGN_THREADS_PER_JOB=${DOMAINBED_ALIGN_THREADS_PER_JOB:-1}
+hparams=$("$python" -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[1]), **json.loads(sys.argv[2])}))' \
+  '{"batch_size": 16}' "$extra_hparams") || { echo "error: --hparams must be a JSON object, got: $extra_hparams" >&2; exit 2; }
+sweep=("$python" -m domainbed_align.sweep)  # then the command, then its options (--held_out_envs takes a list)
+options=(--datasets DecoyMNIST --algorithms "${algorithms[@]}" --data_dir "$data" --output_dir "$out"
+         --n_hparams 1 --n_trials "$n_trials" --steps 500 --hparams "$hparams" --held_out_envs 2)
+[ "$pairs" = 1 ] || options+=(--single_test_envs)
+
+"$python" -m domainbed_align.data prepare --data_dir "$data" --datasets DecoyMNIST
+copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
+  for run in "$out"/*/; do
+    [ -f "$run/done" ] || continue
+    kept="$results/runs/$(basename "$run")"
+    [ -f "$kept/results.jsonl" ] || { mkdir -p "$kept" && cp "$run/results.jsonl" "$run/err.txt" "$kept/"; }
+  done
+}
+stop="$out/.stop_copier"
+copier_loop() { while [ ! -f "$stop" ]; do copy_finished 2>/dev/null || true; sleep 30; done; }
+rm -f "$stop"
+copier_loop &
+trap 'touch "$stop"' EXIT
+"${sweep[@]}" delete_incomplete "${options[@]}" --skip_confirmation
+status=0
+"${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
+copy_finished
+"$python" -m domainbed_align.tables --input_dir "$results/runs" --output "$results/tables.md"
+"$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
+  > "$results/explanations.jsonl"
+"$python" -m domainbed_align.evaluate --records "$results/explanations.jsonl" > "$results/explanations.md"
+"$python" sweeps/decoy_accuracy.py "$out" > "$results/decoy_accuracy.md"
+echo "== $results: tables.md, explanations.md, decoy_accuracy.md"
+exit $status

@@ -84,6 +84,7 @@ def main() -> None:
     table = table.astype({"trial": str, "selected step": str})  # shown as integers
     single = table["test_envs"].nunique() == 1
     shown = table.drop(columns="test_envs") if single else table
+    shown = shown.astype(object).where(shown.notna(), None)  # a run without explanation metrics shows '-'
     print("Per run (last checkpoint unless marked; held-out acc: the mean over the run's test environments; "
           "explanation metrics: as each folder's explanations.jsonl, '-' where it has none):\n")
     print(shown.to_markdown(index=False, floatfmt=".3f", missingval="-", disable_numparse=[0]))  # labels as given

@@ -336,8 +336,10 @@ def test_unprepared_root_says_how_to_prepare(cls: type, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- datasets
 def test_registry_and_domainbed_interface(data_dir: Path, texture: TextureMNIST) -> None:
+    from domainbed_align.data import DecoyMNIST, DecoyMNISTFull
+
     assert DATASETS == {"TextureMNIST": TextureMNIST, "SpuriousTextureMNIST": SpuriousTextureMNIST,
-                        "VLCSMini": VLCSMini}
+                        "VLCSMini": VLCSMini, "DecoyMNIST": DecoyMNIST, "DecoyMNISTFull": DecoyMNISTFull}
     for cls in DATASETS.values():
         for attr in ("N_STEPS", "CHECKPOINT_FREQ", "N_WORKERS"):
             assert isinstance(getattr(cls, attr), int)

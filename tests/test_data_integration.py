@@ -58,7 +58,7 @@ def test_our_datasets_through_upstream_train_utilities(data_dir: Path) -> None:
             print(name, n == len(out), int(y.max()) < ds.num_classes)
     """)
     assert out.split() == ["TextureMNIST", "True", "True", "SpuriousTextureMNIST", "True", "True",
-                           "VLCSMini", "True", "True"]
+                           "VLCSMini", "True", "True", "DecoyMNIST", "True", "True", "DecoyMNISTFull", "True", "True"]
 
 
 @pytest.mark.parametrize("dataset", ["TextureMNIST", "SpuriousTextureMNIST", "VLCSMini"])

@@ -28,7 +28,8 @@ def test_healthy_environment(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stdout
     assert f"domainbed resolves to {STANDIN}" in result.stdout
     assert "TimmERM, DRE, ALIGN, SGT, GRADIA, HAICS, RRR, RES_G, RES_L, CARE are registered" in result.stdout
-    assert "datasets TextureMNIST, SpuriousTextureMNIST, VLCSMini are registered" in result.stdout
+    assert ("datasets TextureMNIST, SpuriousTextureMNIST, VLCSMini, DecoyMNIST, DecoyMNISTFull are registered"
+            in result.stdout)
     assert "registration hook (domainbed_align_hook.pth) is active" in result.stdout
     assert result.stdout.strip().endswith("all good")
 

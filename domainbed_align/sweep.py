@@ -228,26 +228,24 @@ def check_names(options: argparse.Namespace) -> None:
     from domainbed_align.upstream import preflight
 
     given = preflight.parse_hparams(options.hparams)
-    if options.held_out_envs is not None:
-        if options.protocol != "domainbed":
-            raise preflight.RunArgumentError("--held_out_envs filters --protocol domainbed's runs; with single_source "
-                                             "use --source_envs (the training domain) instead")
+    # each environment filter belongs to one protocol, and its indices must exist in every dataset swept
+    filters = (("--held_out_envs", options.held_out_envs, "domainbed",
+                "--held_out_envs filters --protocol domainbed's runs; with single_source use --source_envs (the "
+                "training domain) instead"),
+               ("--source_envs", options.source_envs, "single_source",
+                "--source_envs chooses the training domain of --protocol single_source; add --protocol "
+                "single_source, or drop --source_envs"))
+    for flag, envs, protocol, wrong_protocol in filters:
+        if envs is None:
+            continue
+        if options.protocol != protocol:
+            raise preflight.RunArgumentError(wrong_protocol)
         for dataset in options.datasets:
-            n_envs = len(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)
-            wrong = [env for env in options.held_out_envs if not 0 <= env < n_envs]
+            names = adapter.upstream_dataset_class(dataset).ENVIRONMENTS
+            wrong = [env for env in envs if not 0 <= env < len(names)]
             if wrong:
-                raise preflight.RunArgumentError(f"--held_out_envs {wrong}: {dataset} has environments 0-{n_envs - 1} "
-                                                 f"({', '.join(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)})")
-    if options.source_envs is not None:
-        if options.protocol != "single_source":
-            raise preflight.RunArgumentError("--source_envs chooses the training domain of --protocol single_source; "
-                                             "add --protocol single_source, or drop --source_envs")
-        for dataset in options.datasets:
-            n_envs = len(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)
-            wrong = [env for env in options.source_envs if not 0 <= env < n_envs]
-            if wrong:
-                raise preflight.RunArgumentError(f"--source_envs {wrong}: {dataset} has environments 0-{n_envs - 1} "
-                                                 f"({', '.join(adapter.upstream_dataset_class(dataset).ENVIRONMENTS)})")
+                raise preflight.RunArgumentError(f"{flag} {wrong}: {dataset} has environments 0-{len(names) - 1} "
+                                                 f"({', '.join(names)})")
     for dataset in options.datasets:
         for algorithm in options.algorithms:
             preflight.check_run(algorithm, dataset, given, options.data_dir, test_envs=(),

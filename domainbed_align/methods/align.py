@@ -147,7 +147,7 @@ class ALIGN(ExplanationGuidedAlgorithm):
                     "smooth": self.hparams["lambda_smooth"] * terms["smooth"]}
         norms = {}
         for name, term in weighted.items():
-            if not term.requires_grad:  # e.g. sparsity with every image under the floor: no gradient at all
+            if not term.requires_grad:  # a term without a graph (a constant) has no gradient
                 norms[f"masker_{name}_grad_norm"] = torch.zeros(())
                 continue
             gradients = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)

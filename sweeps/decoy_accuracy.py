@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -30,10 +31,10 @@ PUBLISHED = {"plain (TimmERM's place)": {"train acc": 0.9969, "randomized acc": 
 PUBLISHED_AS = {"TimmERM": "plain (TimmERM's place)", "RRR": "RRR, l2_grads 1000"}
 
 
-def clean_accuracy(model_pkl: Path, data_dir: str) -> float:
+def clean_accuracy(model_pkl: Path, environment: Any) -> float:
+    """Accuracy of the model in ``model_pkl`` on ``environment``'s digits without their patches."""
     checkpoint = read_checkpoint(model_pkl, "cpu")
     algorithm = algorithm_from_checkpoint(checkpoint, "cpu")
-    environment = DecoyMNIST(data_dir, [2], {}).datasets[2]
     images = environment.clean.float().unsqueeze(1) / 255.0
     labels = torch.from_numpy(environment.labels)
     with torch.no_grad():
@@ -42,6 +43,7 @@ def clean_accuracy(model_pkl: Path, data_dir: str) -> float:
 
 
 def rows(sweep: Path, data_dir: str) -> list[dict]:
+    randomized = DecoyMNIST(data_dir, [2], {}).datasets[2]  # built once: the same digits for every run
     found = []
     for run in sorted(p for p in sweep.iterdir() if (p / "done").is_file()):
         records = readable_records(run)
@@ -54,7 +56,8 @@ def rows(sweep: Path, data_dir: str) -> list[dict]:
                           "step": record["step"],
                           "train acc": (record["env0_in_acc"] + record["env1_in_acc"]) / 2,
                           "randomized acc": record["env2_in_acc"],
-                          "clean acc": clean_accuracy(run / weights, data_dir) if (run / weights).is_file() else None})
+                          "clean acc": (clean_accuracy(run / weights, randomized) if (run / weights).is_file()
+                                        else None)})
     return found
 
 

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from domainbed_align.annotations import ShapeWithMaskChannel
+from domainbed_align.errors import HParamError
 
 from .datasets import _MultiEnv, load_mnist, wants_gt_masks
 
@@ -122,8 +123,6 @@ class DecoyMNIST(_MultiEnv):
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None) -> None:
         hparams = hparams or {}
         if hparams.get("mask_dir"):
-            from domainbed_align.errors import HParamError
-
             raise HParamError(f"hparam 'mask_dir' is {hparams['mask_dir']!r}: {type(self).__name__} has its own "
                               f"annotation (the patch is irrelevant); drop mask_dir.")
         self.gt_masks = wants_gt_masks(hparams)

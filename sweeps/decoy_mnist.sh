@@ -5,10 +5,12 @@
 # pixel/255 inputs, 1000/255^2), one torch thread per run.
 #
 #   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/decoy_mnist.sh RESULTS_DIR [--algorithms TimmERM RRR ...] \
-#       [--n_trials 3] [--hparams JSON] [--pairs]
+#       [--n_trials 3] [--hparams JSON] [--pairs] [--dataset DecoyMNISTFull] [--steps N]
 #
 # --pairs adds the runs leave-one-domain-out selection needs (test_envs [0, 2] and [1, 2]: three times the runs);
-# --hparams is merged into the settings above. Run from the repository root; resumable (rerun the same command:
+# --hparams is merged into the settings above; --dataset DecoyMNISTFull takes the reference's sizes (60,000
+# training digits); --steps replaces 500. With --hparams '{"backbone": "rrr_mlp", ...}' (dtak/rrr's perceptron, no
+# Grad-CAM) the Grad-CAM explanations are skipped: decoy_accuracy.md reports the input gradient instead. Run from the repository root; resumable (rerun the same command:
 # our delete_incomplete removes dead runs, never live ones, and launch trains the rest). Each finished run's
 # results.jsonl is copied to RESULTS_DIR/runs/<run>/ as it ends; model files stay in sweeps/out/. At the end:
 # RESULTS_DIR/tables.md (test environment 2: training-domain validation, oracle, and leave-one-domain-out with
@@ -21,14 +23,17 @@ if [ $# -lt 1 ]; then
 fi
 results=$1
 shift
-algorithms=(TimmERM RRR) n_trials=3 extra_hparams='{}' pairs=0
+algorithms=(TimmERM RRR) n_trials=3 extra_hparams='{}' pairs=0 dataset=DecoyMNIST steps=500
 while [ $# -gt 0 ]; do
   case "$1" in
     --algorithms) shift; algorithms=(); while [ $# -gt 0 ] && [[ $1 != --* ]]; do algorithms+=("$1"); shift; done ;;
     --n_trials) n_trials=$2; shift 2 ;;
     --hparams) extra_hparams=$2; shift 2 ;;
     --pairs) pairs=1; shift ;;
-    *) echo "error: unknown option $1 (known: --algorithms, --n_trials, --hparams, --pairs)" >&2; exit 2 ;;
+    --dataset) dataset=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    *) echo "error: unknown option $1 (known: --algorithms, --n_trials, --hparams, --pairs, --dataset, --steps)" >&2
+       exit 2 ;;
   esac
 done
 [ -n "${DOMAINBED_ROOT:-}" ] || { echo "error: set DOMAINBED_ROOT to DomainBed at b93c22a" >&2; exit 2; }
@@ -41,11 +46,15 @@ export DOMAINBED_ALIGN_JOBS=${DOMAINBED_ALIGN_JOBS:-2} DOMAINBED_ALIGN_THREADS_P
 hparams=$("$python" -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[1]), **json.loads(sys.argv[2])}))' \
   '{"batch_size": 16}' "$extra_hparams") || { echo "error: --hparams must be a JSON object, got: $extra_hparams" >&2; exit 2; }
 sweep=("$python" -m domainbed_align.sweep)  # then the command, then its options (--held_out_envs takes a list)
-options=(--datasets DecoyMNIST --algorithms "${algorithms[@]}" --data_dir "$data" --output_dir "$out"
-         --n_hparams 1 --n_trials "$n_trials" --steps 500 --hparams "$hparams" --held_out_envs 2)
+case "$dataset" in
+  DecoyMNIST|DecoyMNISTFull) ;;
+  *) echo "error: --dataset is DecoyMNIST or DecoyMNISTFull, got $dataset" >&2; exit 2 ;;
+esac
+options=(--datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data" --output_dir "$out"
+         --n_hparams 1 --n_trials "$n_trials" --steps "$steps" --hparams "$hparams" --held_out_envs 2)
 [ "$pairs" = 1 ] || options+=(--single_test_envs)
 
-"$python" -m domainbed_align.data prepare --data_dir "$data" --datasets DecoyMNIST
+"$python" -m domainbed_align.data prepare --data_dir "$data" --datasets "$dataset"
 copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
   for run in "$out"/*/; do
     [ -f "$run/done" ] || continue
@@ -63,9 +72,13 @@ status=0
 "${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
 copy_finished
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --output "$results/tables.md"
-"$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
-  > "$results/explanations.jsonl"
-"$python" -m domainbed_align.evaluate --records "$results/explanations.jsonl" > "$results/explanations.md"
+if "$python" -c 'import json, sys; sys.exit(json.loads(sys.argv[1]).get("backbone") != "rrr_mlp")' "$hparams"; then
+  echo "note: backbone rrr_mlp has no Grad-CAM: no explanations.*; decoy_accuracy.md has the input gradient" >&2
+else
+  "$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
+    > "$results/explanations.jsonl"
+  "$python" -m domainbed_align.evaluate --records "$results/explanations.jsonl" > "$results/explanations.md"
+fi
 "$python" sweeps/decoy_accuracy.py "$out" > "$results/decoy_accuracy.md"
-echo "== $results: tables.md, explanations.md, decoy_accuracy.md"
+echo "== $results: tables.md, decoy_accuracy.md (and explanations.md with a Grad-CAM backbone)"
 exit $status

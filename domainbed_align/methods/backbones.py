@@ -1,4 +1,5 @@
-"""The one factory for classifiers: a timm backbone plus what Grad-CAM needs (input resize, target stage).
+"""The one factory for classifiers (:func:`build_classifier`): a timm backbone plus what Grad-CAM needs (input
+resize, target stage), or dtak/rrr's small perceptron (``backbone`` ``'rrr_mlp'``) for the Decoy-MNIST reproduction.
 
 Pretrained choices are data (:data:`PRETRAINED_TAGS`): plain model names map to torchvision-equivalent
 ImageNet weights, so our numbers compare like for like with DomainBed's torchvision ResNets. Weights that
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,7 @@ class CamClassifier(nn.Module):
                 f"input_size {self.input_size}; explanation losses need a spatial map. Use an earlier stage, "
                 f"'auto', or a larger input_size.")
         # Closed-form Grad-CAM when it is exact (see linear_head_grad_cam); the bench switches it off to compare.
+        self.has_gradcam = True
         self.closed_form_cam = (self.stage_index == len(stages) - 1 and _head_is_average_pool_then_linear(backbone))
         self.train()
 
@@ -187,6 +189,75 @@ class CamClassifier(nn.Module):
             cams = grad_cam(activations, true_class_scores(logits, targets), create_graph=differentiable,
                             relu=relu, weight_gradient=weight_gradient)
         return (logits, cams) if differentiable else (logits.detach(), cams.detach())
+
+
+# dtak/rrr's MultilayerPerceptron (rrr/multilayer_perceptron.py, the camera-ready 3c932ed): the Decoy-MNIST model.
+RRR_MLP = "rrr_mlp"
+RRR_MLP_LAYERS = (50, 30)  # its layers=(50, 30)
+RRR_MLP_INIT_SCALE = 0.1  # its init_random_params(0.1, ...): weights and biases ~ N(0, 0.1^2)
+
+
+class PerceptronClassifier(nn.Module):
+    """dtak/rrr's perceptron: the flattened native-size image -> 50 -> 30 -> classes, ReLU after each hidden layer
+    (its feed_forward applies none to the output), weights and biases drawn from N(0, 0.1^2) as its init.
+
+    It has no feature map, hence no Grad-CAM: methods that train on Grad-CAM refuse it, and ``forward_with_cams``
+    raises. TimmERM, RRR and SGT (input gradients) train with it.
+    """
+
+    has_gradcam = False
+    closed_form_cam = False
+    stage_name = None
+    cam_side = None
+
+    def __init__(self, in_channels: int, native_size: int, num_classes: int,
+                 layers: tuple[int, ...] = RRR_MLP_LAYERS) -> None:
+        super().__init__()
+        self.input_size = self.native_size = native_size
+        sizes = [in_channels * native_size * native_size, *layers, num_classes]
+        modules: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            linear = nn.Linear(fan_in, fan_out)
+            with torch.no_grad():
+                linear.weight.normal_(0.0, RRR_MLP_INIT_SCALE)
+                linear.bias.normal_(0.0, RRR_MLP_INIT_SCALE)
+            modules += [linear] if i == len(sizes) - 2 else [linear, nn.ReLU()]
+        self.layers = nn.Sequential(*modules)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.native_size or images.shape[-2] != self.native_size:
+            raise HParamError(f"backbone {RRR_MLP!r} was built for {self.native_size}x{self.native_size} inputs, got "
+                              f"{tuple(images.shape[-2:])}: it reads the flattened image at its native size.")
+        return self.layers(images.flatten(1))
+
+    def forward_with_cams(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        raise HParamError(NO_GRADCAM.format(what="Grad-CAM explanations (evaluate, explain())"))
+
+
+NO_GRADCAM = (f"backbone {RRR_MLP!r} (dtak/rrr's perceptron) has no feature map, so no Grad-CAM: {{what}} need a "
+              f"convolutional timm backbone such as 'resnet18' (the default). With {RRR_MLP!r} use TimmERM, RRR or SGT.")
+
+
+def build_classifier(hparams: Mapping[str, Any], num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    """The classifier of ``hparams`` (validated) for images ``input_shape`` ``(C, H, W)`` (no mask channel): a
+    :class:`CamClassifier` on a timm backbone, or with ``backbone`` ``'rrr_mlp'`` a :class:`PerceptronClassifier`."""
+    in_channels, native_size = input_shape[0], input_shape[-1]
+    if hparams["backbone"] != RRR_MLP:
+        backbone = create_backbone(hparams["backbone"], num_classes, in_chans=in_channels,
+                                   pretrained=hparams["pretrained"], pretrained_file=hparams["pretrained_file"],
+                                   drop_rate=hparams["resnet_dropout"])
+        return CamClassifier(backbone, native_size=native_size, input_size=hparams["input_size"],
+                             gradcam_layer=hparams["gradcam_layer"], freeze_bn=hparams["freeze_bn"])
+    # The perceptron has no weights to load, no resize, no stages and no dropout: a setting that would change one of
+    # these is refused rather than silently ignored.
+    unusable = {"pretrained": False, "pretrained_file": "", "input_size": 0, "gradcam_layer": "auto",
+                "resnet_dropout": 0.0}
+    for name, default in unusable.items():
+        if hparams.get(name, default) != default:
+            raise HParamError(f"hparam {name!r} is {hparams[name]!r} (given, or this dataset's default), which "
+                              f"backbone {RRR_MLP!r} (dtak/rrr's perceptron) cannot use; set it to {default!r} in "
+                              f"--hparams, or use a timm backbone.")
+    return PerceptronClassifier(in_channels, native_size, num_classes)
 
 
 @contextlib.contextmanager

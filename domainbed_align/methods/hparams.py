@@ -87,7 +87,8 @@ def choice(*values: Any) -> Callable[[np.random.RandomState], Any]:
 BACKBONE_HPARAMS = (
     HParam("backbone", str, "resnet18", None,
            "timm model name; plain names use torchvision-equivalent weights (resnet18 -> resnet18.tv_in1k), "
-           "a full tag such as 'resnet18.a1_in1k' picks those weights."),
+           "a full tag such as 'resnet18.a1_in1k' picks those weights. 'rrr_mlp': dtak/rrr's 50-30 perceptron "
+           "(Decoy-MNIST's model; no Grad-CAM, so TimmERM, RRR and SGT only)."),
     HParam("pretrained", bool, lambda dataset: dataset in PHOTO_DATASETS, None,
            "start from ImageNet weights (default: true on DomainBed's real photo datasets, false elsewhere)."),
     HParam("pretrained_file", str, "", None,

@@ -30,7 +30,7 @@ from domainbed_align.errors import HParamError, NonFiniteLossError
 from domainbed_align.methods import hparams as hparams_lib
 from domainbed_align.methods import precision
 from domainbed_align.methods import step as step_lib
-from domainbed_align.methods.backbones import CamClassifier, create_backbone
+from domainbed_align.methods.backbones import NO_GRADCAM, build_classifier
 from domainbed_align.methods.explain import check_explanation_inputs, grad_cam_explanations
 from domainbed_align.methods.losses import dre_mixup_loss, same_class_partners
 from domainbed_align.methods.monitor import CollapseMonitor
@@ -109,11 +109,9 @@ class ExplanationGuidedAlgorithm(nn.Module):
                                    f"only annotation methods read it).")
         self.in_channels = input_shape[0] - int(self.mask_channel)  # image channels, what every network gets
         h = self.hparams
-        backbone = create_backbone(h["backbone"], num_classes, in_chans=self.in_channels,
-                                   pretrained=h["pretrained"], pretrained_file=h["pretrained_file"],
-                                   drop_rate=h["resnet_dropout"])
-        self.classifier = CamClassifier(backbone, native_size=input_shape[-1], input_size=h["input_size"],
-                                        gradcam_layer=h["gradcam_layer"], freeze_bn=h["freeze_bn"])
+        self.classifier = build_classifier(h, num_classes, (self.in_channels, *input_shape[1:]))
+        if self.uses_gradcam and not self.classifier.has_gradcam:
+            raise HParamError(NO_GRADCAM.format(what=f"{self.name}'s training loss and evaluate's metrics"))
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=h["lr"],
                                           weight_decay=h["weight_decay"])
         self.steps_done = 0

@@ -55,6 +55,7 @@ from domainbed_align.runs import records as results_files
 from domainbed_align.runs.records import readable_records
 from domainbed_align.errors import CheckpointError, DomainbedAlignError, ResultsFileError
 from domainbed_align.errors import print_error
+from domainbed_align.methods.backbones import NO_GRADCAM
 
 COMMAND = "domainbed-align evaluate"  # how its errors are prefixed (errors.print_error)
 
@@ -188,6 +189,11 @@ def evaluate_model(model_pkl: Path, options: argparse.Namespace, finished: bool 
     if options.hparams_seed is not None and args["hparams_seed"] != options.hparams_seed:
         return  # not selected (filtered here, so each file is read once)
     algorithm = algorithm_from_checkpoint(checkpoint, options.device)
+    if not algorithm.classifier.has_gradcam:  # dtak/rrr's perceptron: nothing here to score, the others still are
+        why = NO_GRADCAM.format(what="evaluate's metrics")
+        raise CheckpointError(f"{model_pkl}: {why} Its "
+                              f"accuracies are in its results.jsonl (Decoy-MNIST: sweeps/decoy_accuracy.py adds the "
+                              f"input gradient's share on the patch).")
     # which weights: the checkpoint training-domain validation selected (model_selected.pkl) or the last one
     which = "selected" if "selection" in checkpoint else "last"
     results = readable_records(model_pkl.parent)

@@ -55,22 +55,12 @@ options=(--datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data
 [ "$pairs" = 1 ] || options+=(--single_test_envs)
 
 "$python" -m domainbed_align.data prepare --data_dir "$data" --datasets "$dataset"
-copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
-  for run in "$out"/*/; do
-    [ -f "$run/done" ] || continue
-    kept="$results/runs/$(basename "$run")"
-    [ -f "$kept/results.jsonl" ] || { mkdir -p "$kept" && cp "$run/results.jsonl" "$run/err.txt" "$kept/"; }
-  done
-}
-stop="$out/.stop_copier"
-copier_loop() { while [ ! -f "$stop" ]; do copy_finished 2>/dev/null || true; sleep 30; done; }
-rm -f "$stop"
-copier_loop &
-trap 'touch "$stop"' EXIT
+source "$(dirname "$0")/copy_runs.sh"
+start_copier "$out" "$results" copy_finished "$out" "$results" results.jsonl err.txt
 "${sweep[@]}" delete_incomplete "${options[@]}" --skip_confirmation
 status=0
 "${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
-copy_finished
+copy_finished "$out" "$results" results.jsonl err.txt
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --output "$results/tables.md"
 if "$python" -c 'import json, sys; sys.exit(json.loads(sys.argv[1]).get("backbone") != "rrr_mlp")' "$hparams"; then
   echo "note: backbone rrr_mlp has no Grad-CAM: no explanations.*; decoy_accuracy.md has the input gradient" >&2

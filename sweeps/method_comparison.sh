@@ -23,35 +23,23 @@ python=${PYTHON:-python}
 out="sweeps/out/$(basename "$results")_500steps_3trials"  # a folder per results folder
 mkdir -p "$results/runs"
 
-copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
+source "$(dirname "$0")/copy_runs.sh"
+copy_and_evaluate() {  # results.jsonl, then the explanation metrics of the run's selected checkpoint
+  copy_finished "$out" "$results" results.jsonl
   for run in "$out"/*/; do
-    [ -f "$run/done" ] || continue
     kept="$results/runs/$(basename "$run")"
-    mkdir -p "$kept"
-    [ -f "$kept/results.jsonl" ] || cp "$run/results.jsonl" "$kept/results.jsonl"
-    if [ ! -f "$kept/explanations.jsonl" ] && [ -f "$run/model_selected.pkl" ]; then
+    if [ -f "$run/done" ] && [ ! -f "$kept/explanations.jsonl" ] && [ -f "$run/model_selected.pkl" ]; then
       "$python" -m domainbed_align.evaluate --model "$run/model_selected.pkl" --max_images "${MAX_IMAGES:-200}" \
         > "$kept/explanations.jsonl.partial" && mv "$kept/explanations.jsonl.partial" "$kept/explanations.jsonl"
     fi
   done
 }
-
-stop="$out/.stop_copier"  # asks the copier to stop between runs (killing it could orphan a half-written evaluation)
-copier_loop() {
-  while [ ! -f "$stop" ]; do
-    copy_finished 2>/dev/null || true
-    for _ in $(seq 120); do [ -f "$stop" ] && break; sleep 1; done
-  done
-}
-mkdir -p "$out"; rm -f "$stop"
-copier_loop &
-copier=$!
-trap 'touch "$stop"' EXIT
+start_copier "$out" "$results" copy_and_evaluate
 
 "$python" -m domainbed_align.demo --dataset "$dataset" --algorithms all --n_trials 3 --output_dir "$out" \
   --skip_explanations "$@"
-touch "$stop"; wait $copier || true; rm -f "$stop"
-copy_finished
+stop_copier "$out"
+copy_and_evaluate
 cat "$results"/runs/*/explanations.jsonl > "$results/explanations.jsonl"
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --explanations "$results/explanations.jsonl" \
   --output "$results/tables.md"

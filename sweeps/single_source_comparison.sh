@@ -48,22 +48,12 @@ options=(--datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data
        --hparams "$hparams" ${source_envs[@]:+--source_envs "${source_envs[@]}"})
 
 "$python" -m domainbed_align.data prepare --data_dir "$data"
-copy_finished() {  # finished runs only: a run still training has a partial results.jsonl
-  for run in "$out"/*/; do
-    [ -f "$run/done" ] || continue
-    kept="$results/runs/$(basename "$run")"
-    [ -f "$kept/results.jsonl" ] || { mkdir -p "$kept" && cp "$run/results.jsonl" "$kept/results.jsonl"; }
-  done
-}
-stop="$out/.stop_copier"
-copier_loop() { while [ ! -f "$stop" ]; do copy_finished 2>/dev/null || true; sleep 30; done; }
-rm -f "$stop"
-copier_loop &
-trap 'touch "$stop"' EXIT
+source "$(dirname "$0")/copy_runs.sh"
+start_copier "$out" "$results" copy_finished "$out" "$results" results.jsonl
 "${sweep[@]}" delete_incomplete "${options[@]}" --skip_confirmation
 status=0
 "${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
-copy_finished
+copy_finished "$out" "$results" results.jsonl
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --layout single_source in_domain \
   --output "$results/tables.md"
 "$python" -m domainbed_align.figures curves --input_dir "$results/runs" --out "$results/curves.png"

@@ -97,6 +97,7 @@ def main() -> None:
           f"16/784 = {16 / 784:.4f}.\n")
     print(summary.reset_index().to_markdown(index=False))
     published = pd.DataFrame(PUBLISHED).T.rename_axis("model (MLP 50-30, 60,000 training digits)").reset_index()
+    published = published.astype(object).where(published.notna(), None)  # tabulate writes None, not NaN, as "-"
     print("\nPublished (dtak/rrr, experiments/Decoy MNIST.ipynb at 3c932ed, cells 6-8; the ceiling is a different "
           "model, trained on MNIST without patches):\n")
     print(published.to_markdown(index=False, floatfmt=".4f", missingval="-"))

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import domainbed_align.methods  # noqa: F401  (fills the registry)
 from conftest import save_align_run
 from domainbed_align.annotations import ShapeWithMaskChannel
 from domainbed_align.data import DecoyMNIST

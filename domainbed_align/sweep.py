@@ -249,7 +249,8 @@ def check_names(options: argparse.Namespace) -> None:
     for dataset in options.datasets:
         for algorithm in options.algorithms:
             preflight.check_run(algorithm, dataset, given, options.data_dir, test_envs=(),
-                                check_data_dir=options.command == "launch")
+                                check_data_dir=options.command == "launch", steps=options.steps,
+                                check_length=options.command == "launch" and options.n_hparams_from == 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

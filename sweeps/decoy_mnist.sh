@@ -2,7 +2,7 @@
 # Decoy-MNIST (issue 30) at CPU size: our sweep on DecoyMNIST (2,000 digits per environment), every run holding out
 # the randomized-decoy environment 2 (--held_out_envs 2: no run trains on it), three trials, 500 steps, batch 16 per
 # training environment, DomainBed's default hparams otherwise (RRR's lambda: the reference's 1000 translated to
-# pixel/255 inputs, 1000/255^2), one torch thread per run.
+# pixel/255 inputs, 1000/255^2; ALIGN's warm-ups: half the run, then a fifth), one torch thread per run.
 #
 #   DOMAINBED_ROOT=<DomainBed at b93c22a> bash sweeps/decoy_mnist.sh RESULTS_DIR [--algorithms TimmERM RRR ...] \
 #       [--n_trials 3] [--hparams JSON] [--pairs] [--dataset DecoyMNISTFull] [--steps N]
@@ -43,23 +43,37 @@ out="sweeps/out/$(basename "$results")_decoy_${n_trials}trials"
 mkdir -p "$results/runs" "$out"
 export PYTHONPATH="$DOMAINBED_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export DOMAINBED_ALIGN_JOBS=${DOMAINBED_ALIGN_JOBS:-2} DOMAINBED_ALIGN_THREADS_PER_JOB=${DOMAINBED_ALIGN_THREADS_PER_JOB:-1}
-hparams=$("$python" -c 'import json, sys; print(json.dumps({**json.loads(sys.argv[1]), **json.loads(sys.argv[2])}))' \
-  '{"batch_size": 16}' "$extra_hparams") || { echo "error: --hparams must be a JSON object, got: $extra_hparams" >&2; exit 2; }
+merge='import json, sys; print(json.dumps({k: v for a in sys.argv[1:] for k, v in json.loads(a).items()}))'
+hparams=$("$python" -c "$merge" '{"batch_size": 16}' "$extra_hparams") \
+  || { echo "error: --hparams must be a JSON object, got: $extra_hparams" >&2; exit 2; }
+# ALIGN's default warm-ups (1000 + 100 updates, for 5000-step runs) would cover the whole run: it gets half the run,
+# then a fifth (250 + 100 at 500 steps, as this project's other 500-step sweeps), in its own launch, so that the other
+# methods' settings, hence their run folders, stay those above (they read no warm-up). --hparams still wins.
+align_hparams=$("$python" -c "$merge" "$hparams" \
+  "{\"warmup_steps\": $((steps / 2)), \"masker_warmup_steps\": $((steps / 5))}" "$extra_hparams")
 sweep=("$python" -m domainbed_align.sweep)  # then the command, then its options (--held_out_envs takes a list)
 case "$dataset" in
   DecoyMNIST|DecoyMNISTFull) ;;
   *) echo "error: --dataset is DecoyMNIST or DecoyMNISTFull, got $dataset" >&2; exit 2 ;;
 esac
-options=(--datasets "$dataset" --algorithms "${algorithms[@]}" --data_dir "$data" --output_dir "$out"
-         --n_hparams 1 --n_trials "$n_trials" --steps "$steps" --hparams "$hparams" --held_out_envs 2)
-[ "$pairs" = 1 ] || options+=(--single_test_envs)
-
+others=() with_align=0
+for algorithm in "${algorithms[@]}"; do
+  if [ "$algorithm" = ALIGN ]; then with_align=1; else others+=("$algorithm"); fi
+done
+common=(--datasets "$dataset" --data_dir "$data" --output_dir "$out" --n_hparams 1 --n_trials "$n_trials"
+        --steps "$steps" --held_out_envs 2)
+[ "$pairs" = 1 ] || common+=(--single_test_envs)
 "$python" -m domainbed_align.data prepare --data_dir "$data" --datasets "$dataset"
 source "$(dirname "$0")/copy_runs.sh"
 start_copier "$out" "$results" copy_finished "$out" "$results" results.jsonl err.txt
-"${sweep[@]}" delete_incomplete "${options[@]}" --skip_confirmation
 status=0
-"${sweep[@]}" launch "${options[@]}" --command_launcher parallel --skip_confirmation --poll_seconds 30 || status=$?
+launch() {  # one launch of the sweep: its --algorithms and --hparams
+  "${sweep[@]}" delete_incomplete "${common[@]}" "$@" --skip_confirmation
+  "${sweep[@]}" launch "${common[@]}" "$@" --command_launcher parallel --skip_confirmation --poll_seconds 30 \
+    || status=$?
+}
+[ ${#others[@]} = 0 ] || launch --algorithms "${others[@]}" --hparams "$hparams"
+[ "$with_align" = 0 ] || launch --algorithms ALIGN --hparams "$align_hparams"
 copy_finished "$out" "$results" results.jsonl err.txt
 "$python" -m domainbed_align.tables --input_dir "$results/runs" --output "$results/tables.md"
 if "$python" -c 'import json, sys; sys.exit(json.loads(sys.argv[1]).get("backbone") != "rrr_mlp")' "$hparams"; then

@@ -143,6 +143,22 @@ def test_moving_to_cuda_converts_the_weights_to_channels_last(move):
     assert off.classifier.backbone.conv1.weight.is_contiguous()
 
 
+def test_a_run_too_short_to_align_is_refused_the_others_pass():
+    """ALIGN's loss starts after both warm-ups: a run that ends before would be ALIGN in name only (issue 30's first
+    Decoy-MNIST runs: 500 steps under the default 1000-step warm-up)."""
+    hparams = hparams_lib.default_hparams("ALIGN", "Debug28")
+    with pytest.raises(HParamError, match=r"ALIGN aligns from update 1100 .* 500 steps: it would never align\. "
+                                          r"Shorten the warm-ups, e\.g\. --hparams '\{\"warmup_steps\": 250, "
+                                          r"\"masker_warmup_steps\": 100\}'"):
+        ALIGN.check_run_length(hparams, 500)
+    with pytest.raises(HParamError, match="the run has 1100 steps"):
+        ALIGN.check_run_length(hparams, 1100)  # update 1100 is the 1101st: the run must be longer
+    ALIGN.check_run_length(hparams, 1101)
+    ALIGN.check_run_length({**hparams, "warmup_steps": 250, "masker_warmup_steps": 100}, 500)
+    TimmERM.check_run_length(hparams_lib.default_hparams("TimmERM", "Debug28"), 1)
+    DRE.check_run_length(hparams_lib.default_hparams("DRE", "Debug28"), 1)
+
+
 def test_timm_erm_is_cross_entropy_only():
     torch.manual_seed(0)
     erm = TimmERM(SHAPE, 3, 2, hparams_lib.default_hparams("TimmERM", "Debug28"))

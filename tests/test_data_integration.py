@@ -69,7 +69,7 @@ def test_align_trains_on_each_new_dataset_through_upstream_train_py(data_dir: Pa
     if not hook_active():
         pytest.skip("pip install -e . first (the .pth hook is inactive)")
     out = tmp_path / dataset
-    hparams = '{"batch_size": 4, "warmup_steps": 1}'
+    hparams = '{"batch_size": 4, "warmup_steps": 1, "masker_warmup_steps": 0}'
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", dataset,
                          "--data_dir", str(data_dir), "--test_envs", "0", "--steps", "2", "--checkpoint_freq", "5",
                          "--hparams", hparams, "--output_dir", str(out)], Path(ROOT), cwd=tmp_path)
@@ -104,7 +104,8 @@ def test_baselines_train_through_upstream_train_py_annotation_methods_on_their_m
     out = tmp_path / algorithm
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", "TextureMNIST",
                          "--data_dir", str(data_dir), "--test_envs", "3", "--steps", "2", "--checkpoint_freq", "5",
-                         "--hparams", '{"batch_size": 4}', "--output_dir", str(out)], Path(ROOT), cwd=tmp_path)
+                         "--hparams", '{"batch_size": 4, "warmup_steps": 0, "masker_warmup_steps": 0}',
+                         "--output_dir", str(out)], Path(ROOT), cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     import json
 
@@ -130,7 +131,8 @@ def test_decoy_mnist_trains_through_upstream_train_py_holding_out_the_randomized
     out = tmp_path / algorithm
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", algorithm, "--dataset", "DecoyMNIST",
                          "--data_dir", str(data_dir), "--test_envs", "2", "--steps", "2", "--checkpoint_freq", "5",
-                         "--hparams", '{"batch_size": 4, "warmup_steps": 1}', "--output_dir", str(out)],
+                         "--hparams", '{"batch_size": 4, "warmup_steps": 1, "masker_warmup_steps": 0}',
+                         "--output_dir", str(out)],
                         Path(ROOT), cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     import json

@@ -146,7 +146,8 @@ def test_parallel_sweep_killed_run_is_reported_recovered_and_counted_once(tmp_pa
 def test_slurm_sweep_failures_scancel_recovery_then_collect_results(tmp_path, slurm_cluster):
     # ALIGN's runs fail at their first step (our non-finite guard; upstream's ERM trains on with NaNs), and are
     # reported with their logs (a misspelt hparam no longer gets this far: check_names refuses it before launch)
-    failing = sweep_args(tmp_path, algorithms=("ERM", "ALIGN"), hparams='{"batch_size": 8, "lr": 1e30}')
+    failing = sweep_args(tmp_path, algorithms=("ERM", "ALIGN"),
+                         hparams='{"batch_size": 8, "lr": 1e30, "warmup_steps": 0, "masker_warmup_steps": 0}')
     launch = ours("launch", [*failing, "--command_launcher", "slurm", "--skip_confirmation", "--poll_seconds", "1"])
     assert launch.returncode == 1 and "failed runs (3)" in launch.stdout, launch.stdout[-3000:]
     failed_lines = [line for line in launch.stdout.splitlines() if line.startswith("  ") and "log:" in line]
@@ -183,7 +184,9 @@ def test_slurm_sweep_failures_scancel_recovery_then_collect_results(tmp_path, sl
     ({"hparams": '{"batch_size": 8'}, "--hparams is not valid JSON"),
     ({"hparams": '{"batch_size": 8, "lambda_algin": 1}', "algorithms": ("ERM", "ALIGN")},
      "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)"),
-], ids=["algorithm", "json", "hparam"])
+    ({"algorithms": ("ERM", "ALIGN"), "steps": 500},
+     "ALIGN aligns from update 1100 (warmup_steps 1000 + masker_warmup_steps 100), but the run has 500 steps"),
+], ids=["algorithm", "json", "hparam", "never aligns"])
 def test_sweep_launch_refuses_a_bad_name_before_making_any_job(tmp_path, change, message):
     result = ours("launch", [*sweep_args(tmp_path, **change), "--command_launcher", "parallel",
                              "--skip_confirmation"])

@@ -58,8 +58,8 @@ def test_train_align_through_upstream_train_py(tmp_path, dataset):
 def test_a_batch_larger_than_a_training_split_is_refused_instead_of_hanging(tmp_path):
     # Debug28's splits hold about 13 examples and the default batch is 64: upstream's loader would wait forever
     result = run_python(["-m", "domainbed.scripts.train", "--algorithm", "ALIGN", "--dataset", "Debug28",
-                         "--steps", "2", "--output_dir", str(tmp_path / "o")], upstream_root(), cwd=tmp_path,
-                        timeout=300)
+                         "--steps", "2", "--hparams", '{"warmup_steps": 0, "masker_warmup_steps": 0}',
+                         "--output_dir", str(tmp_path / "o")], upstream_root(), cwd=tmp_path, timeout=300)
     assert result.returncode == 1
     output = result.stdout + result.stderr  # train.py tees stderr into stdout (and into err.txt)
     assert "Traceback" not in output
@@ -76,7 +76,9 @@ def test_a_batch_larger_than_a_training_split_is_refused_instead_of_hanging(tmp_
      "unknown hparam 'lambda_algin' (did you mean 'lambda_align'?)"),
     (["--dataset", "TextureMNIST"], "--data_dir is missing: give the folder TextureMNIST is in"),
     (["--dataset", "Debug28", "--test_envs", "3"], "--test_envs 3: Debug28 has environments 0-2"),
-], ids=["algorithm", "dataset", "json", "type", "name", "data_dir", "test_envs"])
+    (["--dataset", "Debug28", "--steps", "300"], "ALIGN aligns from update 1100 (warmup_steps 1000 + masker_warmup_steps "
+                                                 "100), but the run has 300 steps: it would never align"),
+], ids=["algorithm", "dataset", "json", "type", "name", "data_dir", "test_envs", "never aligns"])
 def test_train_py_names_a_bad_argument_before_loading_any_data(tmp_path, arguments, message):
     if "--algorithm" not in arguments:
         arguments = ["--algorithm", "ALIGN", *arguments]
@@ -106,7 +108,8 @@ def test_sweep_launch_then_collect_results_shows_every_method(tmp_path):
     launch = run_python(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28",
                          "--algorithms", *names, "--n_hparams", "1", "--n_trials", "1",
                          "--single_test_envs", "--steps", "3", "--hparams",
-                         '{"batch_size": 8, "warmup_steps": 1}', "--command_launcher", "local",
+                         '{"batch_size": 8, "warmup_steps": 1, "masker_warmup_steps": 0}',
+                         "--command_launcher", "local",
                          "--data_dir", str(tmp_path), "--output_dir", str(sweep), "--skip_confirmation"],
                         upstream_root(), cwd=tmp_path, timeout=2400)  # 10 methods x 3 test envs, one after another
     assert launch.returncode == 0, launch.stderr[-3000:]

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from domainbed_align.errors import HParamError
 from domainbed_align.methods.backbones import eval_mode
 from domainbed_align.methods.gradcam import true_class_scores
 from domainbed_align.methods.hparams import ALIGN_HPARAMS, BACKBONE_HPARAMS, MIXUP_HPARAMS
@@ -53,6 +54,17 @@ class ALIGN(ExplanationGuidedAlgorithm):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.masker = Masker(self.in_channels, self.hparams["masker_width"], self.hparams["masker_downsample"])
         self.masker_optimizer = torch.optim.Adam(self.masker.parameters(), lr=self.hparams["masker_lr"])
+
+    @classmethod
+    def check_run_length(cls, hparams: Mapping[str, Any], steps: int) -> None:
+        start = hparams["warmup_steps"] + hparams["masker_warmup_steps"]
+        if steps <= start:  # the whole run in warm-up: ALIGN would be DRE-regularised ERM under ALIGN's name
+            raise HParamError(
+                f"ALIGN aligns from update {start} (warmup_steps {hparams['warmup_steps']} + masker_warmup_steps "
+                f"{hparams['masker_warmup_steps']}), but the run has {steps} steps: it would never align. Shorten "
+                f"the warm-ups, e.g. --hparams '{{\"warmup_steps\": {steps // 2}, \"masker_warmup_steps\": "
+                f"{min(hparams['masker_warmup_steps'], steps // 5)}}}' (this project's 500-step sweeps: 250 and 100), "
+                f"or run more than {start} steps.")
 
     @property
     def in_warmup(self) -> bool:

@@ -118,6 +118,11 @@ class ExplanationGuidedAlgorithm(nn.Module):
         self._grad_scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only: one per optimizer (see step_optimizer)
 
     # --- the hooks a method overrides ---------------------------------------------------------------
+    @classmethod
+    def check_run_length(cls, hparams: Mapping[str, Any], steps: int) -> None:
+        """Raise HParamError when a run of ``steps`` update() calls would never train this method's own loss
+        (sweeps and train.py ask before any data is loaded). Every step does here; ALIGN starts after warm-ups."""
+
     def explanation_loss(self, step: Step) -> Terms:
         """The method's weighted loss beyond CE (and DRE's term, which ``uses_mixup`` adds), from ``step``.
 

@@ -41,9 +41,12 @@ def parse_hparams(text: str | None) -> dict[str, Any]:
 
 
 def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: str | None,
-              test_envs: Sequence[int], check_data_dir: bool = True) -> None:
+              test_envs: Sequence[int], check_data_dir: bool = True, steps: int | None = None,
+              check_length: bool = True) -> None:
     """Raise one error for the first thing about this run that cannot work. Needs ``domainbed`` importable (with
-    our registration hook active: the names include ours)."""
+    our registration hook active: the names include ours). ``steps``: the run's length (None: the dataset's
+    N_STEPS, as train.py); ``check_length``: whether the hparams are the defaults plus ``hparams`` (hparams_seed 0),
+    so that the method's own loss can be checked to start within the run."""
     import domainbed.algorithms as algorithms
     import domainbed.datasets as datasets
 
@@ -66,6 +69,20 @@ def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: s
             raise RunArgumentError(f"--data_dir {data_dir!r} is not a folder: give the folder {dataset} is in "
                                    f"(relative paths count from {os.getcwd()!r}).")
     _check_hparams(algorithm, dataset, hparams)
+    if check_length:
+        _check_run_length(algorithm, dataset, hparams, steps or getattr(datasets, dataset).N_STEPS)
+
+
+def _check_run_length(algorithm: str, dataset: str, given: dict[str, Any], steps: int) -> None:
+    """Our algorithm's own check that a run of ``steps`` ever trains its loss (ALIGN: after its warm-ups)."""
+    from domainbed_align.methods import registry
+
+    if algorithm not in registry.algorithm_names():
+        return
+    import domainbed.hparams_registry as upstream
+
+    registry.algorithm_class(algorithm).check_run_length({**upstream.default_hparams(algorithm, dataset), **given},
+                                                         steps)
 
 
 def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
@@ -93,4 +110,5 @@ def check_train_arguments(argv: Sequence[str]) -> None:
     from domainbed_align.upstream.train_script import train_arguments
 
     known = train_arguments(argv)
-    check_run(known.algorithm, known.dataset, parse_hparams(known.hparams), known.data_dir, known.test_envs)
+    check_run(known.algorithm, known.dataset, parse_hparams(known.hparams), known.data_dir, known.test_envs,
+              steps=known.steps, check_length=known.hparams_seed == 0)

@@ -29,6 +29,8 @@ def train_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hparams")
     parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
     parser.add_argument("--output_dir", default="train_output")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--hparams_seed", type=int, default=0)
     known, _ = parser.parse_known_args(list(argv))
     return known
 

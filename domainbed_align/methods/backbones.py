@@ -101,6 +101,8 @@ class CamClassifier(nn.Module):
     deepest stage whose map is at least 7x7.
     """
 
+    has_gradcam = True
+
     def __init__(self, backbone: nn.Module, native_size: int, input_size: int = 0,
                  gradcam_layer: str = "auto", freeze_bn: bool = False) -> None:
         super().__init__()
@@ -134,7 +136,6 @@ class CamClassifier(nn.Module):
                 f"input_size {self.input_size}; explanation losses need a spatial map. Use an earlier stage, "
                 f"'auto', or a larger input_size.")
         # Closed-form Grad-CAM when it is exact (see linear_head_grad_cam); the bench switches it off to compare.
-        self.has_gradcam = True
         self.closed_form_cam = (self.stage_index == len(stages) - 1 and _head_is_average_pool_then_linear(backbone))
         self.train()
 
@@ -210,11 +211,11 @@ class PerceptronClassifier(nn.Module):
     stage_name = None
     cam_side = None
 
-    def __init__(self, in_channels: int, native_size: int, num_classes: int,
-                 layers: tuple[int, ...] = RRR_MLP_LAYERS) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int, layers: tuple[int, ...] = RRR_MLP_LAYERS) -> None:
         super().__init__()
-        self.input_size = self.native_size = native_size
-        sizes = [in_channels * native_size * native_size, *layers, num_classes]
+        self.image_shape = tuple(input_shape)  # (C, H, W)
+        self.input_size = self.native_size = input_shape[-1]
+        sizes = [math.prod(self.image_shape), *layers, num_classes]
         modules: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             linear = nn.Linear(fan_in, fan_out)
@@ -225,9 +226,9 @@ class PerceptronClassifier(nn.Module):
         self.layers = nn.Sequential(*modules)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != self.native_size or images.shape[-2] != self.native_size:
-            raise HParamError(f"backbone {RRR_MLP!r} was built for {self.native_size}x{self.native_size} inputs, got "
-                              f"{tuple(images.shape[-2:])}: it reads the flattened image at its native size.")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise HParamError(f"backbone {RRR_MLP!r} was built for images of shape {self.image_shape}, got "
+                              f"{tuple(images.shape[1:])}: it reads the flattened image at its native size.")
         return self.layers(images.flatten(1))
 
     def forward_with_cams(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +258,7 @@ def build_classifier(hparams: Mapping[str, Any], num_classes: int, input_shape: 
             raise HParamError(f"hparam {name!r} is {hparams[name]!r} (given, or this dataset's default), which "
                               f"backbone {RRR_MLP!r} (dtak/rrr's perceptron) cannot use; set it to {default!r} in "
                               f"--hparams, or use a timm backbone.")
-    return PerceptronClassifier(in_channels, native_size, num_classes)
+    return PerceptronClassifier(input_shape, num_classes)
 
 
 @contextlib.contextmanager

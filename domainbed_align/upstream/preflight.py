@@ -68,26 +68,14 @@ def check_run(algorithm: str, dataset: str, hparams: dict[str, Any], data_dir: s
         if not os.path.isdir(data_dir):
             raise RunArgumentError(f"--data_dir {data_dir!r} is not a folder: give the folder {dataset} is in "
                                    f"(relative paths count from {os.getcwd()!r}).")
-    _check_hparams(algorithm, dataset, hparams)
-    if check_length:
-        _check_run_length(algorithm, dataset, hparams, steps or getattr(datasets, dataset).N_STEPS)
+    run_length = (steps or getattr(datasets, dataset).N_STEPS) if check_length else None
+    _check_hparams(algorithm, dataset, hparams, run_length)
 
 
-def _check_run_length(algorithm: str, dataset: str, given: dict[str, Any], steps: int) -> None:
-    """Our algorithm's own check that a run of ``steps`` ever trains its loss (ALIGN: after its warm-ups)."""
-    from domainbed_align.methods import registry
-
-    if algorithm not in registry.algorithm_names():
-        return
-    import domainbed.hparams_registry as upstream
-
-    registry.algorithm_class(algorithm).check_run_length({**upstream.default_hparams(algorithm, dataset), **given},
-                                                         steps)
-
-
-def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
+def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any], steps: int | None = None) -> None:
     """Names against every registered algorithm's (a sweep's --hparams reaches all of them), and, for our
-    algorithms, every value's type and range."""
+    algorithms, every value's type and range and, with ``steps``, that a run that long ever trains the method's own
+    loss (ALIGN: after its warm-ups)."""
     from domainbed_align.methods import hparams as hparams_lib
     from domainbed_align.methods import registry
     from domainbed_align.upstream.adapter import upstream_hparam_names
@@ -98,6 +86,8 @@ def _check_hparams(algorithm: str, dataset: str, given: dict[str, Any]) -> None:
 
         merged = {**upstream.default_hparams(algorithm, dataset), **given}
         hparams_lib.validate(algorithm, merged, known)
+        if steps is not None:
+            registry.algorithm_class(algorithm).check_run_length(merged, steps)
         return
     unknown = sorted(set(given) - known)
     if unknown:

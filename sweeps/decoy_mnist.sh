@@ -10,9 +10,10 @@
 # --pairs adds the runs leave-one-domain-out selection needs (test_envs [0, 2] and [1, 2]: three times the runs);
 # --hparams is merged into the settings above; --dataset DecoyMNISTFull takes the reference's sizes (60,000
 # training digits); --steps replaces 500. With --hparams '{"backbone": "rrr_mlp", ...}' (dtak/rrr's perceptron, no
-# Grad-CAM) the Grad-CAM explanations are skipped: decoy_accuracy.md reports the input gradient instead. Run from the repository root; resumable (rerun the same command:
-# our delete_incomplete removes dead runs, never live ones, and launch trains the rest). Each finished run's
-# results.jsonl is copied to RESULTS_DIR/runs/<run>/ as it ends; model files stay in sweeps/out/. At the end:
+# Grad-CAM) the Grad-CAM explanations are skipped: decoy_accuracy.md reports the input gradient instead. Run from
+# the repository root; resumable (rerun the same command: our delete_incomplete removes dead runs, never live ones,
+# and launch trains the rest). Each finished run's results.jsonl is copied to RESULTS_DIR/runs/<run>/ as it ends;
+# model files stay in sweeps/out/ (explanations and decoy_accuracy.md read them: keep them until the end). At the end:
 # RESULTS_DIR/tables.md (test environment 2: training-domain validation, oracle, and leave-one-domain-out with
 # --pairs), explanations.jsonl/.md (evaluate of each run's selected checkpoint on 500 randomized images: Grad-CAM
 # mass on the patch, ALIGN's mask) and decoy_accuracy.md (sweeps/decoy_accuracy.py: the authors' figures beside).
@@ -67,6 +68,10 @@ common=(--datasets "$dataset" --data_dir "$data" --output_dir "$out" --n_hparams
 source "$(dirname "$0")/copy_runs.sh"
 start_copier "$out" "$results" copy_finished "$out" "$results" results.jsonl err.txt
 status=0
+write_to() {  # write_to FILE COMMAND...: FILE only when COMMAND succeeds (a killed step leaves no empty table)
+  local target=$1; shift
+  "$@" > "$target.partial" && mv "$target.partial" "$target"
+}
 launch() {  # one launch of the sweep: its --algorithms and --hparams
   "${sweep[@]}" delete_incomplete "${common[@]}" "$@" --skip_confirmation
   "${sweep[@]}" launch "${common[@]}" "$@" --command_launcher parallel --skip_confirmation --poll_seconds 30 \
@@ -79,10 +84,10 @@ copy_finished "$out" "$results" results.jsonl err.txt
 if "$python" -c 'import json, sys; sys.exit(json.loads(sys.argv[1]).get("backbone") != "rrr_mlp")' "$hparams"; then
   echo "note: backbone rrr_mlp has no Grad-CAM: no explanations.*; decoy_accuracy.md has the input gradient" >&2
 else
-  "$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500 \
-    > "$results/explanations.jsonl"
-  "$python" -m domainbed_align.evaluate --records "$results/explanations.jsonl" > "$results/explanations.md"
+  write_to "$results/explanations.jsonl" \
+    "$python" -m domainbed_align.evaluate --input_dir "$out" --checkpoint selected --max_images 500
+  write_to "$results/explanations.md" "$python" -m domainbed_align.evaluate --records "$results/explanations.jsonl"
 fi
-"$python" sweeps/decoy_accuracy.py "$out" > "$results/decoy_accuracy.md"
+write_to "$results/decoy_accuracy.md" "$python" sweeps/decoy_accuracy.py "$out"
 echo "== $results: tables.md, decoy_accuracy.md (and explanations.md with a Grad-CAM backbone)"
 exit $status

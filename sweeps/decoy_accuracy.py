@@ -1,6 +1,6 @@
 """Decoy-MNIST's reproduction table (issue 30): each method's accuracy beside the authors' published figures.
 
-    python sweeps/decoy_accuracy.py SWEEP_OUTPUT_DIR [--data_dir data] > decoy_accuracy.md
+    python sweeps/decoy_accuracy.py SWEEP_OUTPUT_DIR [--data_dir data] [--without_weights] > decoy_accuracy.md
 
 For every finished run holding out environment 2 alone (test_envs [2]), at the checkpoint training-domain validation
 selects and at the last one: from its results.jsonl the train accuracy (the mean of the two training environments'
@@ -59,21 +59,35 @@ def model_measures(model_pkl: Path, environment: Any) -> dict[str, float]:
     magnitude = gradient.abs().flatten(1)
     on_patch = (magnitude * environment.patches[:GRADIENT_IMAGES].flatten(1)).sum(dim=1)
     share = on_patch / magnitude.sum(dim=1).clamp_min(1e-30)
-    return {"patch-free acc": float((predicted == labels).float().mean()), "gradient share on patch": float(share.mean())}
+    return {"patch-free acc": float((predicted == labels).float().mean()),
+            "gradient share on patch": float(share.mean())}
 
 
-def rows(sweep: Path, data_dir: str) -> list[dict]:
-    environments: dict[str, Any] = {}
-    found = []
+def rows(sweep: Path, data_dir: str, without_weights: bool = False) -> list[dict]:
+    """One row per finished run and selection rule; with ``without_weights``, only the records' accuracies. A missing
+    weight file is an error otherwise (checked before any is read): a mean over the runs that kept theirs would be
+    labelled with every trial."""
+    runs = []
     for run in sorted(p for p in sweep.iterdir() if (p / "done").is_file()):
         records = readable_records(run)
+        if list(records[-1]["args"]["test_envs"]) == [2]:  # not leave-one-domain-out's pairs (one training env)
+            runs.append((run, records))
+    weights = {"training-domain validation": "model_selected.pkl", "last checkpoint": "model.pkl"}
+    missing = [run / name for run, _ in runs for name in weights.values() if not (run / name).is_file()]
+    if missing and not without_weights:
+        sys.exit(f"error: {missing[0]} is missing ({len(missing)} weight files in all): the patch-free accuracy and "
+                 f"the gradient share need every run's weights (retrain: rerun the sweep's command), or pass "
+                 f"--without_weights for the records' accuracies alone")
+    environments: dict[str, Any] = {}
+    found = []
+    for run, records in runs:
         args, hparams = records[-1]["args"], records[-1]["hparams"]
-        if list(args["test_envs"]) != [2]:
-            continue  # leave-one-domain-out's pair runs train on one environment: not the reproduction
-        environment = randomized_environment(args["dataset"], data_dir, environments)
-        for rule, record, weights in (("training-domain validation", selected_record(records), "model_selected.pkl"),
-                                      ("last checkpoint", records[-1], "model.pkl")):
-            measured = model_measures(run / weights, environment) if (run / weights).is_file() else {}
+        selected = {"training-domain validation": selected_record(records), "last checkpoint": records[-1]}
+        for rule, record in selected.items():
+            measured = {}
+            if not without_weights:
+                environment = randomized_environment(args["dataset"], data_dir, environments)
+                measured = model_measures(run / weights[rule], environment)
             found.append({"algorithm": args["algorithm"], "backbone": hparams["backbone"], "dataset": args["dataset"],
                           "selection": rule, "trial": args["trial_seed"], "step": record["step"],
                           "train acc": (record["env0_in_acc"] + record["env1_in_acc"]) / 2,
@@ -85,8 +99,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="the sweep's output folder (run folders with their model files)")
     p.add_argument("--data_dir", default="data")
+    p.add_argument("--without_weights", action="store_true",
+                   help="the train and randomized accuracies from the records alone, for a sweep without its weights")
     options = p.parse_args()
-    table = pd.DataFrame(rows(options.sweep, options.data_dir))
+    if not options.sweep.is_dir():
+        sys.exit(f"error: {options.sweep} is not a folder: give the sweep's output folder (its run folders)")
+    table = pd.DataFrame(rows(options.sweep, options.data_dir, options.without_weights))
     if table.empty:
         sys.exit(f"no finished run with test_envs [2] under {options.sweep}")
     measures = [m for m in MEASURES if m in table]

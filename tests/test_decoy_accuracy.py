@@ -63,3 +63,33 @@ def test_a_pixel_blind_model_spreads_its_gradient_uniformly_and_a_corner_reader_
     labels = torch.from_numpy(randomized.labels)
     constant = torch.bincount(labels, minlength=10).float() / len(labels)
     assert measured["patch-free acc"] in [pytest.approx(share.item(), abs=1e-6) for share in constant]
+
+
+def _finished_run(folder, trial: int, with_weights: bool) -> None:
+    """A finished run folder as upstream's train.py leaves it: two records, `done`, and the weights if asked."""
+    import json
+    folder.mkdir(parents=True)
+    args = {"algorithm": "TimmERM", "dataset": "DecoyMNIST", "test_envs": [2], "trial_seed": trial}
+    lines = [{"args": args, "hparams": {"backbone": "rrr_mlp"}, "step": step, "env0_in_acc": 0.9 + step / 1000,
+              "env1_in_acc": 0.8, "env2_in_acc": 0.5 + trial / 10, "env0_out_acc": 0.9 - step / 1000,
+              "env1_out_acc": 0.8, "env2_out_acc": 0.5} for step in (0, 10)]
+    (folder / "results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "done").write_text("done")
+    if with_weights:
+        for name in ("model.pkl", "model_selected.pkl"):
+            (folder / name).write_bytes(b"")
+
+
+def test_a_run_without_its_weights_is_named_not_left_out_of_the_mean(tmp_path):
+    script = _script()
+    _finished_run(tmp_path / "kept", 0, with_weights=True)
+    _finished_run(tmp_path / "lost", 1, with_weights=False)
+    with pytest.raises(SystemExit, match=r"lost/model_selected\.pkl is missing \(2 weight files.*--without_weights"):
+        script.rows(tmp_path, "unused")
+    # --without_weights: the records' accuracies of both runs, the selected step by validation, and nothing measured
+    rows = script.rows(tmp_path, "unused", without_weights=True)
+    assert [(r["trial"], r["selection"], r["step"]) for r in rows] == [
+        (0, "training-domain validation", 0), (0, "last checkpoint", 10),
+        (1, "training-domain validation", 0), (1, "last checkpoint", 10)]
+    assert rows[2]["randomized acc"] == pytest.approx(0.6) and rows[1]["train acc"] == pytest.approx(0.855)
+    assert not any("patch-free acc" in r for r in rows)

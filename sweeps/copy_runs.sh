@@ -1,6 +1,14 @@
 # Sourced by the sweep scripts (method_comparison.sh, single_source_comparison.sh, decoy_mnist.sh): each finished
 # run's files are copied to RESULTS/runs/<run>/ as it ends, so a session killed mid-sweep loses no finished run.
 
+# write_to FILE COMMAND...: COMMAND's output to FILE only when COMMAND succeeds (a killed step leaves no empty or
+# partial FILE, only FILE.partial).
+write_to() {
+  local target=$1
+  shift
+  "$@" > "$target.partial" && mv "$target.partial" "$target"
+}
+
 # copy_finished OUT RESULTS FILE...: the FILEs (those present) of every finished run under OUT not yet copied; finished
 # runs only, since a run still training has a partial results.jsonl.
 copy_finished() {

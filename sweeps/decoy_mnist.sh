@@ -68,10 +68,6 @@ common=(--datasets "$dataset" --data_dir "$data" --output_dir "$out" --n_hparams
 source "$(dirname "$0")/copy_runs.sh"
 start_copier "$out" "$results" copy_finished "$out" "$results" results.jsonl err.txt
 status=0
-write_to() {  # write_to FILE COMMAND...: FILE only when COMMAND succeeds (a killed step leaves no empty table)
-  local target=$1; shift
-  "$@" > "$target.partial" && mv "$target.partial" "$target"
-}
 launch() {  # one launch of the sweep: its --algorithms and --hparams
   "${sweep[@]}" delete_incomplete "${common[@]}" "$@" --skip_confirmation
   "${sweep[@]}" launch "${common[@]}" "$@" --command_launcher parallel --skip_confirmation --poll_seconds 30 \
